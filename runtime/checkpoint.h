@@ -1,0 +1,65 @@
+#pragma once
+// Synchronous save, restore and verification of one checkpoint directory (docs/design.md,
+// "On-disk format" and "Commit protocol"). The asynchronous Runtime builds on the same pieces.
+#include <boost/json/object.hpp>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "io/engine.h"
+#include "runtime/manifest.h"
+#include "runtime/tree.h"
+
+namespace ckpt {
+
+struct WriteOptions {
+  std::uint64_t extent_bytes = 16u << 20;  // largest extent; larger leaves are cut
+  std::uint64_t unit_bytes = 16u << 20;    // one write request; staging per save is depth × this
+  unsigned queue_depth = 8;                // write requests in flight
+  bool allow_direct = true;                // O_DIRECT where the file system accepts it
+  // Extra JSON files stored beside metadata.json and covered by the manifest (job.json, ...).
+  std::map<std::string, std::string> extra_files;
+};
+
+struct ReadOptions {
+  std::uint64_t unit_bytes = 16u << 20;
+  unsigned queue_depth = 8;
+  bool allow_direct = true;
+};
+
+// Writes `tree` and `metadata` as the checkpoint directory `dir` (created with its parents),
+// through `<dir>.tmp-<tag>` and an atomic rename; replaces an existing checkpoint at `dir`.
+// On failure nothing is left behind and an existing checkpoint at `dir` is untouched.
+void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tree,
+                     const boost::json::object& metadata, const WriteOptions& options = {});
+
+// Reads the checkpoint at `dir` into the arrays of `templ` (same paths, dtypes and shapes; with
+// `partial`, the checkpoint may hold more leaves than the template) and returns its metadata.
+// Throws Error(mismatch) listing every difference, Error(corrupt) naming the file and leaf.
+boost::json::object restore_checkpoint(io::Engine& engine, const std::string& dir, Tree& templ,
+                                       bool partial = false, const ReadOptions& options = {});
+
+// Reads and validates dir/manifest.ckpt.
+Manifest read_manifest(const std::string& dir);
+// Reads one JSON file of the checkpoint, checking it against the manifest's size and CRC32C.
+std::string read_checked_file(const std::string& dir, const Manifest& manifest,
+                              const std::string& name);
+boost::json::object read_metadata(const std::string& dir);
+// A tree with the checkpoint's structure and zero-filled owned arrays (a template to restore
+// into when the caller has none).
+Tree make_template(const Manifest& manifest);
+
+struct VerifyReport {
+  std::vector<std::string> problems;  // each names the file and, for data, the leaf
+  std::uint64_t bytes_checked = 0;
+  std::size_t leaves = 0;
+  bool ok() const noexcept { return problems.empty(); }
+};
+
+// Checks the manifest, every JSON file and every extent's CRC32C. Never throws for corruption:
+// every problem goes into the report.
+VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
+                               const ReadOptions& options = {});
+
+}  // namespace ckpt

@@ -1,0 +1,17 @@
+#pragma once
+// CRC32C (Castagnoli), the checksum of every byte ckpt writes. ISA-L's crc32_iscsi does the work.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace ckpt {
+
+// Standard CRC32C of `data` continuing from `crc` (0 to start): crc32c("123456789") == 0xE3069283.
+std::uint32_t crc32c(const void* data, std::size_t len, std::uint32_t crc = 0) noexcept;
+
+inline std::uint32_t crc32c(std::string_view s, std::uint32_t crc = 0) noexcept {
+  return crc32c(s.data(), s.size(), crc);
+}
+
+}  // namespace ckpt

@@ -1,0 +1,64 @@
+#pragma once
+// Where each leaf's bytes go in the data file, and how the file is cut into IO units.
+//
+// Layout rules (format version 1): leaves are laid out in flattening order in data-00000.bin;
+// each leaf is cut into extents of at most extent_bytes; every extent starts at a multiple of the
+// alignment and is zero-padded up to the next one; extents follow each other without gaps, so the
+// file is exactly the concatenation of the stored extents and every byte is under a CRC32C.
+//
+// An IO unit is one read or write request: a contiguous file range made of whole extents, or a
+// piece of an extent larger than the unit size. Pieces of one extent must be processed in file
+// order (their CRC is chained); whole-extent units are independent of each other.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runtime/array.h"
+#include "runtime/manifest.h"
+
+namespace ckpt {
+
+using FlatTree = std::vector<std::pair<std::string, Array>>;
+
+struct Piece {
+  std::uint32_t leaf = 0;
+  std::uint32_t extent = 0;  // index within the leaf
+  std::uint32_t slot = 0;    // index of the extent across the manifest (for per-extent state)
+  std::uint64_t start = 0;   // offset within the extent's stored bytes
+  std::uint64_t len = 0;     // bytes of this piece (stored bytes, padding included)
+  bool ends_extent = false;  // this piece is the last of its extent
+};
+
+struct Unit {
+  std::uint32_t file = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::vector<Piece> pieces;
+};
+
+// Fills manifest.leaves (extents without checksums), total_bytes and data_files[0].size.
+void plan_extents(const FlatTree& leaves, std::uint64_t extent_bytes, Manifest& manifest);
+
+// Cuts the extents of the leaves with wanted[leaf] (all when `wanted` is empty) into units of at
+// most max_unit bytes (a multiple of the alignment), in file order.
+std::vector<Unit> plan_units(const Manifest& manifest, std::uint64_t max_unit,
+                             const std::vector<bool>& wanted = {});
+
+// Number of extents across the manifest (the size of per-slot state).
+std::uint32_t extent_slots(const Manifest& manifest);
+
+// Write side: copies the unit's payload from `leaves` into dst (zero padding included) and
+// chains each piece's CRC into crc[slot]; when a piece ends its extent, stores the CRC in the
+// manifest. `dst` holds unit.length bytes.
+void stage_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, Manifest& manifest,
+                std::vector<std::uint32_t>& crc);
+
+// Read side: chains each piece's CRC into crc[slot]; copies payload bytes into targets[leaf] when
+// it is not null. Returns the pieces whose extent ended with a CRC mismatch.
+std::vector<Piece> check_unit(const Unit& unit, const std::byte* src, const Manifest& manifest,
+                              const std::vector<const Array*>& targets,
+                              std::vector<std::uint32_t>& crc);
+
+}  // namespace ckpt

@@ -1,0 +1,338 @@
+#include "runtime/manifest.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "io/error.h"
+#include "io/file.h"
+#include "runtime/crc32c.h"
+#include "schemas/checkpoint_generated.h"
+
+namespace ckpt {
+
+namespace {
+
+constexpr std::string_view kTrailerMagic = "CKPTMAN1";
+constexpr std::size_t kTrailerSize = 16;
+// Bounds that keep a hostile manifest from asking for absurd work before checksums are read.
+constexpr std::size_t kMaxRank = 64;
+constexpr std::size_t kMaxDepth = 512;  // code that recurses over trees stays within the stack
+
+void put_u32(char* p, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+std::uint32_t get_u32(const char* p) {
+  std::uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  return v;
+}
+
+[[noreturn]] void corrupt(const std::string& path, const std::string& why) {
+  throw Error(Errc::corrupt, "invalid manifest (" + why + ")", path);
+}
+
+}  // namespace
+
+std::string data_file_name(std::uint32_t index) { return fmt::format("data-{:05}.bin", index); }
+
+const FileInfo* Manifest::json_file(std::string_view name) const {
+  for (const auto& f : json_files) {
+    if (f.name == name) return &f;
+  }
+  return nullptr;
+}
+
+std::uint64_t Manifest::stored_bytes() const {
+  std::uint64_t n = 0;
+  for (const auto& f : data_files) n += f.size;
+  return n;
+}
+
+namespace {
+std::uint32_t describe(const Tree& node, Manifest& m, std::uint32_t& next_leaf) {
+  auto index = static_cast<std::uint32_t>(m.nodes.size());
+  m.nodes.emplace_back();
+  NodeInfo info;
+  info.kind = node.kind();
+  if (node.is_leaf()) {
+    info.leaf = next_leaf++;
+  } else {
+    info.keys = node.is_dict() ? node.keys() : std::vector<std::string>{};
+    for (const Tree& child : node.children()) info.children.push_back(describe(child, m, next_leaf));
+  }
+  m.nodes[index] = std::move(info);
+  return index;
+}
+}  // namespace
+
+void describe_structure(const Tree& tree, Manifest& manifest) {
+  manifest.nodes.clear();
+  std::uint32_t next_leaf = 0;
+  describe(tree, manifest, next_leaf);
+}
+
+std::string encode_manifest(const Manifest& m) {
+  flatbuffers::FlatBufferBuilder b(1024 + m.leaves.size() * 256);
+  namespace fb = ckpt::fb;
+  std::vector<flatbuffers::Offset<fb::Node>> nodes;
+  nodes.reserve(m.nodes.size());
+  for (const auto& n : m.nodes) {
+    auto keys = b.CreateVectorOfStrings(n.keys);
+    auto children = b.CreateVector(n.children);
+    nodes.push_back(fb::CreateNode(b, static_cast<fb::NodeKind>(n.kind), keys, children, n.leaf));
+  }
+  std::vector<flatbuffers::Offset<fb::Leaf>> leaves;
+  leaves.reserve(m.leaves.size());
+  for (const auto& l : m.leaves) {
+    std::vector<flatbuffers::Offset<fb::Extent>> extents;
+    for (const auto& e : l.extents) {
+      extents.push_back(fb::CreateExtent(b, e.file, e.offset, e.length, e.stored_length, e.crc32c,
+                                         e.leaf_offset, e.process_index));
+    }
+    auto path = b.CreateString(l.path);
+    auto shape = b.CreateVector(l.shape);
+    auto ext = b.CreateVector(extents);
+    leaves.push_back(fb::CreateLeaf(b, path, static_cast<fb::DType>(l.dtype), shape, l.nbytes, ext));
+  }
+  auto files = [&](const std::vector<FileInfo>& in) {
+    std::vector<flatbuffers::Offset<fb::FileEntry>> out;
+    for (const auto& f : in) out.push_back(fb::CreateFileEntry(b, b.CreateString(f.name), f.size, f.crc32c));
+    return b.CreateVector(out);
+  };
+  auto data_files = files(m.data_files);
+  auto json_files = files(m.json_files);
+  auto writer = b.CreateString(m.writer);
+  auto node_vec = b.CreateVector(nodes);
+  auto leaf_vec = b.CreateVector(leaves);
+  auto root = fb::CreateManifest(b, m.format_version, m.alignment, m.created_unix_ns, writer,
+                                 m.total_bytes, node_vec, leaf_vec, data_files, json_files,
+                                 m.process_count);
+  fb::FinishManifestBuffer(b, root);
+
+  std::string out(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+  char trailer[kTrailerSize];
+  std::memcpy(trailer, kTrailerMagic.data(), 8);
+  put_u32(trailer + 8, static_cast<std::uint32_t>(b.GetSize()));
+  put_u32(trailer + 12, crc32c(out));
+  out.append(trailer, kTrailerSize);
+  return out;
+}
+
+namespace {
+
+void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
+  auto fail = [&](const std::string& why) { corrupt(path, "leaf '" + l.path + "': " + why); };
+  if (l.shape.size() > kMaxRank) fail("rank too large");
+  std::uint64_t nbytes = 0;
+  try {
+    nbytes = array_nbytes(l.dtype, l.shape);
+  } catch (const Error&) {
+    fail("shape " + shape_to_string(l.shape) + " overflows");
+  }
+  if (nbytes != l.nbytes) fail(fmt::format("nbytes {} does not match shape and dtype", l.nbytes));
+  std::uint64_t expect = 0;
+  for (const auto& e : l.extents) {
+    if (e.file >= m.data_files.size()) fail("extent names a missing data file");
+    if (e.leaf_offset != expect) fail("extents do not tile the leaf");
+    if (e.length == 0 || e.length > l.nbytes - e.leaf_offset) fail("extent length out of range");
+    if (e.stored_length != io::align_up(e.length, m.alignment)) fail("stored length is not padded");
+    if (e.offset % m.alignment != 0) fail("extent offset is not aligned");
+    std::uint64_t size = m.data_files[e.file].size;
+    if (e.offset > size || e.stored_length > size - e.offset) {
+      fail(fmt::format("extent at offset {} runs past the end of {}", e.offset,
+                       m.data_files[e.file].name));
+    }
+    expect += e.length;
+  }
+  if (expect != l.nbytes) fail("extents do not cover the leaf");
+}
+
+void check_structure(const Manifest& m, const std::string& path) {
+  if (m.nodes.empty()) corrupt(path, "no tree");
+  // Pre-order with children after parents: an index must point forward, once, so the tree is a
+  // tree (no cycles, no sharing) and recursion over it terminates.
+  std::vector<bool> seen(m.nodes.size(), false);
+  std::vector<bool> leaf_seen(m.leaves.size(), false);
+  seen[0] = true;
+  for (std::size_t i = 0; i < m.nodes.size(); ++i) {
+    const NodeInfo& n = m.nodes[i];
+    if (!seen[i]) corrupt(path, "unreachable tree node");
+    if (n.kind == Tree::Kind::leaf) {
+      if (n.leaf >= m.leaves.size() || leaf_seen[n.leaf]) corrupt(path, "bad leaf index");
+      leaf_seen[n.leaf] = true;
+      continue;
+    }
+    if (n.kind == Tree::Kind::dict && n.keys.size() != n.children.size()) {
+      corrupt(path, "dict keys and children differ in number");
+    }
+    for (std::size_t k = 0; k < n.keys.size(); ++k) {
+      if (n.keys[k].empty() || n.keys[k].find('/') != std::string::npos ||
+          (k > 0 && !(n.keys[k - 1] < n.keys[k]))) {
+        corrupt(path, "bad dict key '" + n.keys[k] + "'");
+      }
+    }
+    for (std::uint32_t c : n.children) {
+      if (c <= i || c >= m.nodes.size() || seen[c]) corrupt(path, "bad tree node index");
+      seen[c] = true;
+    }
+  }
+  for (bool s : leaf_seen) {
+    if (!s) corrupt(path, "leaf not in the tree");
+  }
+  // Each leaf's path must be the one its place in the tree gives (iterative: no recursion depth
+  // for a hostile manifest to exhaust).
+  struct Visit {
+    std::uint32_t index;
+    std::string prefix;
+    std::size_t depth;
+  };
+  std::vector<Visit> stack{{0, std::string(), 0}};
+  while (!stack.empty()) {
+    auto [index, prefix, depth] = std::move(stack.back());
+    stack.pop_back();
+    if (depth > kMaxDepth) corrupt(path, "tree deeper than " + std::to_string(kMaxDepth));
+    const NodeInfo& n = m.nodes[index];
+    if (n.kind == Tree::Kind::leaf) {
+      if (m.leaves[n.leaf].path != prefix) {
+        corrupt(path, "leaf path '" + m.leaves[n.leaf].path + "' does not match the tree");
+      }
+      continue;
+    }
+    for (std::size_t k = 0; k < n.children.size(); ++k) {
+      std::string part = n.kind == Tree::Kind::dict ? n.keys[k] : std::to_string(k);
+      stack.push_back({n.children[k], prefix.empty() ? part : prefix + "/" + part, depth + 1});
+    }
+  }
+}
+
+// Every byte of every data file must belong to exactly one extent, so that the extents' checksums
+// cover the files completely.
+void check_tiling(const Manifest& m, const std::string& path) {
+  std::vector<std::vector<std::pair<std::uint64_t, std::uint64_t>>> spans(m.data_files.size());
+  for (const auto& l : m.leaves) {
+    for (const auto& e : l.extents) spans[e.file].emplace_back(e.offset, e.stored_length);
+  }
+  for (std::size_t f = 0; f < spans.size(); ++f) {
+    std::sort(spans[f].begin(), spans[f].end());
+    std::uint64_t at = 0;
+    for (auto [offset, len] : spans[f]) {
+      if (offset != at) corrupt(path, "extents of " + m.data_files[f].name + " overlap or leave gaps");
+      at += len;
+    }
+    if (at != m.data_files[f].size) {
+      corrupt(path, "extents do not cover " + m.data_files[f].name);
+    }
+  }
+}
+
+std::vector<FileInfo> read_files(const flatbuffers::Vector<flatbuffers::Offset<fb::FileEntry>>* v) {
+  std::vector<FileInfo> out;
+  if (v == nullptr) return out;
+  for (const auto* f : *v) {
+    out.push_back({f->name() ? f->name()->str() : std::string(), f->size(), f->crc32c()});
+  }
+  return out;
+}
+
+}  // namespace
+
+Manifest decode_manifest(std::string_view bytes, const std::string& path) {
+  if (bytes.size() < kTrailerSize) corrupt(path, "file too short");
+  const char* trailer = bytes.data() + bytes.size() - kTrailerSize;
+  if (std::string_view(trailer, 8) != kTrailerMagic) {
+    corrupt(path, "no ckpt manifest trailer; not a ckpt manifest or truncated");
+  }
+  std::uint32_t len = get_u32(trailer + 8);
+  if (len != bytes.size() - kTrailerSize) corrupt(path, "length in trailer does not match the file");
+  std::string_view body = bytes.substr(0, len);
+  if (crc32c(body) != get_u32(trailer + 12)) corrupt(path, "checksum mismatch");
+
+  // flatbuffers wants an aligned buffer; a std::string's data is only 16-byte aligned at best.
+  std::vector<std::uint64_t> aligned((body.size() + 7) / 8);
+  std::memcpy(aligned.data(), body.data(), body.size());
+  const auto* data = reinterpret_cast<const std::uint8_t*>(aligned.data());
+  if (!fb::ManifestBufferHasIdentifier(data)) corrupt(path, "wrong file identifier");
+  flatbuffers::Verifier verifier(data, body.size(), 64, 100'000'000);
+  if (!fb::VerifyManifestBuffer(verifier)) corrupt(path, "flatbuffers verification failed");
+  const fb::Manifest* fm = fb::GetManifest(data);
+
+  Manifest m;
+  m.format_version = fm->format_version();
+  if (m.format_version != kFormatVersion) {
+    throw Error(Errc::unsupported,
+                fmt::format("manifest format version {} is not supported (this build reads {})",
+                            m.format_version, kFormatVersion),
+                path);
+  }
+  m.alignment = fm->alignment();
+  if (m.alignment == 0 || m.alignment > (1u << 24) || (m.alignment & (m.alignment - 1)) != 0) {
+    corrupt(path, "bad alignment");
+  }
+  m.created_unix_ns = fm->created_unix_ns();
+  m.writer = fm->writer() ? fm->writer()->str() : std::string();
+  m.total_bytes = fm->total_bytes();
+  m.process_count = fm->process_count();
+  m.data_files = read_files(fm->data_files());
+  m.json_files = read_files(fm->json_files());
+  for (const auto& f : m.data_files) {
+    if (f.name != data_file_name(static_cast<std::uint32_t>(&f - m.data_files.data()))) {
+      corrupt(path, "unexpected data file name '" + f.name + "'");
+    }
+  }
+  for (const auto& f : m.json_files) {
+    if (f.name.empty() || f.name.find('/') != std::string::npos || f.name[0] == '.') {
+      corrupt(path, "bad file name '" + f.name + "'");
+    }
+  }
+  if (fm->nodes()) {
+    for (const auto* n : *fm->nodes()) {
+      NodeInfo info;
+      auto kind = static_cast<std::uint8_t>(n->kind());
+      if (kind > static_cast<std::uint8_t>(Tree::Kind::leaf)) corrupt(path, "unknown node kind");
+      info.kind = static_cast<Tree::Kind>(kind);
+      if (n->keys()) {
+        for (const auto* k : *n->keys()) info.keys.push_back(k->str());
+      }
+      if (n->children()) info.children.assign(n->children()->begin(), n->children()->end());
+      info.leaf = n->leaf();
+      m.nodes.push_back(std::move(info));
+    }
+  }
+  std::unordered_set<std::string_view> paths;
+  std::uint64_t total = 0;
+  if (fm->leaves()) {
+    for (const auto* l : *fm->leaves()) {
+      LeafInfo info;
+      info.path = l->path() ? l->path()->str() : std::string();
+      auto dt = static_cast<std::uint8_t>(l->dtype());
+      if (dt >= kDTypeCount) {
+        throw Error(Errc::unsupported, fmt::format("leaf '{}' has unknown dtype {}", info.path, dt), path);
+      }
+      info.dtype = static_cast<DType>(dt);
+      if (l->shape()) info.shape.assign(l->shape()->begin(), l->shape()->end());
+      info.nbytes = l->nbytes();
+      if (l->extents()) {
+        for (const auto* e : *l->extents()) {
+          info.extents.push_back({e->file(), e->offset(), e->length(), e->stored_length(),
+                                  e->crc32c(), e->leaf_offset(), e->process_index()});
+        }
+      }
+      check_leaf(info, m, path);
+      if (total + info.nbytes < total) corrupt(path, "total bytes overflow");
+      total += info.nbytes;
+      m.leaves.push_back(std::move(info));
+    }
+  }
+  for (const auto& l : m.leaves) {
+    if (!paths.insert(l.path).second) corrupt(path, "duplicate leaf path '" + l.path + "'");
+  }
+  if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
+  check_structure(m, path);
+  check_tiling(m, path);
+  return m;
+}
+
+}  // namespace ckpt

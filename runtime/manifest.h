@@ -1,0 +1,81 @@
+#pragma once
+// The manifest in memory, and its encoding (schemas/checkpoint.fbs).
+//
+// manifest.ckpt = flatbuffer bytes, then a 16-byte trailer: the magic "CKPTMAN1", the flatbuffer's
+// length (u32 little-endian) and its CRC32C (u32 little-endian). decode_manifest() treats the
+// file as hostile: it checks the trailer and checksum, runs the flatbuffers Verifier, rejects
+// format versions it does not know, and then checks every invariant the readers rely on (tree
+// indices in range, dtype known, shape without overflow, extents aligned, inside their data file,
+// tiling each leaf's bytes exactly). Code that holds a decoded Manifest may trust it.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "runtime/array.h"
+#include "runtime/dtype.h"
+#include "runtime/tree.h"
+
+namespace ckpt {
+
+inline constexpr std::uint32_t kFormatVersion = 1;
+inline constexpr std::string_view kManifestName = "manifest.ckpt";
+inline constexpr std::string_view kMetadataName = "metadata.json";
+
+std::string data_file_name(std::uint32_t index);  // "data-00000.bin"
+
+struct ExtentInfo {
+  std::uint32_t file = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::uint64_t stored_length = 0;
+  std::uint32_t crc32c = 0;
+  std::uint64_t leaf_offset = 0;
+  std::uint32_t process_index = 0;
+};
+
+struct LeafInfo {
+  std::string path;
+  DType dtype = DType::u8;
+  Shape shape;
+  std::uint64_t nbytes = 0;
+  std::vector<ExtentInfo> extents;
+};
+
+struct NodeInfo {
+  Tree::Kind kind = Tree::Kind::dict;
+  std::vector<std::string> keys;
+  std::vector<std::uint32_t> children;
+  std::uint32_t leaf = 0;
+};
+
+struct FileInfo {
+  std::string name;
+  std::uint64_t size = 0;
+  std::uint32_t crc32c = 0;
+};
+
+struct Manifest {
+  std::uint32_t format_version = kFormatVersion;
+  std::uint32_t alignment = 4096;
+  std::int64_t created_unix_ns = 0;
+  std::string writer;
+  std::uint64_t total_bytes = 0;
+  std::uint32_t process_count = 1;
+  std::vector<NodeInfo> nodes;
+  std::vector<LeafInfo> leaves;
+  std::vector<FileInfo> data_files;
+  std::vector<FileInfo> json_files;
+
+  const FileInfo* json_file(std::string_view name) const;
+  std::uint64_t stored_bytes() const;  // sum of data file sizes
+};
+
+// Fills `nodes` from the tree's structure; leaf indices follow flattening order.
+void describe_structure(const Tree& tree, Manifest& manifest);
+
+std::string encode_manifest(const Manifest& manifest);
+// `path` names the file in errors. Throws Error(corrupt | unsupported).
+Manifest decode_manifest(std::string_view bytes, const std::string& path);
+
+}  // namespace ckpt

@@ -1,0 +1,226 @@
+// Checkpoint reader: restore into a template, read metadata, verify. Everything read from disk is
+// untrusted: the manifest goes through decode_manifest, every other byte through its CRC32C.
+#include <boost/json/parse.hpp>
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <unordered_map>
+
+#include "io/error.h"
+#include "io/file.h"
+#include "runtime/checkpoint.h"
+#include "runtime/crc32c.h"
+#include "runtime/layout.h"
+#include "runtime/unit_pipe.h"
+
+namespace ckpt {
+
+namespace fs = std::filesystem;
+
+Manifest read_manifest(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw Error(Errc::not_found, "no checkpoint directory", dir);
+  std::string path = dir + "/" + std::string(kManifestName);
+  if (!fs::exists(path, ec)) {
+    throw Error(Errc::not_found, "not a checkpoint (no manifest.ckpt)", dir);
+  }
+  return decode_manifest(io::read_small_file(path, 1u << 30), path);
+}
+
+std::string read_checked_file(const std::string& dir, const Manifest& m, const std::string& name) {
+  const FileInfo* info = m.json_file(name);
+  std::string path = dir + "/" + name;
+  if (info == nullptr) throw Error(Errc::not_found, "file not listed in the manifest", path);
+  std::string text = io::read_small_file(path, info->size + 1);
+  if (text.size() != info->size) {
+    throw Error(Errc::corrupt, fmt::format("size {} differs from the manifest's {}", text.size(), info->size), path);
+  }
+  if (crc32c(text) != info->crc32c) throw Error(Errc::corrupt, "checksum mismatch", path);
+  return text;
+}
+
+namespace {
+
+boost::json::object parse_object(const std::string& text, const std::string& path) {
+  boost::system::error_code ec;
+  boost::json::value v = boost::json::parse(text, ec);
+  if (ec) throw Error(Errc::corrupt, "invalid JSON (" + ec.message() + ")", path);
+  if (!v.is_object()) throw Error(Errc::corrupt, "JSON is not an object", path);
+  return std::move(v.as_object());
+}
+
+struct OpenData {
+  std::vector<io::File> files;
+  std::vector<io::File*> ptrs;
+};
+
+// Opens every data file and checks its size against the manifest.
+OpenData open_data(const std::string& dir, const Manifest& m, bool allow_direct) {
+  OpenData out;
+  for (const auto& f : m.data_files) {
+    out.files.push_back(io::open_direct(dir + "/" + f.name, io::OpenMode::read, allow_direct));
+    std::uint64_t size = out.files.back().size();
+    if (size != f.size) {
+      throw Error(Errc::corrupt,
+                  fmt::format("file is {} bytes, the manifest says {} (truncated or replaced)", size,
+                              f.size),
+                  out.files.back().path());
+    }
+  }
+  for (auto& f : out.files) out.ptrs.push_back(&f);
+  return out;
+}
+
+std::string describe_bad(const Manifest& m, const Piece& p) {
+  const ExtentInfo& e = m.leaves[p.leaf].extents[p.extent];
+  return fmt::format("checksum mismatch in leaf '{}' (extent at offset {}, {} bytes)",
+                     m.leaves[p.leaf].path, e.offset, e.stored_length);
+}
+
+std::uint64_t unit_size(std::uint64_t requested, const Manifest& m) {
+  return std::max<std::uint64_t>(io::align_up(requested, m.alignment), m.alignment);
+}
+
+}  // namespace
+
+boost::json::object read_metadata(const std::string& dir) {
+  Manifest m = read_manifest(dir);
+  return parse_object(read_checked_file(dir, m, std::string(kMetadataName)),
+                      dir + "/" + std::string(kMetadataName));
+}
+
+boost::json::object restore_checkpoint(io::Engine& engine, const std::string& dir, Tree& templ,
+                                       bool partial, const ReadOptions& options) {
+  Manifest m = read_manifest(dir);
+  boost::json::object metadata = parse_object(read_checked_file(dir, m, std::string(kMetadataName)),
+                                              dir + "/" + std::string(kMetadataName));
+  FlatTree flat = templ.flatten();
+  std::unordered_map<std::string_view, std::uint32_t> by_path;
+  for (std::uint32_t i = 0; i < m.leaves.size(); ++i) by_path.emplace(m.leaves[i].path, i);
+
+  std::vector<std::string> problems;
+  std::vector<const Array*> targets(m.leaves.size(), nullptr);
+  std::vector<bool> wanted(m.leaves.size(), false);
+  for (const auto& [path, array] : flat) {
+    auto it = by_path.find(path);
+    if (it == by_path.end()) {
+      problems.push_back(fmt::format("'{}': not in the checkpoint", path));
+      continue;
+    }
+    const LeafInfo& leaf = m.leaves[it->second];
+    if (leaf.dtype != array.dtype()) {
+      problems.push_back(fmt::format("'{}': dtype {} in the template, {} in the checkpoint", path,
+                                     to_string(array.dtype()), to_string(leaf.dtype)));
+    }
+    if (leaf.shape != array.shape()) {
+      problems.push_back(fmt::format("'{}': shape {} in the template, {} in the checkpoint", path,
+                                     shape_to_string(array.shape()), shape_to_string(leaf.shape)));
+    }
+    if (array.read_only()) problems.push_back(fmt::format("'{}': template array is read-only", path));
+    targets[it->second] = &array;
+    wanted[it->second] = true;
+  }
+  if (!partial) {
+    for (std::uint32_t i = 0; i < m.leaves.size(); ++i) {
+      if (!wanted[i]) {
+        problems.push_back(fmt::format("'{}': in the checkpoint ({} {}), not in the template",
+                                       m.leaves[i].path, to_string(m.leaves[i].dtype),
+                                       shape_to_string(m.leaves[i].shape)));
+      }
+    }
+  }
+  if (!problems.empty()) {
+    throw Error(Errc::mismatch,
+                fmt::format("template does not match the checkpoint ({} difference{}):\n  {}",
+                            problems.size(), problems.size() == 1 ? "" : "s",
+                            fmt::join(problems, "\n  ")),
+                dir);
+  }
+
+  OpenData data = open_data(dir, m, options.allow_direct);
+  std::uint64_t unit = unit_size(options.unit_bytes, m);
+  std::vector<Unit> units = plan_units(m, unit, wanted);
+  std::vector<std::uint32_t> crc(extent_slots(m));
+  UnitPipe pipe(engine, unit, options.queue_depth);
+  pipe.read_all(units, data.ptrs, [&](const Unit& u, const std::byte* buf) {
+    auto bad = check_unit(u, buf, m, targets, crc);
+    if (!bad.empty()) throw Error(Errc::corrupt, describe_bad(m, bad.front()), data.files[u.file].path());
+  });
+  return metadata;
+}
+
+Tree make_template(const Manifest& m) {
+  // Nodes are in pre-order with forward child indices (checked by decode_manifest).
+  std::vector<Tree> built(m.nodes.size());
+  for (std::size_t i = m.nodes.size(); i-- > 0;) {
+    const NodeInfo& n = m.nodes[i];
+    if (n.kind == Tree::Kind::leaf) {
+      built[i] = Tree(Array::zeros(m.leaves[n.leaf].dtype, m.leaves[n.leaf].shape));
+    } else if (n.kind == Tree::Kind::list) {
+      Tree t = Tree::list();
+      for (std::uint32_t c : n.children) t.push_back(std::move(built[c]));
+      built[i] = std::move(t);
+    } else {
+      Tree t;
+      for (std::size_t k = 0; k < n.children.size(); ++k) t[n.keys[k]] = std::move(built[n.children[k]]);
+      built[i] = std::move(t);
+    }
+  }
+  return std::move(built[0]);
+}
+
+VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
+                               const ReadOptions& options) {
+  VerifyReport report;
+  Manifest m;
+  try {
+    m = read_manifest(dir);
+  } catch (const Error& e) {
+    report.problems.push_back(e.what());
+    return report;
+  }
+  report.leaves = m.leaves.size();
+  if (m.json_file(kMetadataName) == nullptr) {
+    report.problems.push_back(dir + "/" + std::string(kMetadataName) + ": not listed in the manifest");
+  }
+  for (const auto& f : m.json_files) {
+    try {
+      std::string text = read_checked_file(dir, m, f.name);
+      parse_object(text, dir + "/" + f.name);
+      report.bytes_checked += text.size();
+    } catch (const Error& e) {
+      report.problems.push_back(e.what());
+    }
+  }
+  // Each data file on its own, so that one bad file does not hide the state of the others.
+  std::uint64_t unit = unit_size(options.unit_bytes, m);
+  for (std::uint32_t fi = 0; fi < m.data_files.size(); ++fi) {
+    std::string path = dir + "/" + m.data_files[fi].name;
+    try {
+      io::File file = io::open_direct(path, io::OpenMode::read, options.allow_direct);
+      std::uint64_t size = file.size();
+      if (size != m.data_files[fi].size) {
+        throw Error(Errc::corrupt,
+                    fmt::format("file is {} bytes, the manifest says {}", size, m.data_files[fi].size),
+                    path);
+      }
+      std::vector<io::File*> files(m.data_files.size(), nullptr);
+      files[fi] = &file;
+      std::vector<Unit> units = plan_units(m, unit);
+      std::erase_if(units, [&](const Unit& u) { return u.file != fi; });
+      std::vector<std::uint32_t> crc(extent_slots(m));
+      UnitPipe pipe(engine, unit, options.queue_depth);
+      pipe.read_all(units, files, [&](const Unit& u, const std::byte* buf) {
+        for (const Piece& p : check_unit(u, buf, m, {}, crc)) {
+          report.problems.push_back(path + ": " + describe_bad(m, p));
+        }
+        report.bytes_checked += u.length;
+      });
+    } catch (const Error& e) {
+      report.problems.push_back(e.what());
+    }
+  }
+  return report;
+}
+
+}  // namespace ckpt

@@ -1,0 +1,36 @@
+#pragma once
+// Streams IO units (runtime/layout.h) through a few aligned buffers, keeping up to `depth`
+// requests in flight while the calling thread fills (write) or checks (read) the others.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "io/engine.h"
+#include "io/file.h"
+#include "runtime/layout.h"
+
+namespace ckpt {
+
+class UnitPipe {
+ public:
+  UnitPipe(io::Engine& engine, std::uint64_t buffer_bytes, unsigned depth);
+
+  // For each unit in order: fill(unit, buffer), then write it to files[unit.file]. Returns when
+  // every write completed; throws the first error (naming the file) after in-flight writes end.
+  void write_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
+                 const std::function<void(const Unit&, std::byte*)>& fill);
+
+  // Reads every unit and calls consume(unit, buffer) in unit order. A unit read short (the file
+  // is shorter than the manifest says) throws Error(corrupt).
+  void read_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
+                const std::function<void(const Unit&, const std::byte*)>& consume);
+
+ private:
+  io::Engine& engine_;
+  std::uint64_t buffer_bytes_;
+  unsigned depth_;
+  io::AlignedBuffer memory_;
+};
+
+}  // namespace ckpt
