@@ -14,7 +14,7 @@
 namespace ckpt {
 
 struct WriteOptions {
-  std::uint64_t extent_bytes = 16u << 20;  // largest extent; larger leaves are cut
+  std::uint64_t extent_bytes = 16u << 20;  // extent grid: leaves are cut at its multiples
   std::uint64_t unit_bytes = 16u << 20;    // one write request; staging per save is depth × this
   unsigned queue_depth = 8;                // write requests in flight
   bool allow_direct = true;                // O_DIRECT where the file system accepts it

@@ -17,14 +17,16 @@ void plan_extents(const FlatTree& leaves, std::uint64_t extent_bytes, Manifest& 
   std::uint64_t total = 0;
   for (const auto& [path, array] : leaves) {
     LeafInfo leaf{path, array.dtype(), array.shape(), array.nbytes(), {}};
-    for (std::uint64_t at = 0; at < array.nbytes(); at += extent_bytes) {
+    for (std::uint64_t at = 0; at < array.nbytes();) {
+      std::uint64_t to_grid = extent_bytes - offset % extent_bytes;
       ExtentInfo e;
       e.file = 0;
       e.offset = offset;
-      e.length = std::min(extent_bytes, array.nbytes() - at);
+      e.length = std::min(to_grid, array.nbytes() - at);
       e.stored_length = io::align_up(e.length, m.alignment);
       e.leaf_offset = at;
       offset += e.stored_length;
+      at += e.length;
       leaf.extents.push_back(e);
     }
     total += array.nbytes();
@@ -81,16 +83,32 @@ std::vector<Unit> plan_units(const Manifest& m, std::uint64_t max_unit,
 
 void stage_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, Manifest& m,
                 std::vector<std::uint32_t>& crc) {
+  copy_unit(unit, leaves, dst, m);
+  const std::byte* in = dst;
+  for (const Piece& p : unit.pieces) {
+    crc[p.slot] = crc32c(in, p.len, p.start == 0 ? 0 : crc[p.slot]);
+    if (p.ends_extent) m.leaves[p.leaf].extents[p.extent].crc32c = crc[p.slot];
+    in += p.len;
+  }
+}
+
+void copy_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, const Manifest& m) {
   std::byte* out = dst;
   for (const Piece& p : unit.pieces) {
-    ExtentInfo& e = m.leaves[p.leaf].extents[p.extent];
+    const ExtentInfo& e = m.leaves[p.leaf].extents[p.extent];
     const Array& a = leaves[p.leaf].second;
     std::uint64_t payload = p.start < e.length ? std::min(p.len, e.length - p.start) : 0;
     if (payload > 0) std::memcpy(out, a.data() + e.leaf_offset + p.start, payload);
     if (payload < p.len) std::memset(out + payload, 0, p.len - payload);
-    crc[p.slot] = crc32c(out, p.len, p.start == 0 ? 0 : crc[p.slot]);
-    if (p.ends_extent) e.crc32c = crc[p.slot];
     out += p.len;
+  }
+}
+
+void checksum_unit(const Unit& unit, const std::byte* src, Manifest& m) {
+  const std::byte* in = src;
+  for (const Piece& p : unit.pieces) {
+    m.leaves[p.leaf].extents[p.extent].crc32c = crc32c(in, p.len);
+    in += p.len;
   }
 }
 

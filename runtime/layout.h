@@ -1,10 +1,15 @@
 #pragma once
 // Where each leaf's bytes go in the data file, and how the file is cut into IO units.
 //
-// Layout rules (format version 1): leaves are laid out in flattening order in data-00000.bin;
-// each leaf is cut into extents of at most extent_bytes; every extent starts at a multiple of the
-// alignment and is zero-padded up to the next one; extents follow each other without gaps, so the
-// file is exactly the concatenation of the stored extents and every byte is under a CRC32C.
+// Layout rules (format version 1): leaves are laid out in flattening order in data-00000.bin,
+// each starting at a multiple of the alignment and zero-padded up to the next one; a leaf is cut
+// into extents wherever it crosses a multiple of extent_bytes in the file (a grid), so no extent
+// is longer than extent_bytes and no extent straddles a grid line. Extents follow each other
+// without gaps: the file is exactly the concatenation of the stored extents and every byte is
+// under a CRC32C. With the grid, cutting the file into units of extent_bytes gives units made of
+// whole extents with no wasted staging: the asynchronous pipeline stages and checksums one unit
+// per buffer, independently of the others. (Readers do not rely on the grid; only the manifest's
+// invariants, checked by decode_manifest.)
 //
 // An IO unit is one read or write request: a contiguous file range made of whole extents, or a
 // piece of an extent larger than the unit size. Pieces of one extent must be processed in file
@@ -39,6 +44,7 @@ struct Unit {
 };
 
 // Fills manifest.leaves (extents without checksums), total_bytes and data_files[0].size.
+// extent_bytes is rounded up to the alignment.
 void plan_extents(const FlatTree& leaves, std::uint64_t extent_bytes, Manifest& manifest);
 
 // Cuts the extents of the leaves with wanted[leaf] (all when `wanted` is empty) into units of at
@@ -54,6 +60,12 @@ std::uint32_t extent_slots(const Manifest& manifest);
 // manifest. `dst` holds unit.length bytes.
 void stage_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, Manifest& manifest,
                 std::vector<std::uint32_t>& crc);
+
+// The two halves of stage_unit, for the asynchronous pipeline where the copy is the caller's
+// stall and the checksum runs in the background. checksum_unit requires units made of whole
+// extents (every piece starts and ends its extent).
+void copy_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, const Manifest& manifest);
+void checksum_unit(const Unit& unit, const std::byte* src, Manifest& manifest);
 
 // Read side: chains each piece's CRC into crc[slot]; copies payload bytes into targets[leaf] when
 // it is not null. Returns the pieces whose extent ended with a CRC mismatch.

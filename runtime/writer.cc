@@ -16,6 +16,7 @@
 #include "io/file.h"
 #include "io/log.h"
 #include "runtime/checkpoint.h"
+#include "runtime/commit.h"
 #include "runtime/crc32c.h"
 #include "runtime/layout.h"
 #include "runtime/unit_pipe.h"
@@ -24,9 +25,7 @@ namespace ckpt {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-std::string clean_dir(const std::string& dir) {
+std::string clean_checkpoint_dir(const std::string& dir) {
   std::string out = fs::path(dir).lexically_normal().string();
   while (out.size() > 1 && out.back() == '/') out.pop_back();
   if (out.empty() || out == "." || out == "/") {
@@ -35,65 +34,84 @@ std::string clean_dir(const std::string& dir) {
   return out;
 }
 
-void check_file_name(const std::string& name) {
-  if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' ||
-      name == kManifestName || name.starts_with("data-") || io::is_tmp_name(name)) {
-    throw Error(Errc::invalid_argument, "invalid extra file name '" + name + "'");
+void check_extra_files(const std::map<std::string, std::string>& extra_files) {
+  for (const auto& [name, text] : extra_files) {
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' ||
+        name == kManifestName || name == kMetadataName || name.starts_with("data-") ||
+        io::is_tmp_name(name)) {
+      throw Error(Errc::invalid_argument, "invalid extra file name '" + name + "'");
+    }
   }
 }
 
-FileInfo write_json_file(const std::string& dir, const std::string& name, const std::string& text) {
-  io::write_new_file(dir + "/" + name, text);
-  return FileInfo{name, text.size(), crc32c(text)};
-}
-
-}  // namespace
-
-void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tree,
-                     const boost::json::object& metadata, const WriteOptions& options) {
-  const std::string final_dir = clean_dir(dir);
-  for (const auto& [name, text] : options.extra_files) {
-    check_file_name(name);
-    if (name == kMetadataName) throw Error(Errc::invalid_argument, "extra file named metadata.json");
-  }
-  FlatTree leaves = tree.flatten();
-  Manifest m;
+SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t unit_bytes) {
+  SavePlan plan;
+  plan.leaves = tree.flatten();
+  Manifest& m = plan.manifest;
   m.created_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
   m.writer = "ckpt 0.1.0";
   describe_structure(tree, m);
-  plan_extents(leaves, options.extent_bytes, m);
-  std::vector<Unit> units = plan_units(m, options.unit_bytes);
+  plan_extents(plan.leaves, extent_bytes, m);
+  plan.units = plan_units(m, unit_bytes);
+  return plan;
+}
 
+std::string make_tmp_dir(const std::string& final_dir) {
   std::string parent = fs::path(final_dir).parent_path().string();
   if (!parent.empty()) io::make_dirs(parent);
-  const std::string tmp = final_dir + std::string(io::kTmpMarker) + io::unique_tag();
+  std::string tmp = final_dir + std::string(io::kTmpMarker) + io::unique_tag();
   if (::mkdir(tmp.c_str(), 0755) != 0) throw sys_error("mkdir", tmp, errno);
+  return tmp;
+}
+
+namespace {
+FileInfo write_json_file(const std::string& dir, const std::string& name, const std::string& text) {
+  io::write_new_file(dir + "/" + name, text);
+  return FileInfo{name, text.size(), crc32c(text)};
+}
+}  // namespace
+
+void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Manifest& m,
+                       const boost::json::object& metadata,
+                       const std::map<std::string, std::string>& extra_files) {
+  m.json_files.clear();
+  m.json_files.push_back(
+      write_json_file(tmp, std::string(kMetadataName), boost::json::serialize(metadata)));
+  for (const auto& [name, text] : extra_files) m.json_files.push_back(write_json_file(tmp, name, text));
+  io::write_new_file(tmp + "/" + std::string(kManifestName), encode_manifest(m));
+  io::fsync_dir(tmp);
+  io::commit_directory(tmp, final_dir);
+}
+
+void abandon_tmp_dir(const std::string& tmp) noexcept {
+  try {
+    io::remove_tree(tmp);
+  } catch (const std::exception& e) {
+    log().error("could not remove {} after a failed save: {}", tmp, e.what());
+  }
+}
+
+void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tree,
+                     const boost::json::object& metadata, const WriteOptions& options) {
+  const std::string final_dir = clean_checkpoint_dir(dir);
+  check_extra_files(options.extra_files);
+  SavePlan plan = plan_save(tree, options.extent_bytes, options.unit_bytes);
+  const std::string tmp = make_tmp_dir(final_dir);
   try {
     io::File data = io::open_direct(tmp + "/" + data_file_name(0), io::OpenMode::write_new,
                                     options.allow_direct);
-    std::vector<std::uint32_t> crc(extent_slots(m));
+    std::vector<std::uint32_t> crc(extent_slots(plan.manifest));
     UnitPipe pipe(engine, options.unit_bytes, options.queue_depth);
-    pipe.write_all(units, {&data},
-                   [&](const Unit& u, std::byte* buf) { stage_unit(u, leaves, buf, m, crc); });
+    pipe.write_all(plan.units, {&data}, [&](const Unit& u, std::byte* buf) {
+      stage_unit(u, plan.leaves, buf, plan.manifest, crc);
+    });
     io::sync_file(engine, data.fd(), data.path());
     data.close();
-
-    m.json_files.push_back(write_json_file(tmp, std::string(kMetadataName),
-                                           boost::json::serialize(metadata)));
-    for (const auto& [name, text] : options.extra_files) {
-      m.json_files.push_back(write_json_file(tmp, name, text));
-    }
-    io::write_new_file(tmp + "/" + std::string(kManifestName), encode_manifest(m));
-    io::fsync_dir(tmp);
-    io::commit_directory(tmp, final_dir);
+    finish_checkpoint(tmp, final_dir, plan.manifest, metadata, options.extra_files);
   } catch (...) {
-    try {
-      io::remove_tree(tmp);
-    } catch (const std::exception& e) {
-      log().error("could not remove {} after a failed save: {}", tmp, e.what());
-    }
+    abandon_tmp_dir(tmp);
     throw;
   }
 }

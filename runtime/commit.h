@@ -1,0 +1,40 @@
+#pragma once
+// The steps of writing one checkpoint that the synchronous writer and the asynchronous pipeline
+// share. The protocol they implement is described at the top of runtime/writer.cc.
+#include <boost/json/object.hpp>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "runtime/layout.h"
+#include "runtime/manifest.h"
+#include "runtime/tree.h"
+
+namespace ckpt {
+
+struct SavePlan {
+  FlatTree leaves;
+  Manifest manifest;        // layout planned, checksums not yet filled
+  std::vector<Unit> units;  // write units in file order
+};
+
+SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t unit_bytes);
+
+// Normalizes a checkpoint directory path; throws Error(invalid_argument) for "", "." or "/".
+std::string clean_checkpoint_dir(const std::string& dir);
+// Checks names of extra JSON files (no '/', no leading '.', not a reserved name).
+void check_extra_files(const std::map<std::string, std::string>& extra_files);
+
+// Creates the parents of final_dir durably and the temporary directory beside it; returns it.
+std::string make_tmp_dir(const std::string& final_dir);
+
+// Writes metadata.json, the extra files and the manifest into tmp_dir, fsyncs it and renames it
+// to final_dir (the commit point). The data files must be written and fsynced already.
+void finish_checkpoint(const std::string& tmp_dir, const std::string& final_dir, Manifest& manifest,
+                       const boost::json::object& metadata,
+                       const std::map<std::string, std::string>& extra_files);
+
+// Removes a temporary directory after a failure; logs, never throws.
+void abandon_tmp_dir(const std::string& tmp_dir) noexcept;
+
+}  // namespace ckpt
