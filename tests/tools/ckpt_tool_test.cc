@@ -1,0 +1,363 @@
+// The `ckpt` command-line tool, run as a process on checkpoints written by save_checkpoint:
+// its reports, its JSON and its exit codes (0 ok, 1 corrupt/missing/failed, 2 usage).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "io/engine.h"
+#include "runtime/catalog.h"
+#include "runtime/checkpoint.h"
+#include "runtime/manifest.h"
+#include "tests/test_util.h"
+
+#ifndef CKPT_TOOL_PATH
+#error "CKPT_TOOL_PATH must name the built ckpt binary"
+#endif
+
+namespace ckpt {
+namespace {
+
+using test::TempDir;
+
+enum class Stream { both, out, err };
+
+struct Run {
+  int rc = -1;
+  std::string text;
+};
+
+// Runs `ckpt <args>` and captures the chosen streams.
+Run ckpt_tool(const std::string& args, Stream stream = Stream::both) {
+  std::string cmd = std::string("'") + CKPT_TOOL_PATH + "' " + args;
+  if (stream == Stream::out) cmd = "{ " + cmd + " 2>/dev/null; }";
+  if (stream == Stream::err) cmd = "{ " + cmd + " >/dev/null; }";
+  Run r;
+  r.rc = test::run_command(cmd, &r.text);
+  return r;
+}
+
+std::string q(const std::string& path) { return "'" + path + "'"; }
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+
+std::string line_with(const std::string& text, const std::string& needle) {
+  for (const auto& line : lines_of(text)) {
+    if (line.find(needle) != std::string::npos) return line;
+  }
+  return {};
+}
+
+Tree small_tree(std::uint64_t seed) {
+  Tree tree;
+  tree["w"] = Array::zeros(DType::f32, {4, 4});
+  tree["layers"]["b"] = Array::zeros(DType::f32, {8});
+  tree["layers"]["n"] = Array::zeros(DType::i64, {3});
+  for (const auto& [path, array] : tree.flatten()) test::fill_pattern(array, seed++);
+  return tree;
+}
+
+void save(const std::string& dir, std::int64_t step) {
+  auto engine = io::make_engine();
+  boost::json::object metadata{{"step", step}, {"loss", 0.5}};
+  save_checkpoint(*engine, dir, small_tree(static_cast<std::uint64_t>(step)), metadata);
+}
+
+// The data-file offset of leaf `path`'s first extent.
+std::uint64_t leaf_offset(const std::string& dir, const std::string& path) {
+  Manifest m = read_manifest(dir);
+  for (const auto& leaf : m.leaves) {
+    if (leaf.path == path) return leaf.extents.at(0).offset;
+  }
+  FAIL("no leaf " << path);
+  return 0;
+}
+
+TEST_CASE("list marks the latest checkpoint and shows steps") {
+  TempDir run;
+  save(run / "step/100", 100);
+  save(run / "step/200", 200);
+  write_latest(run.path(), "step/100");
+
+  Run r = ckpt_tool("list " + q(run.path()));
+  INFO(r.text);
+  CHECK(r.rc == 0);
+  std::string first = line_with(r.text, "step/100");
+  std::string second = line_with(r.text, "step/200");
+  REQUIRE(!first.empty());
+  REQUIRE(!second.empty());
+  CHECK(first.front() == '*');
+  CHECK(second.front() != '*');
+  CHECK(first.find(" 100 ") != std::string::npos);
+  CHECK(second.find(" 200 ") != std::string::npos);
+  CHECK(first.find(" 3 ") != std::string::npos);  // leaves
+  CHECK(first.find("B") != std::string::npos);    // a size with its unit
+  CHECK(r.text.find("note:") == std::string::npos);
+}
+
+TEST_CASE("list --json is one JSON document with the latest flagged") {
+  TempDir run;
+  save(run / "a", 1);
+  save(run / "b", 2);
+  write_latest(run.path(), "b");
+
+  Run r = ckpt_tool("list --json " + q(run.path()), Stream::out);
+  INFO(r.text);
+  REQUIRE(r.rc == 0);
+  boost::json::value doc = boost::json::parse(r.text);
+  CHECK(doc.at("latest").as_string() == "b");
+  const auto& rows = doc.at("checkpoints").as_array();
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0].at("suffix").as_string() == "a");
+  CHECK(rows[0].at("step").as_int64() == 1);
+  CHECK(rows[0].at("latest").as_bool() == false);
+  CHECK(rows[1].at("suffix").as_string() == "b");
+  CHECK(rows[1].at("latest").as_bool() == true);
+  CHECK(rows[1].at("leaves").to_number<std::uint64_t>() == 3);
+  CHECK(rows[1].at("bytes").to_number<std::uint64_t>() == 4 * 16 + 4 * 8 + 8 * 3);
+}
+
+TEST_CASE("list of an empty run directory says so and succeeds") {
+  TempDir run;
+  Run r = ckpt_tool("list " + q(run.path()));
+  CHECK(r.rc == 0);
+  CHECK(r.text == "no checkpoints in " + run.path() + "\n");
+}
+
+TEST_CASE("list of a missing run directory fails with one line on stderr") {
+  TempDir run;
+  Run out = ckpt_tool("list " + q(run / "nope"), Stream::out);
+  CHECK(out.rc == 1);
+  CHECK(out.text.empty());
+  Run err = ckpt_tool("list " + q(run / "nope"), Stream::err);
+  CHECK(err.rc == 1);
+  CHECK(lines_of(err.text).size() == 1);
+  CHECK(err.text.rfind("ckpt: ", 0) == 0);
+  CHECK(err.text.find(run / "nope") != std::string::npos);
+}
+
+TEST_CASE("list shows an unreadable checkpoint with its error and a dangling latest") {
+  TempDir run;
+  save(run / "good", 1);
+  save(run / "bad", 2);
+  test::flip_byte(run / "bad/manifest.ckpt", 8);
+  write_latest(run.path(), "gone");
+
+  Run r = ckpt_tool("list " + q(run.path()));
+  INFO(r.text);
+  CHECK(r.rc == 0);
+  CHECK(line_with(r.text, "bad").find("unreadable") != std::string::npos);
+  CHECK(line_with(r.text, "good").find("unreadable") == std::string::npos);
+  CHECK(line_with(r.text, "note:").find("'gone'") != std::string::npos);
+
+  Run j = ckpt_tool("list --json " + q(run.path()), Stream::out);
+  boost::json::value doc = boost::json::parse(j.text);
+  CHECK(doc.at("latest_error").as_string().find("gone") != boost::json::string::npos);
+}
+
+TEST_CASE("inspect --json has the summary, metadata, files and leaves") {
+  TempDir run;
+  save(run / "c", 7);
+  Run r = ckpt_tool("inspect --json " + q(run / "c"), Stream::out);
+  INFO(r.text);
+  REQUIRE(r.rc == 0);
+  boost::json::value doc = boost::json::parse(r.text);
+  CHECK(doc.at("format_version").as_int64() == 1);
+  CHECK(doc.at("leaf_count").to_number<int>() == 3);
+  CHECK(doc.at("metadata").at("step").as_int64() == 7);
+  const auto& files = doc.at("files").as_array();
+  CHECK(std::any_of(files.begin(), files.end(),
+                    [](const auto& f) { return f.at("name").as_string() == "data-00000.bin"; }));
+  CHECK(std::any_of(files.begin(), files.end(),
+                    [](const auto& f) { return f.at("name").as_string() == "metadata.json"; }));
+  const auto& leaves = doc.at("leaves").as_array();
+  REQUIRE(leaves.size() == 3);
+  const boost::json::value* w = nullptr;
+  for (const auto& leaf : leaves) {
+    if (leaf.at("path").as_string() == "w") w = &leaf;
+  }
+  REQUIRE(w != nullptr);
+  CHECK(w->at("dtype").as_string() == "float32");
+  CHECK(w->at("shape") == boost::json::value{4, 4});
+  CHECK(w->at("nbytes").to_number<int>() == 64);
+  const auto& extents = w->at("extents").as_array();
+  REQUIRE(extents.size() == 1);
+  CHECK(extents[0].at("file").as_string() == "data-00000.bin");
+  CHECK(extents[0].at("length").to_number<int>() == 64);
+  CHECK(extents[0].as_object().contains("crc32c"));
+}
+
+TEST_CASE("inspect prints the summary, metadata and leaf table") {
+  TempDir run;
+  save(run / "c", 7);
+  Run r = ckpt_tool("inspect " + q(run / "c"));
+  INFO(r.text);
+  REQUIRE(r.rc == 0);
+  CHECK(line_with(r.text, "format version").find("1") != std::string::npos);
+  CHECK(line_with(r.text, "writer").find("ckpt") != std::string::npos);
+  CHECK(line_with(r.text, "\"step\"").find("7") != std::string::npos);
+  CHECK(!line_with(r.text, "data-00000.bin").empty());
+  std::string w = line_with(r.text, "  w ");
+  CHECK(w.find("float32") != std::string::npos);
+  CHECK(w.find("[4, 4]") != std::string::npos);
+  CHECK(line_with(r.text, "layers/b").find("[8]") != std::string::npos);
+}
+
+TEST_CASE("inspect of a directory without a manifest fails") {
+  TempDir run;
+  Run r = ckpt_tool("inspect " + q(run.path()), Stream::err);
+  CHECK(r.rc == 1);
+  CHECK(r.text.find("manifest.ckpt") != std::string::npos);
+  CHECK(lines_of(r.text).size() == 1);
+}
+
+TEST_CASE("verify accepts a good checkpoint") {
+  TempDir run;
+  save(run / "c", 1);
+  Run r = ckpt_tool("verify " + q(run / "c"));
+  INFO(r.text);
+  CHECK(r.rc == 0);
+  CHECK(r.text.rfind("OK", 0) == 0);
+  CHECK(r.text.find("3 leaves") != std::string::npos);
+
+  Run t = ckpt_tool("verify --engine threads " + q(run / "c"));
+  CHECK(t.rc == 0);
+}
+
+TEST_CASE("verify names the data file and the leaf after a flipped byte") {
+  TempDir run;
+  save(run / "c", 1);
+  test::flip_byte(run / "c/data-00000.bin", leaf_offset(run / "c", "layers/b") + 5);
+  Run r = ckpt_tool("verify " + q(run / "c"));
+  INFO(r.text);
+  CHECK(r.rc == 1);
+  CHECK(r.text.rfind("FAIL", 0) == 0);
+  std::string problem = line_with(r.text, "data-00000.bin");
+  CHECK(problem.find("'layers/b'") != std::string::npos);
+  CHECK(r.text.find("'w'") == std::string::npos);
+
+  Run j = ckpt_tool("verify --json " + q(run / "c"), Stream::out);
+  CHECK(j.rc == 1);
+  boost::json::value doc = boost::json::parse(j.text);
+  CHECK(doc.at("ok").as_bool() == false);
+  REQUIRE(doc.at("problems").as_array().size() == 1);
+  CHECK(doc.at("problems").as_array()[0].as_string().find("layers/b") != boost::json::string::npos);
+}
+
+TEST_CASE("verify names metadata.json after a flipped byte there") {
+  TempDir run;
+  save(run / "c", 1);
+  test::flip_byte(run / "c/metadata.json", 3);
+  Run r = ckpt_tool("verify " + q(run / "c"));
+  INFO(r.text);
+  CHECK(r.rc == 1);
+  CHECK(!line_with(r.text, "metadata.json").empty());
+  CHECK(line_with(r.text, "data-00000.bin").empty());
+}
+
+TEST_CASE("verify fails on a truncated data file") {
+  TempDir run;
+  save(run / "c", 1);
+  std::string data = run / "c/data-00000.bin";
+  test::truncate_file(data, test::file_size(data) / 2);
+  Run r = ckpt_tool("verify " + q(run / "c"));
+  INFO(r.text);
+  CHECK(r.rc == 1);
+  CHECK(!line_with(r.text, "data-00000.bin").empty());
+}
+
+TEST_CASE("verify of a path that does not exist fails with a clear message") {
+  TempDir run;
+  Run r = ckpt_tool("verify " + q(run / "missing"), Stream::err);
+  CHECK(r.rc == 1);
+  CHECK(lines_of(r.text).size() == 1);
+  CHECK(r.text.rfind("ckpt: no such", 0) == 0);
+  CHECK(r.text.find(run / "missing") != std::string::npos);
+}
+
+TEST_CASE("verify of a run directory checks every checkpoint") {
+  TempDir run;
+  save(run / "step/1", 1);
+  save(run / "step/2", 2);
+  write_latest(run.path(), "step/2");
+
+  Run ok = ckpt_tool("verify " + q(run.path()));
+  INFO(ok.text);
+  CHECK(ok.rc == 0);
+  CHECK(line_with(ok.text, "step/1").rfind("OK", 0) == 0);
+  CHECK(line_with(ok.text, "step/2").rfind("OK", 0) == 0);
+
+  test::flip_byte(run / "step/1/data-00000.bin", leaf_offset(run / "step/1", "w"));
+  Run bad = ckpt_tool("verify " + q(run.path()));
+  INFO(bad.text);
+  CHECK(bad.rc == 1);
+  CHECK(line_with(bad.text, "step/1").rfind("FAIL", 0) == 0);
+  CHECK(line_with(bad.text, "step/2").rfind("OK", 0) == 0);
+
+  Run j = ckpt_tool("verify --json " + q(run.path()), Stream::out);
+  CHECK(j.rc == 1);
+  boost::json::value doc = boost::json::parse(j.text);
+  CHECK(doc.at("ok").as_bool() == false);
+  CHECK(doc.at("checkpoints").as_array().size() == 2);
+}
+
+TEST_CASE("verify of a directory without checkpoints fails") {
+  TempDir run;
+  Run r = ckpt_tool("verify " + q(run.path()), Stream::err);
+  CHECK(r.rc == 1);
+  CHECK(r.text.find("no checkpoints") != std::string::npos);
+}
+
+TEST_CASE("usage errors exit 2 and --help exits 0") {
+  TempDir run;
+  CHECK(ckpt_tool("").rc == 2);
+  Run unknown = ckpt_tool("frobnicate", Stream::err);
+  CHECK(unknown.rc == 2);
+  CHECK(unknown.text.find("unknown command 'frobnicate'") != std::string::npos);
+  CHECK(ckpt_tool("verify").rc == 2);
+  CHECK(ckpt_tool("list --bogus " + q(run.path())).rc == 2);
+  CHECK(ckpt_tool("verify --engine warp " + q(run.path())).rc == 2);
+  Run help = ckpt_tool("--help", Stream::out);
+  CHECK(help.rc == 0);
+  CHECK(help.text.find("verify") != std::string::npos);
+  Run sub = ckpt_tool("verify --help", Stream::out);
+  CHECK(sub.rc == 0);
+  CHECK(sub.text.find("--engine") != std::string::npos);
+}
+
+TEST_CASE("latest prints the suffix the pointer names") {
+  TempDir run;
+  save(run / "step/5", 5);
+  write_latest(run.path(), "step/5");
+  Run r = ckpt_tool("latest " + q(run.path()));
+  CHECK(r.rc == 0);
+  CHECK(r.text == "step/5\n");
+}
+
+TEST_CASE("latest fails without a pointer or with one that names nothing") {
+  TempDir run;
+  Run none = ckpt_tool("latest " + q(run.path()), Stream::err);
+  CHECK(none.rc == 1);
+  CHECK(none.text.rfind("ckpt: ", 0) == 0);
+
+  save(run / "step/5", 5);
+  write_latest(run.path(), "step/5");
+  std::filesystem::remove_all(run / "step/5");
+  Run gone = ckpt_tool("latest " + q(run.path()), Stream::err);
+  CHECK(gone.rc == 1);
+  CHECK(gone.text.find("step/5") != std::string::npos);
+  CHECK(lines_of(gone.text).size() == 1);
+}
+
+}  // namespace
+}  // namespace ckpt

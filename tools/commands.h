@@ -1,0 +1,34 @@
+#pragma once
+// The subcommands of the `ckpt` tool. Each prints its report (a table for people, or one JSON
+// document on stdout with `json`) and returns the process exit code. ckpt::Error escapes to main,
+// which turns it into one line on stderr and exit code 1.
+#include <string>
+
+#include "io/engine.h"
+
+namespace ckpt::tools {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;  // something corrupt, missing or failed
+inline constexpr int kExitUsage = 2;   // the command line could not be parsed
+
+// Committed checkpoints of a run directory, `latest` marked. Exits 0 whenever the directory could
+// be listed, also when some rows show an unreadable checkpoint: `verify` is the integrity check.
+int run_list(const std::string& run_dir, bool json);
+
+// Everything the manifest of one checkpoint says, its metadata, files and leaves. Exits 1 when
+// the metadata cannot be read (the rest is still printed).
+int run_inspect(const std::string& dir, bool json);
+
+// Checks every checksum of one checkpoint, or of every checkpoint of a run directory (and that
+// `latest` names one of them).
+int run_verify(const std::string& path, bool json, io::EngineKind engine);
+
+// Prints the suffix `latest` names; exits 1 when there is none or it does not name a readable
+// checkpoint.
+int run_latest(const std::string& run_dir);
+
+// Throws Error(not_found) unless `path` is an existing directory.
+void require_directory(const std::string& path, const char* what);
+
+}  // namespace ckpt::tools
