@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "io/error.h"
@@ -10,6 +11,8 @@
 namespace ckpt {
 
 std::uint64_t shape_numel(const Shape& shape) {
+  // A zero dimension makes the array empty whatever the others are (as in numpy).
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   std::uint64_t n = 1;
   for (std::uint64_t d : shape) {
     if (d != 0 && n > std::numeric_limits<std::uint64_t>::max() / d) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <unordered_map>
 
+#include "io/durable.h"
 #include "io/error.h"
 #include "io/file.h"
 #include "runtime/checkpoint.h"
@@ -20,6 +21,13 @@ namespace fs = std::filesystem;
 Manifest read_manifest(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw Error(Errc::not_found, "no checkpoint directory", dir);
+  // A *.tmp-* directory is an unfinished write, even when its manifest is complete (a crash just
+  // before the commit rename): it is never loaded (docs/design.md, "Commit protocol").
+  fs::path name = fs::path(dir).lexically_normal();
+  if (!name.has_filename()) name = name.parent_path();
+  if (io::is_tmp_name(name.filename().string())) {
+    throw Error(Errc::not_found, "not a committed checkpoint (an unfinished write)", dir);
+  }
   std::string path = dir + "/" + std::string(kManifestName);
   if (!fs::exists(path, ec)) {
     throw Error(Errc::not_found, "not a checkpoint (no manifest.ckpt)", dir);

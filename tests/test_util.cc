@@ -4,11 +4,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace ckpt::test {
@@ -25,8 +28,10 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   // Tests make directories read-only to provoke failures; make them writable to remove them.
-  for (auto it = fs::recursive_directory_iterator(path_, ec); !ec && it != fs::end(it); it.increment(ec)) {
-    if (it->is_directory(ec)) fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
+  for (auto it = fs::recursive_directory_iterator(path_, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    if (it->is_directory(ec))
+      fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
   }
   fs::remove_all(path_, ec);
 }
@@ -76,8 +81,10 @@ Tree zeros_like(const Tree& t) {
   if (t.is_leaf()) return Tree(Array::zeros(t.array().dtype(), t.array().shape()));
   Tree out = t.is_list() ? Tree::list() : Tree::dict();
   for (std::size_t i = 0; i < t.size(); ++i) {
-    if (t.is_list()) out.push_back(zeros_like(t.children()[i]));
-    else out[t.keys()[i]] = zeros_like(t.children()[i]);
+    if (t.is_list())
+      out.push_back(zeros_like(t.children()[i]));
+    else
+      out[t.keys()[i]] = zeros_like(t.children()[i]);
   }
   return out;
 }
@@ -86,18 +93,52 @@ void flip_byte(const std::string& path, std::uint64_t offset) {
   int fd = ::open(path.c_str(), O_RDWR);
   if (fd < 0) throw std::runtime_error("open " + path);
   unsigned char c = 0;
-  if (::pread(fd, &c, 1, static_cast<off_t>(offset)) != 1) throw std::runtime_error("pread " + path);
+  if (::pread(fd, &c, 1, static_cast<off_t>(offset)) != 1)
+    throw std::runtime_error("pread " + path);
   c ^= 0x10;
-  if (::pwrite(fd, &c, 1, static_cast<off_t>(offset)) != 1) throw std::runtime_error("pwrite " + path);
+  if (::pwrite(fd, &c, 1, static_cast<off_t>(offset)) != 1)
+    throw std::runtime_error("pwrite " + path);
   ::fsync(fd);
   ::close(fd);
 }
 
 void truncate_file(const std::string& path, std::uint64_t size) {
-  if (::truncate(path.c_str(), static_cast<off_t>(size)) != 0) throw std::runtime_error("truncate " + path);
+  if (::truncate(path.c_str(), static_cast<off_t>(size)) != 0)
+    throw std::runtime_error("truncate " + path);
 }
 
 std::uint64_t file_size(const std::string& path) { return fs::file_size(path); }
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+void write_file(const std::string& path, std::string_view content) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(content.data(), static_cast<std::streamsize>(content.size()));
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<std::string> find_tmp_entries(const std::string& dir) {
+  std::vector<std::string> found;
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+    if (entry.path().filename().string().find(".tmp-") != std::string::npos) {
+      found.push_back(entry.path().string());
+    }
+  }
+  return found;
+}
 
 int run_command(const std::string& command, std::string* output) {
   std::string cmd = command + " 2>&1";

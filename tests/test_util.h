@@ -1,8 +1,12 @@
 #pragma once
 // Shared test helpers: scratch directories and deterministic trees.
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
+#include "io/error.h"
 #include "runtime/tree.h"
 
 namespace ckpt::test {
@@ -34,6 +38,30 @@ Tree zeros_like(const Tree& t);
 void flip_byte(const std::string& path, std::uint64_t offset);
 void truncate_file(const std::string& path, std::uint64_t size);
 std::uint64_t file_size(const std::string& path);
+
+// Whole-file read and (over)write, for tests that inspect or forge files.
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, std::string_view content);
+// Names of the entries of `dir`, sorted.
+std::vector<std::string> list_dir(const std::string& dir);
+// Every path below `dir` (recursively) whose name holds the temporary marker ".tmp-".
+std::vector<std::string> find_tmp_entries(const std::string& dir);
+
+inline bool contains(std::string_view text, std::string_view part) {
+  return text.find(part) != std::string_view::npos;
+}
+
+// Runs `fn` and returns the ckpt::Error it throws, or nullopt when it throws nothing. Any other
+// exception propagates (and fails the test).
+template <typename Fn>
+std::optional<Error> catch_error(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e;
+  }
+  return std::nullopt;
+}
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& command, std::string* output = nullptr);

@@ -1,0 +1,355 @@
+// The manifest encoding, and decode_manifest's defences against hostile files. Hostile manifests
+// are built as Manifest structs with bad fields: encode_manifest does not validate.
+#include "runtime/manifest.h"
+
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+
+#include "io/error.h"
+#include "runtime/crc32c.h"
+#include "runtime/layout.h"
+#include "tests/test_util.h"
+
+namespace ckpt {
+namespace {
+
+using test::catch_error;
+using test::contains;
+
+const std::string kPath = "/runs/p/g/n/step/7/manifest.ckpt";
+
+// A valid manifest: dict {a: f32[10], b: [u8[5000], i64[3,0]], c: {d: bf16[4096]}}, cut into
+// 4096-byte extents so that leaves have several.
+Manifest valid_manifest() {
+  Tree t;
+  t["a"] = Array::zeros(DType::f32, {10});
+  Tree& b = t["b"] = Tree::list();
+  b.push_back(Array::zeros(DType::u8, {5000}));
+  b.push_back(Array::zeros(DType::i64, {3, 0}));
+  t["c"]["d"] = Array::zeros(DType::bf16, {4096});
+  Manifest m;
+  m.created_unix_ns = 1234567890123;
+  m.writer = "test";
+  describe_structure(t, m);
+  plan_extents(t.flatten(), 4096, m);
+  std::uint32_t crc = 1;
+  for (auto& l : m.leaves) {
+    for (auto& e : l.extents) e.crc32c = crc++;
+  }
+  m.json_files.push_back({"metadata.json", 17, 0xabcdef});
+  m.json_files.push_back({"job.json", 3, 42});
+  return m;
+}
+
+LeafInfo& leaf(Manifest& m, const std::string& path) {
+  for (auto& l : m.leaves) {
+    if (l.path == path) return l;
+  }
+  FAIL("no leaf " << path);
+  throw;
+}
+
+// Recomputes the trailer of `body` the way encode_manifest writes it.
+std::string seal(const std::string& body) {
+  std::string out = body;
+  char trailer[16];
+  std::memcpy(trailer, "CKPTMAN1", 8);
+  auto put = [](char* p, std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  };
+  put(trailer + 8, static_cast<std::uint32_t>(body.size()));
+  put(trailer + 12, crc32c(body));
+  out.append(trailer, 16);
+  return out;
+}
+
+// decode_manifest must throw Error(code) naming kPath, with `hint` in the message.
+void check_rejected(const std::string& bytes, Errc code, const std::string& hint) {
+  auto e = catch_error([&] { (void)decode_manifest(bytes, kPath); });
+  REQUIRE_MESSAGE(e.has_value(), "decode accepted a manifest with: " << hint);
+  CHECK(e->code() == code);
+  CHECK(e->path() == kPath);
+  CHECK(contains(e->what(), kPath));
+  CHECK_MESSAGE(contains(e->what(), hint), e->what());
+}
+
+void check_rejected(const std::function<void(Manifest&)>& mutate, Errc code,
+                    const std::string& hint) {
+  Manifest m = valid_manifest();
+  mutate(m);
+  check_rejected(encode_manifest(m), code, hint);
+}
+
+TEST_CASE("manifest encode and decode round trip every field") {
+  Manifest m = valid_manifest();
+  Manifest d = decode_manifest(encode_manifest(m), kPath);
+  CHECK(d.format_version == kFormatVersion);
+  CHECK(d.alignment == 4096);
+  CHECK(d.created_unix_ns == m.created_unix_ns);
+  CHECK(d.writer == "test");
+  CHECK(d.total_bytes == m.total_bytes);
+  CHECK(d.total_bytes == 40 + 5000 + 0 + 8192);
+  CHECK(d.process_count == 1);
+  REQUIRE(d.nodes.size() == m.nodes.size());
+  for (std::size_t i = 0; i < d.nodes.size(); ++i) {
+    CAPTURE(i);
+    CHECK(d.nodes[i].kind == m.nodes[i].kind);
+    CHECK(d.nodes[i].keys == m.nodes[i].keys);
+    CHECK(d.nodes[i].children == m.nodes[i].children);
+    if (d.nodes[i].kind == Tree::Kind::leaf) CHECK(d.nodes[i].leaf == m.nodes[i].leaf);
+  }
+  REQUIRE(d.leaves.size() == 4);
+  for (std::size_t i = 0; i < d.leaves.size(); ++i) {
+    const LeafInfo& a = m.leaves[i];
+    const LeafInfo& b = d.leaves[i];
+    CAPTURE(a.path);
+    CHECK(a.path == b.path);
+    CHECK(a.dtype == b.dtype);
+    CHECK(a.shape == b.shape);
+    CHECK(a.nbytes == b.nbytes);
+    REQUIRE(a.extents.size() == b.extents.size());
+    for (std::size_t k = 0; k < a.extents.size(); ++k) {
+      CHECK(a.extents[k].file == b.extents[k].file);
+      CHECK(a.extents[k].offset == b.extents[k].offset);
+      CHECK(a.extents[k].length == b.extents[k].length);
+      CHECK(a.extents[k].stored_length == b.extents[k].stored_length);
+      CHECK(a.extents[k].crc32c == b.extents[k].crc32c);
+      CHECK(a.extents[k].leaf_offset == b.extents[k].leaf_offset);
+    }
+  }
+  CHECK(d.leaves[0].path == "a");
+  CHECK(d.leaves[1].path == "b/0");
+  CHECK(d.leaves[1].extents.size() == 2);  // 5000 bytes in 4096-byte extents
+  CHECK(d.leaves[2].path == "b/1");
+  CHECK(d.leaves[2].extents.empty());
+  CHECK(d.leaves[3].path == "c/d");
+  CHECK(d.leaves[3].dtype == DType::bf16);
+  REQUIRE(d.data_files.size() == 1);
+  CHECK(d.data_files[0].name == "data-00000.bin");
+  CHECK(d.data_files[0].size == 4096 + 8192 + 8192);
+  CHECK(d.stored_bytes() == d.data_files[0].size);
+  REQUIRE(d.json_files.size() == 2);
+  REQUIRE(d.json_file("metadata.json") != nullptr);
+  CHECK(d.json_file("metadata.json")->size == 17);
+  CHECK(d.json_file("metadata.json")->crc32c == 0xabcdef);
+  CHECK(d.json_file("job.json")->crc32c == 42);
+  CHECK(d.json_file("config.json") == nullptr);
+  // Encoding is deterministic.
+  CHECK(encode_manifest(d) == encode_manifest(m));
+}
+
+TEST_CASE("manifest of an empty tree and of a single leaf round trip") {
+  Manifest empty;
+  describe_structure(Tree(), empty);
+  plan_extents({}, 4096, empty);
+  Manifest d = decode_manifest(encode_manifest(empty), kPath);
+  CHECK(d.leaves.empty());
+  CHECK(d.nodes.size() == 1);
+  CHECK(d.data_files.at(0).size == 0);
+
+  Tree leaf(Array::zeros(DType::f64, {}));
+  Manifest single;
+  describe_structure(leaf, single);
+  plan_extents(leaf.flatten(), 4096, single);
+  Manifest s = decode_manifest(encode_manifest(single), kPath);
+  REQUIRE(s.leaves.size() == 1);
+  CHECK(s.leaves[0].path.empty());
+  CHECK(s.leaves[0].shape.empty());
+  CHECK(s.leaves[0].nbytes == 8);
+}
+
+TEST_CASE("manifest decode rejects truncated bytes") {
+  const std::string bytes = encode_manifest(valid_manifest());
+  for (std::size_t keep : {std::size_t{0}, std::size_t{5}, std::size_t{16}, bytes.size() / 2,
+                           bytes.size() - 16, bytes.size() - 1}) {
+    CAPTURE(keep);
+    check_rejected(bytes.substr(0, keep), Errc::corrupt, "invalid manifest");
+  }
+  // The trailer moved to the front part: its length no longer matches.
+  std::string body = bytes.substr(0, bytes.size() - 16);
+  check_rejected(body.substr(0, body.size() - 8) + bytes.substr(bytes.size() - 16), Errc::corrupt,
+                 "length");
+}
+
+TEST_CASE("manifest decode rejects a flipped byte through its checksum") {
+  const std::string bytes = encode_manifest(valid_manifest());
+  for (std::size_t at : {std::size_t{0}, std::size_t{4}, bytes.size() / 3, bytes.size() - 17}) {
+    CAPTURE(at);
+    std::string bad = bytes;
+    bad[at] ^= 0x10;
+    check_rejected(bad, Errc::corrupt, "checksum mismatch");
+  }
+  std::string bad_crc = bytes;
+  bad_crc[bytes.size() - 1] ^= 0x01;
+  check_rejected(bad_crc, Errc::corrupt, "checksum mismatch");
+}
+
+TEST_CASE("manifest decode rejects foreign files") {
+  std::mt19937 rng(1);
+  std::string random(4096, '\0');
+  for (char& c : random) c = static_cast<char>(rng());
+  check_rejected(random, Errc::corrupt, "not a ckpt manifest");
+  check_rejected(R"({"format_version": 1, "leaves": [], "padding": "................"})",
+                 Errc::corrupt, "not a ckpt manifest");
+  check_rejected("", Errc::corrupt, "too short");
+  // Right trailer, but the body is random bytes under a valid checksum.
+  check_rejected(seal(random), Errc::corrupt, "invalid manifest");
+}
+
+TEST_CASE("manifest decode rejects a wrong file identifier") {
+  std::string bytes = encode_manifest(valid_manifest());
+  std::string body = bytes.substr(0, bytes.size() - 16);
+  REQUIRE(body.substr(4, 4) == "CKPT");
+  body.replace(4, 4, "XKPT");
+  check_rejected(seal(body), Errc::corrupt, "identifier");
+}
+
+TEST_CASE("manifest decode rejects format version 2 as unsupported") {
+  check_rejected([](Manifest& m) { m.format_version = 2; }, Errc::unsupported, "version 2");
+  check_rejected([](Manifest& m) { m.format_version = 0; }, Errc::unsupported, "version 0");
+}
+
+TEST_CASE("manifest decode rejects an unknown dtype as unsupported") {
+  check_rejected([](Manifest& m) { m.leaves[0].dtype = static_cast<DType>(kDTypeCount); },
+                 Errc::unsupported, "dtype");
+}
+
+TEST_CASE("manifest decode rejects an extent past the end of the data file") {
+  check_rejected([](Manifest& m) { m.data_files[0].size -= 4096; }, Errc::corrupt,
+                 "past the end of data-00000.bin");
+  check_rejected(
+      [](Manifest& m) {
+        // Far away, and with an offset whose sum with the length would wrap around.
+        leaf(m, "c/d").extents.back().offset = ~std::uint64_t{0} - 4095;
+      },
+      Errc::corrupt, "past the end");
+}
+
+TEST_CASE("manifest decode rejects a misaligned extent offset") {
+  check_rejected([](Manifest& m) { leaf(m, "c/d").extents[1].offset += 512; }, Errc::corrupt,
+                 "not aligned");
+  check_rejected([](Manifest& m) { m.alignment = 3000; }, Errc::corrupt, "alignment");
+  check_rejected([](Manifest& m) { m.alignment = 0; }, Errc::corrupt, "alignment");
+}
+
+TEST_CASE("manifest decode rejects nbytes that do not match shape and dtype") {
+  check_rejected([](Manifest& m) { leaf(m, "a").nbytes = 44; }, Errc::corrupt, "nbytes");
+  check_rejected([](Manifest& m) { leaf(m, "a").dtype = DType::f64; }, Errc::corrupt, "nbytes");
+  check_rejected([](Manifest& m) { leaf(m, "a").shape = {11}; }, Errc::corrupt, "nbytes");
+}
+
+TEST_CASE("manifest decode rejects a shape whose size overflows") {
+  check_rejected(
+      [](Manifest& m) {
+        leaf(m, "a").shape = {std::uint64_t{1} << 40, std::uint64_t{1} << 40};
+      },
+      Errc::corrupt, "overflows");
+  check_rejected([](Manifest& m) { leaf(m, "a").shape = Shape(65, 1); }, Errc::corrupt, "rank");
+}
+
+TEST_CASE("manifest decode rejects extents that do not tile their leaf") {
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents.pop_back(); }, Errc::corrupt,
+                 "do not cover the leaf");
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].leaf_offset += 8; }, Errc::corrupt,
+                 "tile");
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].length += 8; }, Errc::corrupt,
+                 "length out of range");
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].stored_length += 4096; },
+                 Errc::corrupt, "stored length");
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].file = 1; }, Errc::corrupt,
+                 "missing data file");
+  check_rejected([](Manifest& m) { m.total_bytes += 1; }, Errc::corrupt, "total_bytes");
+}
+
+TEST_CASE("manifest decode rejects gaps and overlaps between extents") {
+  check_rejected(
+      [](Manifest& m) {
+        // Shift the last leaf's extents one block further and grow the file: a 4096-byte gap
+        // that no checksum covers.
+        for (auto& e : leaf(m, "c/d").extents) e.offset += 4096;
+        m.data_files[0].size += 4096;
+      },
+      Errc::corrupt, "gaps");
+  check_rejected(
+      [](Manifest& m) {
+        auto& ext = leaf(m, "c/d").extents;
+        ext[1].offset = ext[0].offset;  // both extents at one place
+      },
+      Errc::corrupt, "overlap");
+  check_rejected([](Manifest& m) { m.data_files[0].size += 4096; }, Errc::corrupt,
+                 "do not cover data-00000.bin");
+}
+
+TEST_CASE("manifest decode rejects duplicate leaf paths") {
+  check_rejected([](Manifest& m) { leaf(m, "c/d").path = "a"; }, Errc::corrupt,
+                 "duplicate leaf path 'a'");
+}
+
+TEST_CASE("manifest decode rejects bad node indices and cycles") {
+  // nodes in pre-order: 0 root{a,b,c}, 1 a, 2 b[..], 3 b/0, 4 b/1, 5 c{d}, 6 c/d
+  {
+    Manifest m = valid_manifest();
+    REQUIRE(m.nodes.size() == 7);
+    REQUIRE(m.nodes[0].children == std::vector<std::uint32_t>{1, 2, 5});
+  }
+  check_rejected([](Manifest& m) { m.nodes[0].children[2] = 99; }, Errc::corrupt,
+                 "bad tree node index");
+  check_rejected([](Manifest& m) { m.nodes[5].children[0] = 0; }, Errc::corrupt,
+                 "bad tree node index");  // a cycle back to the root
+  check_rejected([](Manifest& m) { m.nodes[2].children[1] = 2; }, Errc::corrupt,
+                 "bad tree node index");  // a self loop
+  check_rejected([](Manifest& m) { m.nodes[5].children[0] = 3; }, Errc::corrupt,
+                 "bad tree node index");  // a shared child
+  check_rejected([](Manifest& m) { m.nodes[1].leaf = 17; }, Errc::corrupt, "bad leaf index");
+  check_rejected([](Manifest& m) { m.nodes[6].leaf = 0; }, Errc::corrupt, "bad leaf index");
+  check_rejected([](Manifest& m) { m.nodes.clear(); }, Errc::corrupt, "no tree");
+  check_rejected([](Manifest& m) { m.nodes[0].keys.pop_back(); }, Errc::corrupt, "differ");
+  check_rejected([](Manifest& m) { std::swap(m.nodes[0].keys[0], m.nodes[0].keys[1]); },
+                 Errc::corrupt, "bad dict key");
+  check_rejected([](Manifest& m) { m.nodes[5].keys[0] = "x/y"; }, Errc::corrupt, "bad dict key");
+  check_rejected(
+      [](Manifest& m) {
+        m.nodes[0].children.pop_back();
+        m.nodes[0].keys.pop_back();
+      },
+      Errc::corrupt, "unreachable");
+}
+
+TEST_CASE("manifest decode rejects a leaf path that does not match the tree") {
+  check_rejected([](Manifest& m) { leaf(m, "c/d").path = "c/e"; }, Errc::corrupt,
+                 "does not match the tree");
+  check_rejected([](Manifest& m) { m.nodes[0].keys[0] = "A"; }, Errc::corrupt,
+                 "does not match the tree");
+}
+
+TEST_CASE("manifest decode rejects a tree deeper than it will walk") {
+  Manifest m;
+  constexpr std::uint32_t kDepth = 600;
+  for (std::uint32_t i = 0; i < kDepth; ++i) {
+    NodeInfo n;
+    n.kind = Tree::Kind::list;
+    n.children = {i + 1};
+    m.nodes.push_back(n);
+  }
+  m.nodes.push_back(NodeInfo{Tree::Kind::leaf, {}, {}, 0});
+  std::string path;
+  for (std::uint32_t i = 0; i < kDepth; ++i) path += i == 0 ? "0" : "/0";
+  m.leaves.push_back(LeafInfo{path, DType::u8, {0}, 0, {}});
+  m.data_files = {FileInfo{data_file_name(0), 0, 0}};
+  check_rejected(encode_manifest(m), Errc::corrupt, "deeper");
+}
+
+TEST_CASE("manifest decode rejects unexpected file names") {
+  check_rejected([](Manifest& m) { m.data_files[0].name = "../data-00000.bin"; }, Errc::corrupt,
+                 "data file name");
+  check_rejected([](Manifest& m) { m.json_files[0].name = "../../etc/passwd"; }, Errc::corrupt,
+                 "bad file name");
+  check_rejected([](Manifest& m) { m.json_files[0].name = ""; }, Errc::corrupt, "bad file name");
+}
+
+}  // namespace
+}  // namespace ckpt
