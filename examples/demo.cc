@@ -1,10 +1,10 @@
 // demo: saves a small model-like tree into DIR/demo/run, restores it into a fresh template,
 // checks every byte, moves `latest`, and prints what it did with the engine's throughput.
 //   build/examples/demo --dir ./checkpoints [--mb 256] [--engine auto|uring|threads]
-#include <CLI/CLI.hpp>
-#include <boost/json/serialize.hpp>
 #include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
+#include <boost/json/serialize.hpp>
 #include <chrono>
 #include <cstring>
 
@@ -31,7 +31,8 @@ ckpt::Tree make_state(std::uint64_t mb, std::vector<std::vector<float>>& storage
   for (std::uint64_t l = 0; l < layers; ++l) {
     auto& w = storage.emplace_back(per_layer * width);
     auto& b = storage.emplace_back(width);
-    for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>((i * 31 + l) % 1000) / 1000.0f;
+    for (std::size_t i = 0; i < w.size(); ++i)
+      w[i] = static_cast<float>((i * 31 + l) % 1000) / 1000.0f;
     for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(l);
     ckpt::Tree layer;
     layer["w"] = ckpt::Array::view(ckpt::DType::f32, {per_layer, width}, w.data());
@@ -80,8 +81,8 @@ int main(int argc, char** argv) {
     auto b = restored.flatten();
     bool same = a.size() == b.size();
     for (std::size_t i = 0; same && i < a.size(); ++i) {
-      same = a[i].first == b[i].first && std::memcmp(a[i].second.data(), b[i].second.data(),
-                                                     a[i].second.nbytes()) == 0;
+      same = a[i].first == b[i].first &&
+             std::memcmp(a[i].second.data(), b[i].second.data(), a[i].second.nbytes()) == 0;
     }
     fmt::print("restored {:.1f} MiB in {:.3f} s ({:.2f} GiB/s); bytes identical: {}; metadata {}\n",
                bytes / 1048576.0, restore_s, bytes / restore_s / (1u << 30), same ? "yes" : "NO",

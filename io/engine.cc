@@ -13,9 +13,12 @@ namespace ckpt::io {
 
 std::string_view to_string(EngineKind kind) noexcept {
   switch (kind) {
-    case EngineKind::automatic: return "auto";
-    case EngineKind::uring: return "uring";
-    case EngineKind::threads: return "threads";
+    case EngineKind::automatic:
+      return "auto";
+    case EngineKind::uring:
+      return "uring";
+    case EngineKind::threads:
+      return "threads";
   }
   return "?";
 }
@@ -30,9 +33,12 @@ EngineKind parse_engine_kind(std::string_view text) {
 
 std::unique_ptr<Engine> make_engine(const EngineOptions& options) {
   switch (options.kind) {
-    case EngineKind::uring: return std::make_unique<UringEngine>(options.queue_depth);
-    case EngineKind::threads: return std::make_unique<ThreadEngine>(options.threads);
-    case EngineKind::automatic: break;
+    case EngineKind::uring:
+      return std::make_unique<UringEngine>(options.queue_depth);
+    case EngineKind::threads:
+      return std::make_unique<ThreadEngine>(options.threads);
+    case EngineKind::automatic:
+      break;
   }
   try {
     return std::make_unique<UringEngine>(options.queue_depth);
@@ -88,16 +94,17 @@ void run_batch(Engine& engine, std::span<const Request> requests, unsigned queue
     batch.cv.wait(lock);
   }
   if (batch.first_errno != 0) {
-    const char* op = requests.empty() ? "io" : requests.front().op == Request::Op::read ? "read"
-                                             : requests.front().op == Request::Op::write ? "write"
-                                                                                         : "fsync";
+    const char* op = requests.empty()                            ? "io"
+                     : requests.front().op == Request::Op::read  ? "read"
+                     : requests.front().op == Request::Op::write ? "write"
+                                                                 : "fsync";
     throw sys_error(op, path, batch.first_errno);
   }
   if (batch.short_transfer) {
-    throw Error(Errc::corrupt,
-                "short transfer at offset " + std::to_string(batch.short_offset) +
-                    " (file truncated?)",
-                path);
+    throw Error(
+        Errc::corrupt,
+        "short transfer at offset " + std::to_string(batch.short_offset) + " (file truncated?)",
+        path);
   }
 }
 

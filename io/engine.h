@@ -46,9 +46,14 @@ class Engine {
   virtual std::string_view name() const noexcept = 0;
   virtual void submit(const Request& request, Completion done) = 0;
   // Registers long-lived buffers with the kernel (io_uring fixed buffers) so requests inside them
-  // skip per-request page pinning. Returns false when the driver or the memlock limit does not
-  // allow it; requests work either way.
-  virtual bool register_buffers(std::span<const iovec> buffers) { (void)buffers; return false; }
+  // skip per-request page pinning. The call replaces the registered set; entries equal to those
+  // registered before stay valid for requests in flight, so a growing pool passes its whole list
+  // each time. Buffers dropped from the set must have no request in flight. Returns false when
+  // the driver or the memlock limit does not allow it; requests work either way.
+  virtual bool register_buffers(std::span<const iovec> buffers) {
+    (void)buffers;
+    return false;
+  }
   virtual void unregister_buffers() {}
 };
 

@@ -9,17 +9,28 @@ namespace ckpt {
 
 std::string_view to_string(Errc code) noexcept {
   switch (code) {
-    case Errc::io: return "io error";
-    case Errc::no_space: return "no space";
-    case Errc::not_found: return "not found";
-    case Errc::corrupt: return "corrupt";
-    case Errc::unsupported: return "unsupported";
-    case Errc::invalid_argument: return "invalid argument";
-    case Errc::mismatch: return "mismatch";
-    case Errc::path_escape: return "path escapes root";
-    case Errc::timeout: return "timeout";
-    case Errc::cancelled: return "cancelled";
-    case Errc::skipped: return "skipped";
+    case Errc::io:
+      return "io error";
+    case Errc::no_space:
+      return "no space";
+    case Errc::not_found:
+      return "not found";
+    case Errc::corrupt:
+      return "corrupt";
+    case Errc::unsupported:
+      return "unsupported";
+    case Errc::invalid_argument:
+      return "invalid argument";
+    case Errc::mismatch:
+      return "mismatch";
+    case Errc::path_escape:
+      return "path escapes root";
+    case Errc::timeout:
+      return "timeout";
+    case Errc::cancelled:
+      return "cancelled";
+    case Errc::skipped:
+      return "skipped";
   }
   return "unknown";
 }

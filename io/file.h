@@ -36,10 +36,10 @@ class File {
   bool direct() const noexcept { return direct_; }
   explicit operator bool() const noexcept { return fd_ >= 0; }
 
-  std::uint64_t size() const;           // fstat; throws Error
-  void truncate(std::uint64_t size);    // ftruncate; throws Error
-  void sync();                          // fsync; throws Error (never retry: the pages may be gone)
-  void close();                         // close, reporting errors; the destructor only logs them
+  std::uint64_t size() const;         // fstat; throws Error
+  void truncate(std::uint64_t size);  // ftruncate; throws Error
+  void sync();                        // fsync; throws Error (never retry: the pages may be gone)
+  void close();                       // close, reporting errors; the destructor only logs them
 
  private:
   int fd_ = -1;

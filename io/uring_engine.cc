@@ -41,7 +41,7 @@ UringEngine::UringEngine(unsigned entries) : capacity_(entries == 0 ? 1 : entrie
 UringEngine::~UringEngine() {
   {
     std::unique_lock lock(mu_);
-    idle_cv_.wait(lock, [&] { return in_flight_ == 0 && waiting_.empty(); });
+    idle_cv_.wait(lock, [&] { return idle_locked(); });
     stopping_ = true;
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (sqe != nullptr) {
@@ -76,29 +76,38 @@ void UringEngine::push_locked(Op* op) {
   int fixed = r.op == Request::Op::fsync ? -1 : fixed_index(buf, len);
   switch (r.op) {
     case Request::Op::read:
-      if (fixed >= 0) io_uring_prep_read_fixed(sqe, r.fd, buf, len, off, fixed);
-      else io_uring_prep_read(sqe, r.fd, buf, len, off);
+      if (fixed >= 0)
+        io_uring_prep_read_fixed(sqe, r.fd, buf, len, off, fixed);
+      else
+        io_uring_prep_read(sqe, r.fd, buf, len, off);
       break;
     case Request::Op::write:
-      if (fixed >= 0) io_uring_prep_write_fixed(sqe, r.fd, buf, len, off, fixed);
-      else io_uring_prep_write(sqe, r.fd, buf, len, off);
+      if (fixed >= 0)
+        io_uring_prep_write_fixed(sqe, r.fd, buf, len, off, fixed);
+      else
+        io_uring_prep_write(sqe, r.fd, buf, len, off);
       break;
-    case Request::Op::fsync: io_uring_prep_fsync(sqe, r.fd, 0); break;
+    case Request::Op::fsync:
+      io_uring_prep_fsync(sqe, r.fd, 0);
+      break;
   }
   io_uring_sqe_set_data(sqe, op);
   ++in_flight_;
   int rc;
   do {
     rc = io_uring_submit(&ring_);
-  } while (rc == -EINTR || rc == -EAGAIN);
+  } while (rc == -EINTR || rc == -EAGAIN || rc == -EBUSY);
+  // The SQE stays in the ring and goes to the kernel with the next successful submit.
   if (rc < 0) log().error("io_uring_submit: {}", std::strerror(-rc));
 }
 
 void UringEngine::submit(const Request& request, Completion done) {
   auto* op = new Op{request, std::move(done), 0};
   std::lock_guard lock(mu_);
-  if (in_flight_ < capacity_) push_locked(op);
-  else waiting_.push_back(op);
+  if (in_flight_ < capacity_)
+    push_locked(op);
+  else
+    waiting_.push_back(op);
 }
 
 void UringEngine::reap_loop() {
@@ -113,68 +122,98 @@ void UringEngine::reap_loop() {
     std::uint64_t tag = io_uring_cqe_get_data64(cqe);
     int res = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
-    if (tag == kWakeTag) {
-      std::lock_guard lock(mu_);
-      if (stopping_) return;
-      continue;
-    }
-    auto* op = reinterpret_cast<Op*>(tag);
-    const Request& r = op->req;
-    bool finished = true;
+    Op* op = nullptr;
     std::int64_t result = 0;
-    if (res == -EINTR || res == -EAGAIN) {
-      finished = false;
-    } else if (res < 0) {
-      result = res;
-    } else if (r.op == Request::Op::fsync) {
-      result = 0;
-    } else {
-      op->transferred += static_cast<std::size_t>(res);
-      // A short transfer continues from where it stopped; 0 bytes means end of file.
-      finished = res == 0 || op->transferred == r.len;
-      result = static_cast<std::int64_t>(op->transferred);
-    }
     {
+      // The op was built by a submitting thread: read and update it under the lock, which is
+      // also what tells ThreadSanitizer about the hand-off through the kernel.
       std::lock_guard lock(mu_);
+      if (tag == kWakeTag) {
+        if (stopping_) return;
+        continue;
+      }
+      op = reinterpret_cast<Op*>(tag);
+      const Request& r = op->req;
+      bool finished = true;
+      if (res == -EINTR || res == -EAGAIN) {
+        finished = false;
+      } else if (res < 0) {
+        result = res;
+      } else if (r.op != Request::Op::fsync) {
+        op->transferred += static_cast<std::size_t>(res);
+        // A short transfer continues from where it stopped; 0 bytes means end of file.
+        finished = res == 0 || op->transferred == r.len;
+        result = static_cast<std::int64_t>(op->transferred);
+      }
       --in_flight_;
-      if (!finished) {
+      if (finished) {
+        ++running_callbacks_;
+      } else {
         push_locked(op);
+        op = nullptr;
       }
       while (in_flight_ < capacity_ && !waiting_.empty()) {
         push_locked(waiting_.front());
         waiting_.pop_front();
       }
     }
-    if (finished) {
+    if (op != nullptr) {
       Completion done = std::move(op->done);
       delete op;
       done(result);
       std::lock_guard lock(mu_);
-      if (in_flight_ == 0 && waiting_.empty()) idle_cv_.notify_all();
+      --running_callbacks_;
+      if (idle_locked()) idle_cv_.notify_all();
     }
   }
 }
 
 bool UringEngine::register_buffers(std::span<const iovec> buffers) {
+  // A sparse table updated slot by slot: a growing pool registers its new slabs while requests
+  // on the slabs registered before are in flight.
   std::lock_guard lock(mu_);
-  if (!registered_.empty()) {
-    io_uring_unregister_buffers(&ring_);
-    registered_.clear();
+  if (buffers.size() > kMaxFixedBuffers) return false;
+  if (!sparse_) {
+    int rc = io_uring_register_buffers_sparse(&ring_, kMaxFixedBuffers);
+    if (rc < 0) {
+      log().info("io_uring buffer registration refused ({}); using unregistered buffers",
+                 std::strerror(-rc));
+      return false;
+    }
+    sparse_ = true;
   }
-  int rc = io_uring_register_buffers(&ring_, buffers.data(), static_cast<unsigned>(buffers.size()));
-  if (rc < 0) {
-    log().info("io_uring buffer registration refused ({}); using unregistered buffers",
-               std::strerror(-rc));
-    return false;
+  std::vector<iovec> updated;
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    bool same = i < registered_.size() && registered_[i].iov_base == buffers[i].iov_base &&
+                registered_[i].iov_len == buffers[i].iov_len;
+    if (!same) {
+      __u64 tag = 0;
+      iovec v = buffers[i];
+      int rc = io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(i), &v, &tag, 1);
+      if (rc < 0) {
+        log().info("io_uring buffer registration refused ({}); using unregistered buffers",
+                   std::strerror(-rc));
+        registered_.resize(std::min(registered_.size(), i));
+        return false;
+      }
+    }
+    updated.push_back(buffers[i]);
   }
-  registered_.assign(buffers.begin(), buffers.end());
+  // Slots beyond the new set are cleared so that no stale region matches.
+  for (std::size_t i = buffers.size(); i < registered_.size(); ++i) {
+    __u64 tag = 0;
+    iovec empty{nullptr, 0};
+    io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(i), &empty, &tag, 1);
+  }
+  registered_ = std::move(updated);
   return true;
 }
 
 void UringEngine::unregister_buffers() {
   std::lock_guard lock(mu_);
-  if (registered_.empty()) return;
+  if (!sparse_) return;
   io_uring_unregister_buffers(&ring_);
+  sparse_ = false;
   registered_.clear();
 }
 

@@ -35,9 +35,15 @@ class UringEngine final : public Engine {
   std::mutex mu_;
   std::condition_variable idle_cv_;
   unsigned capacity_;
-  unsigned in_flight_ = 0;  // ops in the kernel
+  unsigned in_flight_ = 0;          // ops in the kernel
+  unsigned running_callbacks_ = 0;  // completions running on the reaper (they may submit)
+  bool idle_locked() const {
+    return in_flight_ == 0 && waiting_.empty() && running_callbacks_ == 0;
+  }
   std::deque<Op*> waiting_;
-  std::vector<iovec> registered_;
+  static constexpr unsigned kMaxFixedBuffers = 1024;
+  std::vector<iovec> registered_;  // fixed-buffer slots in use (a prefix of the sparse table)
+  bool sparse_ = false;
   bool stopping_ = false;
   std::thread reaper_;
 };

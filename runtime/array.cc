@@ -34,7 +34,9 @@ std::uint64_t array_nbytes(DType dtype, const Shape& shape) {
   return n * size;
 }
 
-std::string shape_to_string(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_to_string(const Shape& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 Array::Array(DType dtype, Shape shape, std::byte* data, bool read_only)
     : dtype_(dtype), shape_(std::move(shape)), data_(data), read_only_(read_only) {

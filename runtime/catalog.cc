@@ -22,16 +22,20 @@ void check_suffix(std::string_view suffix) {
     std::size_t end = suffix.find('/', start);
     if (end == std::string_view::npos) end = suffix.size();
     std::string_view part = suffix.substr(start, end - start);
-    if (part == "..") throw Error(Errc::path_escape, "checkpoint suffix contains '..'", std::string(suffix));
+    if (part == "..")
+      throw Error(Errc::path_escape, "checkpoint suffix contains '..'", std::string(suffix));
     if (part.empty() || part == ".") {
-      throw Error(Errc::invalid_argument, "checkpoint suffix has an empty or '.' part", std::string(suffix));
+      throw Error(Errc::invalid_argument, "checkpoint suffix has an empty or '.' part",
+                  std::string(suffix));
     }
     if (io::is_tmp_name(part)) {
-      throw Error(Errc::invalid_argument, "checkpoint suffix contains '.tmp-'", std::string(suffix));
+      throw Error(Errc::invalid_argument, "checkpoint suffix contains '.tmp-'",
+                  std::string(suffix));
     }
     start = end + 1;
   }
-  if (suffix == kLatestName) throw Error(Errc::invalid_argument, "'latest' is reserved", std::string(suffix));
+  if (suffix == kLatestName)
+    throw Error(Errc::invalid_argument, "'latest' is reserved", std::string(suffix));
 }
 
 std::vector<CheckpointInfo> list_checkpoints(const std::string& run_dir) {
@@ -58,7 +62,8 @@ std::vector<CheckpointInfo> list_checkpoints(const std::string& run_dir) {
         info.stored_bytes = m.stored_bytes();
         info.leaves = m.leaves.size();
         info.created_unix_ns = m.created_unix_ns;
-        auto metadata = read_metadata(info.path);
+        info.metadata = read_metadata(info.path);
+        const auto& metadata = info.metadata;
         if (auto* step = metadata.if_contains("step"); step != nullptr && step->is_int64()) {
           info.step = step->as_int64();
         } else if (step != nullptr && step->is_uint64()) {

@@ -1,6 +1,7 @@
 #pragma once
 // A run directory holds checkpoints under suffixes (possibly nested, "step/100") and the `latest`
 // pointer: a text file holding the suffix of the newest registered checkpoint.
+#include <boost/json/object.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -12,14 +13,15 @@ namespace ckpt {
 inline constexpr std::string_view kLatestName = "latest";
 
 struct CheckpointInfo {
-  std::string suffix;   // relative to the run directory
-  std::string path;     // run_dir/suffix
+  std::string suffix;                // relative to the run directory
+  std::string path;                  // run_dir/suffix
   std::optional<std::int64_t> step;  // metadata "step", when it is an integer
   std::uint64_t bytes = 0;           // payload bytes
   std::uint64_t stored_bytes = 0;    // bytes of the data files
   std::size_t leaves = 0;
   std::int64_t created_unix_ns = 0;
-  std::string error;    // non-empty when the manifest or metadata could not be read
+  boost::json::object metadata;
+  std::string error;  // non-empty when the manifest or metadata could not be read
 };
 
 // Throws Error(path_escape | invalid_argument) unless `suffix` is a plain relative path: no

@@ -10,9 +10,21 @@ struct Info {
   std::size_t size;
 };
 constexpr std::array<Info, kDTypeCount> kInfo{{
-    {"float64", 8}, {"float32", 4}, {"float16", 2}, {"bfloat16", 2}, {"float8_e4m3", 1},
-    {"float8_e5m2", 1}, {"int64", 8}, {"int32", 4}, {"int16", 2}, {"int8", 1},
-    {"uint64", 8}, {"uint32", 4}, {"uint16", 2}, {"uint8", 1}, {"bool", 1},
+    {"float64", 8},
+    {"float32", 4},
+    {"float16", 2},
+    {"bfloat16", 2},
+    {"float8_e4m3", 1},
+    {"float8_e5m2", 1},
+    {"int64", 8},
+    {"int32", 4},
+    {"int16", 2},
+    {"int8", 1},
+    {"uint64", 8},
+    {"uint32", 4},
+    {"uint16", 2},
+    {"uint8", 1},
+    {"bool", 1},
 }};
 }  // namespace
 

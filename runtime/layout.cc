@@ -73,7 +73,8 @@ std::vector<Unit> plan_units(const Manifest& m, std::uint64_t max_unit,
                    units.back().length + len <= max_unit;
       if (!joins) units.push_back(Unit{r.file, file_offset, 0, {}});
       Unit& u = units.back();
-      u.pieces.push_back(Piece{r.leaf, r.extent, r.slot, start, len, start + len == e.stored_length});
+      u.pieces.push_back(
+          Piece{r.leaf, r.extent, r.slot, start, len, start + len == e.stored_length});
       u.length += len;
       start += len;
     }

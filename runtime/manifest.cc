@@ -26,7 +26,8 @@ void put_u32(char* p, std::uint32_t v) {
 }
 std::uint32_t get_u32(const char* p) {
   std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  for (int i = 0; i < 4; ++i)
+    v |= static_cast<std::uint32_t>(static_cast<unsigned char>(p[i])) << (8 * i);
   return v;
 }
 
@@ -61,7 +62,8 @@ std::uint32_t describe(const Tree& node, Manifest& m, std::uint32_t& next_leaf) 
     info.leaf = next_leaf++;
   } else {
     info.keys = node.is_dict() ? node.keys() : std::vector<std::string>{};
-    for (const Tree& child : node.children()) info.children.push_back(describe(child, m, next_leaf));
+    for (const Tree& child : node.children())
+      info.children.push_back(describe(child, m, next_leaf));
   }
   m.nodes[index] = std::move(info);
   return index;
@@ -95,11 +97,13 @@ std::string encode_manifest(const Manifest& m) {
     auto path = b.CreateString(l.path);
     auto shape = b.CreateVector(l.shape);
     auto ext = b.CreateVector(extents);
-    leaves.push_back(fb::CreateLeaf(b, path, static_cast<fb::DType>(l.dtype), shape, l.nbytes, ext));
+    leaves.push_back(
+        fb::CreateLeaf(b, path, static_cast<fb::DType>(l.dtype), shape, l.nbytes, ext));
   }
   auto files = [&](const std::vector<FileInfo>& in) {
     std::vector<flatbuffers::Offset<fb::FileEntry>> out;
-    for (const auto& f : in) out.push_back(fb::CreateFileEntry(b, b.CreateString(f.name), f.size, f.crc32c));
+    for (const auto& f : in)
+      out.push_back(fb::CreateFileEntry(b, b.CreateString(f.name), f.size, f.crc32c));
     return b.CreateVector(out);
   };
   auto data_files = files(m.data_files);
@@ -107,9 +111,9 @@ std::string encode_manifest(const Manifest& m) {
   auto writer = b.CreateString(m.writer);
   auto node_vec = b.CreateVector(nodes);
   auto leaf_vec = b.CreateVector(leaves);
-  auto root = fb::CreateManifest(b, m.format_version, m.alignment, m.created_unix_ns, writer,
-                                 m.total_bytes, node_vec, leaf_vec, data_files, json_files,
-                                 m.process_count);
+  auto root =
+      fb::CreateManifest(b, m.format_version, m.alignment, m.created_unix_ns, writer, m.total_bytes,
+                         node_vec, leaf_vec, data_files, json_files, m.process_count);
   fb::FinishManifestBuffer(b, root);
 
   std::string out(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
@@ -219,7 +223,8 @@ void check_tiling(const Manifest& m, const std::string& path) {
     std::sort(spans[f].begin(), spans[f].end());
     std::uint64_t at = 0;
     for (auto [offset, len] : spans[f]) {
-      if (offset != at) corrupt(path, "extents of " + m.data_files[f].name + " overlap or leave gaps");
+      if (offset != at)
+        corrupt(path, "extents of " + m.data_files[f].name + " overlap or leave gaps");
       at += len;
     }
     if (at != m.data_files[f].size) {
@@ -246,7 +251,8 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
     corrupt(path, "no ckpt manifest trailer; not a ckpt manifest or truncated");
   }
   std::uint32_t len = get_u32(trailer + 8);
-  if (len != bytes.size() - kTrailerSize) corrupt(path, "length in trailer does not match the file");
+  if (len != bytes.size() - kTrailerSize)
+    corrupt(path, "length in trailer does not match the file");
   std::string_view body = bytes.substr(0, len);
   if (crc32c(body) != get_u32(trailer + 12)) corrupt(path, "checksum mismatch");
 
@@ -309,7 +315,8 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
       info.path = l->path() ? l->path()->str() : std::string();
       auto dt = static_cast<std::uint8_t>(l->dtype());
       if (dt >= kDTypeCount) {
-        throw Error(Errc::unsupported, fmt::format("leaf '{}' has unknown dtype {}", info.path, dt), path);
+        throw Error(Errc::unsupported, fmt::format("leaf '{}' has unknown dtype {}", info.path, dt),
+                    path);
       }
       info.dtype = static_cast<DType>(dt);
       if (l->shape()) info.shape.assign(l->shape()->begin(), l->shape()->end());

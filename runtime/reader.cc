@@ -1,8 +1,8 @@
 // Checkpoint reader: restore into a template, read metadata, verify. Everything read from disk is
 // untrusted: the manifest goes through decode_manifest, every other byte through its CRC32C.
-#include <boost/json/parse.hpp>
 #include <fmt/format.h>
 
+#include <boost/json/parse.hpp>
 #include <filesystem>
 #include <unordered_map>
 
@@ -41,7 +41,9 @@ std::string read_checked_file(const std::string& dir, const Manifest& m, const s
   if (info == nullptr) throw Error(Errc::not_found, "file not listed in the manifest", path);
   std::string text = io::read_small_file(path, info->size + 1);
   if (text.size() != info->size) {
-    throw Error(Errc::corrupt, fmt::format("size {} differs from the manifest's {}", text.size(), info->size), path);
+    throw Error(Errc::corrupt,
+                fmt::format("size {} differs from the manifest's {}", text.size(), info->size),
+                path);
   }
   if (crc32c(text) != info->crc32c) throw Error(Errc::corrupt, "checksum mismatch", path);
   return text;
@@ -70,8 +72,8 @@ OpenData open_data(const std::string& dir, const Manifest& m, bool allow_direct)
     std::uint64_t size = out.files.back().size();
     if (size != f.size) {
       throw Error(Errc::corrupt,
-                  fmt::format("file is {} bytes, the manifest says {} (truncated or replaced)", size,
-                              f.size),
+                  fmt::format("file is {} bytes, the manifest says {} (truncated or replaced)",
+                              size, f.size),
                   out.files.back().path());
     }
   }
@@ -124,7 +126,8 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
       problems.push_back(fmt::format("'{}': shape {} in the template, {} in the checkpoint", path,
                                      shape_to_string(array.shape()), shape_to_string(leaf.shape)));
     }
-    if (array.read_only()) problems.push_back(fmt::format("'{}': template array is read-only", path));
+    if (array.read_only())
+      problems.push_back(fmt::format("'{}': template array is read-only", path));
     targets[it->second] = &array;
     wanted[it->second] = true;
   }
@@ -138,11 +141,11 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
     }
   }
   if (!problems.empty()) {
-    throw Error(Errc::mismatch,
-                fmt::format("template does not match the checkpoint ({} difference{}):\n  {}",
-                            problems.size(), problems.size() == 1 ? "" : "s",
-                            fmt::join(problems, "\n  ")),
-                dir);
+    throw Error(
+        Errc::mismatch,
+        fmt::format("template does not match the checkpoint ({} difference{}):\n  {}",
+                    problems.size(), problems.size() == 1 ? "" : "s", fmt::join(problems, "\n  ")),
+        dir);
   }
 
   OpenData data = open_data(dir, m, options.allow_direct);
@@ -152,7 +155,8 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   UnitPipe pipe(engine, unit, options.queue_depth);
   pipe.read_all(units, data.ptrs, [&](const Unit& u, const std::byte* buf) {
     auto bad = check_unit(u, buf, m, targets, crc);
-    if (!bad.empty()) throw Error(Errc::corrupt, describe_bad(m, bad.front()), data.files[u.file].path());
+    if (!bad.empty())
+      throw Error(Errc::corrupt, describe_bad(m, bad.front()), data.files[u.file].path());
   });
   return metadata;
 }
@@ -170,7 +174,8 @@ Tree make_template(const Manifest& m) {
       built[i] = std::move(t);
     } else {
       Tree t;
-      for (std::size_t k = 0; k < n.children.size(); ++k) t[n.keys[k]] = std::move(built[n.children[k]]);
+      for (std::size_t k = 0; k < n.children.size(); ++k)
+        t[n.keys[k]] = std::move(built[n.children[k]]);
       built[i] = std::move(t);
     }
   }
@@ -189,7 +194,8 @@ VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
   }
   report.leaves = m.leaves.size();
   if (m.json_file(kMetadataName) == nullptr) {
-    report.problems.push_back(dir + "/" + std::string(kMetadataName) + ": not listed in the manifest");
+    report.problems.push_back(dir + "/" + std::string(kMetadataName) +
+                              ": not listed in the manifest");
   }
   for (const auto& f : m.json_files) {
     try {
@@ -208,9 +214,10 @@ VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
       io::File file = io::open_direct(path, io::OpenMode::read, options.allow_direct);
       std::uint64_t size = file.size();
       if (size != m.data_files[fi].size) {
-        throw Error(Errc::corrupt,
-                    fmt::format("file is {} bytes, the manifest says {}", size, m.data_files[fi].size),
-                    path);
+        throw Error(
+            Errc::corrupt,
+            fmt::format("file is {} bytes, the manifest says {}", size, m.data_files[fi].size),
+            path);
       }
       std::vector<io::File*> files(m.data_files.size(), nullptr);
       files[fi] = &file;

@@ -43,7 +43,8 @@ bool Tree::contains(std::string_view key) const {
 const Tree& Tree::at(std::string_view key) const {
   if (kind_ == Kind::dict) {
     auto it = std::lower_bound(keys_.begin(), keys_.end(), key);
-    if (it != keys_.end() && *it == key) return children_[static_cast<std::size_t>(it - keys_.begin())];
+    if (it != keys_.end() && *it == key)
+      return children_[static_cast<std::size_t>(it - keys_.begin())];
   }
   throw Error(Errc::not_found, "tree has no key '" + std::string(key) + "'");
 }

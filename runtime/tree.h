@@ -16,7 +16,7 @@ class Tree {
  public:
   enum class Kind : std::uint8_t { dict, list, leaf };
 
-  Tree() = default;  // an empty dict
+  Tree() = default;   // an empty dict
   Tree(Array array);  // NOLINT: a leaf converts implicitly, as in tree["w"] = Array::zeros(...)
   static Tree dict() { return Tree(); }
   static Tree list();

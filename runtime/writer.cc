@@ -5,11 +5,11 @@
 //   fsync <dir>.tmp-<tag>/, rename to <dir>, fsync the parent   <- commit point
 // A crash before the rename leaves only a *.tmp-* directory, which readers ignore and the next
 // writer removes; a crash after it leaves a complete checkpoint.
+#include <sys/stat.h>
+
 #include <boost/json/serialize.hpp>
 #include <chrono>
 #include <filesystem>
-
-#include <sys/stat.h>
 
 #include "io/durable.h"
 #include "io/error.h"
@@ -79,7 +79,8 @@ void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Man
   m.json_files.clear();
   m.json_files.push_back(
       write_json_file(tmp, std::string(kMetadataName), boost::json::serialize(metadata)));
-  for (const auto& [name, text] : extra_files) m.json_files.push_back(write_json_file(tmp, name, text));
+  for (const auto& [name, text] : extra_files)
+    m.json_files.push_back(write_json_file(tmp, name, text));
   io::write_new_file(tmp + "/" + std::string(kManifestName), encode_manifest(m));
   io::fsync_dir(tmp);
   io::commit_directory(tmp, final_dir);

@@ -1,0 +1,719 @@
+// The asynchronous save pipeline. Per save:
+//
+//   caller:      plan layout ─► admit (staging chunks, block/skip) ─► [sync: parallel copy]
+//                ─► return SaveHandle
+//   background:  [overlapped: parallel copy ─► snapshotted]
+//                ─► make <dir>.tmp-<tag>/, open data file (O_DIRECT)
+//                ─► per unit, on the copy threads: CRC32C, then the engine write; each chunk
+//                   returns to the staging pool as its write completes
+//                ─► fsync data ─► metadata.json, extra files, manifest.ckpt ─► fsync dir
+//                ─► rename to <dir>, fsync parent (commit) ─► handle completes ─► retention
+//
+// Threads: the coroutines run on one strand (the Runtime's io_context thread, or a strand over
+// the executor it was given) and only orchestrate; copies, checksums and blocking file-system
+// calls run on the copy pool; IO completions arrive on the engine's thread and touch only atomic
+// counters and the staging pool. Unit i of a save always uses staging chunk i.
+#include "runtime/runtime.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "io/error.h"
+#include "io/file.h"
+#include "io/log.h"
+#include "runtime/catalog.h"
+#include "runtime/checkpoint.h"
+#include "runtime/commit.h"
+#include "runtime/staging_pool.h"
+
+namespace ckpt {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::uint64_t default_budget() {
+  long pages = ::sysconf(_SC_PHYS_PAGES);
+  long page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return 4ull << 30;
+  return static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page) / 4;
+}
+
+unsigned default_threads(unsigned n) {
+  if (n != 0) return n;
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 2 : hw;
+}
+
+struct SaveOp {
+  std::shared_ptr<detail::SaveShared> shared;
+  SavePlan plan;
+  std::string final_dir;
+  boost::json::object metadata;
+  SaveOptions options;
+  StagingPool::Chunks chunks;
+  std::vector<std::atomic<bool>> released;  // per chunk: returned to the pool
+  Clock::time_point start;
+  std::string tmp_dir;
+  io::File data;
+};
+
+// Work split over the copy threads: every participant takes units off `next` until none is left.
+struct Sweep {
+  std::atomic<std::size_t> next{0};
+  std::atomic<std::size_t> finished{0};
+  std::size_t total = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::exception_ptr error;
+};
+
+}  // namespace
+
+struct Runtime::Impl {
+  RuntimeOptions options;
+  std::unique_ptr<io::Engine> engine;
+  StagingPool pool;  // after the engine: it unregisters its slabs from it on destruction
+  asio::thread_pool workers;
+  std::optional<asio::io_context> own_context;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> own_work;
+  std::thread io_thread;
+  asio::any_io_executor ex;
+
+  mutable std::mutex mu;
+  std::condition_variable idle_cv;
+  std::size_t active = 0;  // saves and registrations not finished
+  std::unordered_multimap<std::string, std::shared_ptr<detail::SaveShared>> in_flight;
+  // The outcome of recently finished saves, for register_latest of a save that already ended.
+  std::unordered_map<std::string, std::shared_ptr<detail::SaveShared>> finished;
+  std::deque<std::string> finished_order;
+  std::unordered_map<std::string, std::shared_ptr<Event>> last_register;  // per run_dir
+  std::vector<std::shared_ptr<detail::SaveShared>> failed_saves;
+  std::vector<std::shared_ptr<detail::RegisterShared>> failed_registers;
+  RuntimeStats counters;
+
+  Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> external)
+      : options(normalize(opts)),
+        engine(io::make_engine({options.engine, options.queue_depth, options.io_threads})),
+        pool(options.staging_budget, options.unit_bytes, engine.get()),
+        workers(options.copy_threads) {
+    if (external) {
+      ex = asio::make_strand(*external);
+    } else {
+      own_context.emplace(1);
+      own_work.emplace(own_context->get_executor());
+      ex = own_context->get_executor();
+      io_thread = std::thread([this] { own_context->run(); });
+    }
+    counters.staging_budget = pool.capacity_chunks() * pool.chunk_bytes();
+    counters.engine = std::string(engine->name());
+  }
+
+  static RuntimeOptions normalize(RuntimeOptions o) {
+    o.copy_threads = default_threads(o.copy_threads);
+    if (o.staging_budget == 0) o.staging_budget = default_budget();
+    o.unit_bytes = std::max<std::uint64_t>(io::align_up(o.unit_bytes), io::kAlignment);
+    if (o.queue_depth == 0) o.queue_depth = 1;
+    return o;
+  }
+
+  ~Impl() {
+    workers.join();
+    if (own_context) {
+      own_work.reset();
+      io_thread.join();
+    }
+  }
+
+  void begin_op() {
+    std::lock_guard lock(mu);
+    ++active;
+  }
+
+  void end_op() {
+    std::lock_guard lock(mu);
+    if (--active == 0) idle_cv.notify_all();
+  }
+
+  // Runs fn() on the copy pool; the awaiting coroutine resumes on its own executor.
+  // g++ 12 destroys temporaries of a co_await full-expression twice (PITFALLS.md): the helpers
+  // that build awaitables are plain functions taking references to named objects, never
+  // coroutines taking temporaries.
+  template <typename F>
+  asio::awaitable<void> on_workers(const F& fn) {
+    return detail::async_call<void(std::exception_ptr)>(
+        ex, asio::use_awaitable, [this, fn](auto done) mutable {
+          asio::post(workers, [fn = std::move(fn), done]() mutable {
+            try {
+              fn();
+              done(std::exception_ptr());
+            } catch (...) {
+              done(std::current_exception());
+            }
+          });
+        });
+  }
+
+  // ---- snapshot -------------------------------------------------------------------------
+
+  // Copies every unit of op into its chunk with the pool's threads; `on_done` runs once, on the
+  // thread that copied the last unit.
+  void start_copy(const std::shared_ptr<SaveOp>& op,
+                  std::function<void(std::exception_ptr)> on_done, bool caller_joins) {
+    auto sweep = std::make_shared<Sweep>();
+    sweep->total = op->plan.units.size();
+    auto work = [op, sweep, on_done]() {
+      for (;;) {
+        std::size_t i = sweep->next.fetch_add(1);
+        if (i >= sweep->total) return;
+        try {
+          copy_unit(op->plan.units[i], op->plan.leaves, op->chunks[i], op->plan.manifest);
+        } catch (...) {
+          std::lock_guard lock(sweep->mu);
+          if (!sweep->error) sweep->error = std::current_exception();
+        }
+        if (sweep->finished.fetch_add(1) + 1 == sweep->total) {
+          std::exception_ptr e;
+          {
+            std::lock_guard lock(sweep->mu);
+            e = sweep->error;
+          }
+          sweep->cv.notify_all();
+          if (on_done) on_done(e);
+        }
+      }
+    };
+    if (sweep->total == 0) {
+      if (on_done) on_done(nullptr);
+      return;
+    }
+    unsigned helpers = caller_joins ? options.copy_threads - 1 : options.copy_threads;
+    helpers = static_cast<unsigned>(std::min<std::size_t>(helpers, sweep->total));
+    for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
+    if (caller_joins) {
+      work();
+      std::unique_lock lock(sweep->mu);
+      sweep->cv.wait(lock, [&] { return sweep->finished.load() == sweep->total; });
+    }
+  }
+
+  // ---- writes ----------------------------------------------------------------------------
+
+  struct WriteState {
+    std::atomic<std::size_t> next{0};
+    std::atomic<std::size_t> remaining{0};
+    std::mutex mu;
+    int error = 0;
+    bool short_write = false;
+    std::uint64_t error_offset = 0;
+  };
+
+  void release_chunk(SaveOp& op, std::size_t i) {
+    if (!op.released[i].exchange(true)) pool.release(op.chunks[i]);
+  }
+
+  void release_all(SaveOp& op) {
+    for (std::size_t i = 0; i < op.chunks.size(); ++i) release_chunk(op, i);
+  }
+
+  // Checksums and writes every unit; completes when every write has completed (or was skipped
+  // after a failure) and every chunk is back in the pool.
+  asio::awaitable<void> write_units(const std::shared_ptr<SaveOp>& op) {
+    return detail::async_call<void(
+        std::exception_ptr)>(ex, asio::use_awaitable, [this, op](auto done) {
+      auto st = std::make_shared<WriteState>();
+      std::size_t n = op->plan.units.size();
+      st->remaining = n;
+      if (n == 0) {
+        done(std::exception_ptr());
+        return;
+      }
+      auto finish_one = [op, st, done]() {
+        if (st->remaining.fetch_sub(1) != 1) return;
+        std::exception_ptr e;
+        if (st->error != 0) {
+          e = std::make_exception_ptr(sys_error("write", op->data.path(), st->error));
+        } else if (st->short_write) {
+          e = std::make_exception_ptr(
+              Error(Errc::io, "short write at offset " + std::to_string(st->error_offset),
+                    op->data.path()));
+        }
+        done(e);
+      };
+      auto work = [this, op, st, finish_one]() {
+        for (;;) {
+          std::size_t i = st->next.fetch_add(1);
+          if (i >= op->plan.units.size()) return;
+          bool failed;
+          {
+            std::lock_guard lock(st->mu);
+            failed = st->error != 0 || st->short_write;
+          }
+          if (failed) {
+            release_chunk(*op, i);
+            finish_one();
+            continue;
+          }
+          const Unit& u = op->plan.units[i];
+          checksum_unit(u, op->chunks[i], op->plan.manifest);
+          io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
+          engine->submit(
+              r, [this, op, st, i, finish_one, len = u.length, off = u.offset](std::int64_t res) {
+                if (res < 0 || static_cast<std::uint64_t>(res) != len) {
+                  std::lock_guard lock(st->mu);
+                  if (st->error == 0 && !st->short_write) {
+                    st->error = res < 0 ? static_cast<int>(-res) : 0;
+                    st->short_write = res >= 0;
+                    st->error_offset = off;
+                  }
+                }
+                release_chunk(*op, i);
+                finish_one();
+              });
+        }
+      };
+      unsigned threads = static_cast<unsigned>(std::min<std::size_t>(options.copy_threads, n));
+      for (unsigned t = 0; t < threads; ++t) asio::post(workers, work);
+    });
+  }
+
+  asio::awaitable<void> fsync_data(const std::shared_ptr<SaveOp>& op) {
+    return detail::async_call<void(std::exception_ptr)>(
+        ex, asio::use_awaitable, [this, op](auto done) {
+          io::Request r{io::Request::Op::fsync, op->data.fd(), nullptr, 0, 0};
+          engine->submit(r, [op, done](std::int64_t res) {
+            done(res < 0 ? std::make_exception_ptr(
+                               sys_error("fsync", op->data.path(), static_cast<int>(-res)))
+                         : std::exception_ptr());
+          });
+        });
+  }
+
+  // ---- the pipeline ----------------------------------------------------------------------
+
+  asio::awaitable<void> run_save(std::shared_ptr<SaveOp> op) {
+    std::exception_ptr failure;
+    const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
+    const auto open_files = [op, this] {
+      op->tmp_dir = make_tmp_dir(op->final_dir);
+      op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
+                                 options.allow_direct);
+    };
+    const auto commit = [op] {
+      op->data.close();
+      finish_checkpoint(op->tmp_dir, op->final_dir, op->plan.manifest, op->metadata,
+                        op->options.extra_files);
+    };
+    const auto clean_up = [op] {
+      op->data = io::File();
+      abandon_tmp_dir(op->tmp_dir);
+    };
+    try {
+      if (op->options.mode == SnapshotMode::overlapped) {
+        co_await detail::async_call<void(std::exception_ptr)>(ex, asio::use_awaitable,
+                                                              copy_in_background);
+        mark_snapshotted(*op);
+      }
+      co_await on_workers(open_files);
+      co_await write_units(op);
+      co_await fsync_data(op);
+      co_await on_workers(commit);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    release_all(*op);
+    if (failure) {
+      if (!op->tmp_dir.empty()) co_await on_workers(clean_up);
+      fail_save(op, failure);
+      co_return;
+    }
+    {
+      std::lock_guard lock(op->shared->mu);
+      op->shared->timings.durable = Clock::now() - op->start;
+    }
+    op->shared->state = SaveState::committed;
+    finish_save(op, nullptr);
+    if (op->options.retention.active() && !op->options.run_dir.empty()) {
+      const auto retain = [this, op, protect = in_flight_suffixes(op->options.run_dir)] {
+        apply_retention(op->options.run_dir, op->options.retention, protect);
+      };
+      try {
+        co_await on_workers(retain);
+      } catch (const std::exception& e) {
+        log().error("retention in {} failed: {}", op->options.run_dir, e.what());
+      }
+    }
+    end_op();
+  }
+
+  void mark_snapshotted(SaveOp& op) {
+    {
+      std::lock_guard lock(op.shared->mu);
+      op.shared->timings.snapshot = Clock::now() - op.start;
+    }
+    op.shared->state = SaveState::writing;
+    op.shared->snapshotted.complete();
+  }
+
+  std::set<std::string> in_flight_suffixes(const std::string& run_dir) {
+    std::set<std::string> out;
+    std::lock_guard lock(mu);
+    for (const auto& [path, shared] : in_flight) {
+      fs::path rel = fs::path(path).lexically_relative(run_dir);
+      if (!rel.empty() && *rel.begin() != "..") out.insert(rel.string());
+    }
+    return out;
+  }
+
+  // Moves a finished save out of the in-flight table and completes its handle.
+  void finish_save(const std::shared_ptr<SaveOp>& op, std::exception_ptr failure) {
+    auto& shared = op->shared;
+    {
+      std::lock_guard lock(mu);
+      auto range = in_flight.equal_range(shared->path);
+      for (auto it = range.first; it != range.second; ++it) {
+        if (it->second == shared) {
+          in_flight.erase(it);
+          break;
+        }
+      }
+      if (finished.insert_or_assign(shared->path, shared).second)
+        finished_order.push_back(shared->path);
+      while (finished_order.size() > 4096) {
+        finished.erase(finished_order.front());
+        finished_order.pop_front();
+      }
+      if (failure) {
+        ++counters.saves_failed;
+        failed_saves.push_back(shared);
+      } else if (shared->state == SaveState::committed) {
+        ++counters.saves_committed;
+      }
+    }
+    shared->snapshotted.complete(failure);
+    shared->done.complete(failure);
+  }
+
+  void fail_save(const std::shared_ptr<SaveOp>& op, std::exception_ptr failure) {
+    op->shared->state = SaveState::failed;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+      log().error("save of {} failed: {}", op->shared->path, e.what());
+    }
+    finish_save(op, failure);
+    end_op();
+  }
+
+  // ---- admission -------------------------------------------------------------------------
+
+  std::shared_ptr<SaveOp> prepare(const std::string& path, const Tree& tree,
+                                  const boost::json::object& metadata, const SaveOptions& options) {
+    auto op = std::make_shared<SaveOp>();
+    op->start = Clock::now();
+    op->final_dir = clean_checkpoint_dir(path);
+    check_extra_files(options.extra_files);
+    op->plan = plan_save(tree, this->options.unit_bytes, this->options.unit_bytes);
+    op->metadata = metadata;
+    op->options = options;
+    op->shared = std::make_shared<detail::SaveShared>();
+    op->shared->path = op->final_dir;
+    op->shared->executor = ex;
+    op->shared->timings.bytes = op->plan.manifest.total_bytes;
+    op->shared->timings.stored_bytes = op->plan.manifest.stored_bytes();
+    return op;
+  }
+
+  void mark_skipped(const std::shared_ptr<SaveOp>& op) {
+    op->shared->state = SaveState::skipped;
+    log().warn("save of {} skipped: staging budget in use by earlier saves", op->final_dir);
+    {
+      std::lock_guard lock(mu);
+      ++counters.saves_skipped;
+      if (finished.insert_or_assign(op->shared->path, op->shared).second) {
+        finished_order.push_back(op->shared->path);
+      }
+    }
+    op->shared->snapshotted.complete();
+    op->shared->done.complete();
+  }
+
+  // Called once the op holds its chunks: enters the in-flight table.
+  void admitted(const std::shared_ptr<SaveOp>& op, StagingPool::Chunks chunks) {
+    op->chunks = std::move(chunks);
+    op->released = std::vector<std::atomic<bool>>(op->chunks.size());
+    std::lock_guard lock(mu);
+    ++active;
+    ++counters.saves_started;
+    in_flight.emplace(op->shared->path, op->shared);
+  }
+
+  void launch(const std::shared_ptr<SaveOp>& op) {
+    asio::co_spawn(ex, run_save(op), [path = op->shared->path](std::exception_ptr e) {
+      if (e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          log().critical("save pipeline of {} ended abnormally: {}", path, ex.what());
+        }
+      }
+    });
+  }
+
+  void stall_done(const std::shared_ptr<SaveOp>& op) {
+    std::lock_guard lock(op->shared->mu);
+    op->shared->timings.stall = Clock::now() - op->start;
+  }
+
+  // ---- register ----------------------------------------------------------------------------
+
+  asio::awaitable<void> run_register(std::shared_ptr<detail::RegisterShared> reg,
+                                     std::shared_ptr<detail::SaveShared> save,
+                                     std::shared_ptr<Event> previous) {
+    std::exception_ptr failure;
+    if (previous) {
+      co_await async_wait_event(previous, ex, asio::as_tuple(asio::use_awaitable));
+    }
+    const std::string path = reg->run_dir + "/" + reg->suffix;
+    if (save) {
+      const std::shared_ptr<Event> save_done(save, &save->done);
+      auto [e] = co_await async_wait_event(save_done, ex, asio::as_tuple(asio::use_awaitable));
+      if (e) {
+        failure = e;
+      } else if (save->state == SaveState::skipped) {
+        failure = std::make_exception_ptr(
+            Error(Errc::skipped, "cannot register a skipped save", save->path));
+      }
+    }
+    const auto move_latest = [reg, path] {
+      std::error_code ec;
+      if (!fs::exists(fs::path(path) / kManifestName, ec)) {
+        throw Error(Errc::not_found, "no committed checkpoint to register", path);
+      }
+      write_latest(reg->run_dir, reg->suffix);
+    };
+    if (!failure) {
+      try {
+        co_await on_workers(move_latest);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::exception& e) {
+        log().error("latest in {} not moved to {}: {}", reg->run_dir, reg->suffix, e.what());
+      }
+      std::lock_guard lock(mu);
+      failed_registers.push_back(reg);
+    }
+    reg->done.complete(failure);
+    {
+      std::lock_guard lock(mu);
+      auto it = last_register.find(reg->run_dir);
+      if (it != last_register.end() && it->second.get() == &reg->done) last_register.erase(it);
+    }
+    end_op();
+  }
+};
+
+Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>(options, std::nullopt)) {}
+
+Runtime::Runtime(asio::any_io_executor executor, RuntimeOptions options)
+    : impl_(std::make_unique<Impl>(options, executor)) {}
+
+Runtime::~Runtime() {
+  DrainReport report = drain();
+  if (!report.ok()) {
+    log().error("runtime shut down with {} failed operation(s) nobody waited for", report.failed);
+  }
+}
+
+SaveHandle Runtime::save(const std::string& path, const Tree& tree,
+                         const boost::json::object& metadata, const SaveOptions& options) {
+  auto op = impl_->prepare(path, tree, metadata, options);
+  std::size_t n = op->plan.units.size();
+  Backpressure policy = options.backpressure.value_or(impl_->options.backpressure);
+  StagingPool::Chunks chunks;
+  if (policy == Backpressure::skip) {
+    auto granted = impl_->pool.try_acquire(n);
+    if (!granted) {
+      impl_->mark_skipped(op);
+      impl_->stall_done(op);
+      return SaveHandle(op->shared);
+    }
+    chunks = std::move(*granted);
+  } else {
+    chunks = impl_->pool.acquire(n);
+  }
+  impl_->admitted(op, std::move(chunks));
+  if (options.mode == SnapshotMode::sync) {
+    impl_->start_copy(op, nullptr, true);
+    impl_->mark_snapshotted(*op);
+  }
+  impl_->stall_done(op);
+  impl_->launch(op);
+  return SaveHandle(op->shared);
+}
+
+void Runtime::start_async_save(std::string path, Tree tree, boost::json::object metadata,
+                               SaveOptions options,
+                               std::function<void(std::exception_ptr, SaveHandle)> done) {
+  std::shared_ptr<SaveOp> op;
+  try {
+    op = impl_->prepare(path, tree, metadata, options);
+  } catch (...) {
+    done(std::current_exception(), SaveHandle());
+    return;
+  }
+  Impl* impl = impl_.get();
+  auto on_granted = [impl, op, done](StagingPool::Chunks chunks) {
+    impl->admitted(op, std::move(chunks));
+    if (op->options.mode == SnapshotMode::overlapped) {
+      impl->stall_done(op);
+      impl->launch(op);
+      done(nullptr, SaveHandle(op->shared));
+      return;
+    }
+    impl->start_copy(
+        op,
+        [impl, op, done](std::exception_ptr e) {
+          impl->mark_snapshotted(*op);
+          impl->stall_done(op);
+          impl->launch(op);
+          done(e, SaveHandle(op->shared));
+        },
+        false);
+  };
+  std::size_t n = op->plan.units.size();
+  try {
+    if (options.backpressure.value_or(impl_->options.backpressure) == Backpressure::skip) {
+      auto granted = impl_->pool.try_acquire(n);
+      if (!granted) {
+        impl_->mark_skipped(op);
+        impl_->stall_done(op);
+        done(nullptr, SaveHandle(op->shared));
+        return;
+      }
+      on_granted(std::move(*granted));
+    } else {
+      impl_->pool.acquire_async(n, on_granted);
+    }
+  } catch (...) {
+    done(std::current_exception(), SaveHandle());
+  }
+}
+
+RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::string& suffix) {
+  check_suffix(suffix);
+  auto reg = std::make_shared<detail::RegisterShared>();
+  reg->run_dir = clean_checkpoint_dir(run_dir);
+  reg->suffix = suffix;
+  reg->executor = impl_->ex;
+  std::string path = clean_checkpoint_dir(reg->run_dir + "/" + suffix);
+  std::shared_ptr<detail::SaveShared> save;
+  std::shared_ptr<Event> previous;
+  {
+    std::lock_guard lock(impl_->mu);
+    // The newest save of that path: in flight, else recently finished.
+    auto range = impl_->in_flight.equal_range(path);
+    for (auto it = range.first; it != range.second; ++it) save = it->second;
+    if (!save) {
+      auto it = impl_->finished.find(path);
+      if (it != impl_->finished.end()) save = it->second;
+    }
+    auto& last = impl_->last_register[reg->run_dir];
+    previous = last;
+    last = std::shared_ptr<Event>(reg, &reg->done);
+    ++impl_->active;
+  }
+  asio::co_spawn(impl_->ex, impl_->run_register(reg, save, previous), [](std::exception_ptr e) {
+    if (e) log().critical("register pipeline ended abnormally");
+  });
+  return RegisterHandle(reg);
+}
+
+boost::json::object Runtime::restore(const std::string& path, Tree& templ, bool partial) {
+  ReadOptions ro{impl_->options.unit_bytes, impl_->options.queue_depth,
+                 impl_->options.allow_direct};
+  return restore_checkpoint(*impl_->engine, path, templ, partial, ro);
+}
+
+void Runtime::start_async_restore(
+    std::string path, Tree templ, bool partial,
+    std::function<void(std::exception_ptr, boost::json::object)> done) {
+  Impl* impl = impl_.get();
+  impl->begin_op();
+  asio::post(impl->workers, [impl, path = std::move(path), templ = std::move(templ), partial,
+                             done]() mutable {
+    ReadOptions ro{impl->options.unit_bytes, impl->options.queue_depth, impl->options.allow_direct};
+    try {
+      auto metadata = restore_checkpoint(*impl->engine, path, templ, partial, ro);
+      done(nullptr, std::move(metadata));
+    } catch (...) {
+      done(std::current_exception(), boost::json::object());
+    }
+    impl->end_op();
+  });
+}
+
+DrainReport Runtime::drain() {
+  DrainReport report;
+  std::unique_lock lock(impl_->mu);
+  impl_->idle_cv.wait(lock, [&] { return impl_->active == 0; });
+  auto describe = [](std::exception_ptr e) -> std::string {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    } catch (...) {
+      return "unknown error";
+    }
+  };
+  for (const auto& s : impl_->failed_saves) {
+    if (!s->observed) report.errors.push_back("save " + s->path + ": " + describe(s->done.error()));
+  }
+  for (const auto& r : impl_->failed_registers) {
+    if (!r->observed) {
+      report.errors.push_back("register " + r->run_dir + "/" + r->suffix + ": " +
+                              describe(r->done.error()));
+    }
+  }
+  report.failed = report.errors.size();
+  impl_->failed_saves.clear();
+  impl_->failed_registers.clear();
+  return report;
+}
+
+RuntimeStats Runtime::stats() const {
+  RuntimeStats s;
+  {
+    std::lock_guard lock(impl_->mu);
+    s = impl_->counters;
+  }
+  s.staging_in_use = impl_->pool.in_use_bytes();
+  s.staging_mapped = impl_->pool.mapped_bytes();
+  return s;
+}
+
+io::Engine& Runtime::engine() { return *impl_->engine; }
+asio::any_io_executor Runtime::executor() const { return impl_->ex; }
+const RuntimeOptions& Runtime::options() const { return impl_->options; }
+
+}  // namespace ckpt

@@ -1,0 +1,150 @@
+#pragma once
+// ckpt::Runtime: asynchronous saves, registration of `latest`, and restores.
+//
+// save() copies the tree's arrays into pooled staging memory (the caller's only stall) and
+// returns a SaveHandle; checksums, the manifest, the O_DIRECT writes, the fsyncs and the
+// directory commit run in the background (docs/design.md, "The save pipeline"). The Runtime owns
+// an io_context thread (or runs on the executor it is given), a pool of copy/checksum threads,
+// the storage engine, the staging pool and the table of operations in flight.
+//
+// Contracts:
+//  - SnapshotMode::sync: save() returns after the copy; the caller may mutate the tree at once.
+//  - SnapshotMode::overlapped: save() returns before the copy; the caller must not mutate (or
+//    free) the arrays until handle.async_snapshotted() / wait_snapshotted() completes.
+//  - Backpressure: staging in use never exceeds the budget. `block` makes save() wait (async_save
+//    waits asynchronously); `skip` returns a handle in state skipped.
+//  - save() blocks its thread: a coroutine running on the Runtime's own executor must use
+//    async_save instead.
+//  - register_latest() moves `latest` only after the named save committed, in call order per
+//    run directory; if that save failed, `latest` stays and the handle fails with its error.
+//  - Destroying the Runtime drains it: every save in flight completes first.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/json/object.hpp>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "io/engine.h"
+#include "runtime/async_call.h"
+#include "runtime/handles.h"
+#include "runtime/retention.h"
+#include "runtime/tree.h"
+
+namespace ckpt {
+
+enum class SnapshotMode : std::uint8_t { sync, overlapped };
+enum class Backpressure : std::uint8_t { block, skip };
+
+struct RuntimeOptions {
+  io::EngineKind engine = io::EngineKind::automatic;
+  unsigned queue_depth = 32;            // IO requests in flight
+  unsigned io_threads = 4;              // thread-pool engine workers
+  unsigned copy_threads = 0;            // copy/checksum threads; 0: one per hardware thread
+  std::uint64_t staging_budget = 0;     // bytes; 0: a quarter of physical memory
+  std::uint64_t unit_bytes = 4u << 20;  // extent grid, staging chunk and write request size
+  Backpressure backpressure = Backpressure::block;
+  bool allow_direct = true;
+};
+
+struct SaveOptions {
+  SnapshotMode mode = SnapshotMode::sync;
+  std::optional<Backpressure> backpressure;        // default: RuntimeOptions::backpressure
+  std::map<std::string, std::string> extra_files;  // more JSON files (job.json, config.json)
+  std::string run_dir;        // the run directory the checkpoint belongs to (for retention)
+  RetentionPolicy retention;  // applied to run_dir after the commit
+};
+
+struct DrainReport {
+  std::size_t failed = 0;           // failed saves/registrations nobody waited for
+  std::vector<std::string> errors;  // their messages
+  bool ok() const noexcept { return failed == 0; }
+};
+
+struct RuntimeStats {
+  std::uint64_t saves_started = 0;
+  std::uint64_t saves_committed = 0;
+  std::uint64_t saves_failed = 0;
+  std::uint64_t saves_skipped = 0;
+  std::uint64_t staging_in_use = 0;  // bytes
+  std::uint64_t staging_mapped = 0;  // bytes
+  std::uint64_t staging_budget = 0;  // bytes
+  std::string engine;
+};
+
+class Runtime {
+ public:
+  explicit Runtime(RuntimeOptions options = {});
+  // Runs the Runtime's coroutines on `executor` (a strand is made over it) instead of a thread
+  // of its own; that executor must keep running while saves are in flight.
+  Runtime(boost::asio::any_io_executor executor, RuntimeOptions options = {});
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  // Starts a save of `tree` and `metadata` as the checkpoint directory `path`.
+  SaveHandle save(const std::string& path, const Tree& tree, const boost::json::object& metadata,
+                  const SaveOptions& options = {});
+
+  // save() for coroutines: admission waits asynchronously. Completes with the handle once save()
+  // would have returned. Signature void(std::exception_ptr, SaveHandle).
+  // g++ 12: inside a co_await expression, pass SaveOptions() or a named object, never `{}`
+  // (a braced temporary there is destroyed twice), and build metadata before the co_await.
+  template <typename Token>
+  auto async_save(std::string path, Tree tree, boost::json::object metadata, SaveOptions options,
+                  Token&& token) {
+    return detail::async_call<void(std::exception_ptr, SaveHandle)>(
+        executor(), std::forward<Token>(token),
+        [this, path = std::move(path), tree = std::move(tree), metadata = std::move(metadata),
+         options = std::move(options)](auto done) mutable {
+          start_async_save(std::move(path), std::move(tree), std::move(metadata),
+                           std::move(options), std::move(done));
+        });
+  }
+
+  template <typename Token>
+  auto async_save(std::string path, Tree tree, boost::json::object metadata, Token&& token) {
+    return async_save(std::move(path), std::move(tree), std::move(metadata), SaveOptions(),
+                      std::forward<Token>(token));
+  }
+
+  // Points run_dir/latest at `suffix` once the save of run_dir/suffix is committed. Throws
+  // Error(invalid_argument | path_escape) at once for a bad suffix.
+  RegisterHandle register_latest(const std::string& run_dir, const std::string& suffix);
+
+  // Reads the checkpoint at `path` into `templ` (see restore_checkpoint); returns the metadata.
+  boost::json::object restore(const std::string& path, Tree& templ, bool partial = false);
+  // Signature void(std::exception_ptr, boost::json::object). The template's arrays must stay
+  // alive until completion.
+  template <typename Token>
+  auto async_restore(std::string path, Tree templ, bool partial, Token&& token) {
+    return detail::async_call<void(std::exception_ptr, boost::json::object)>(
+        executor(), std::forward<Token>(token),
+        [this, path = std::move(path), templ = std::move(templ), partial](auto done) mutable {
+          start_async_restore(std::move(path), std::move(templ), partial, std::move(done));
+        });
+  }
+
+  // Waits for every operation in flight; reports failures nobody waited for since the last drain.
+  DrainReport drain();
+
+  RuntimeStats stats() const;
+  io::Engine& engine();
+  boost::asio::any_io_executor executor() const;
+  const RuntimeOptions& options() const;
+
+  struct Impl;
+
+ private:
+  void start_async_save(std::string path, Tree tree, boost::json::object metadata,
+                        SaveOptions options,
+                        std::function<void(std::exception_ptr, SaveHandle)> done);
+  void start_async_restore(std::string path, Tree templ, bool partial,
+                           std::function<void(std::exception_ptr, boost::json::object)> done);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ckpt

@@ -1,0 +1,121 @@
+#include "runtime/staging_pool.h"
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <future>
+
+#include "io/error.h"
+#include "io/log.h"
+
+namespace ckpt {
+
+namespace {
+constexpr std::uint64_t kSlabBytes = 256u << 20;
+}
+
+StagingPool::StagingPool(std::uint64_t budget_bytes, std::uint64_t chunk_bytes, io::Engine* engine)
+    : chunk_bytes_(std::max<std::uint64_t>(io::align_up(chunk_bytes), io::kAlignment)),
+      capacity_(static_cast<std::size_t>(budget_bytes / chunk_bytes_)),
+      engine_(engine) {}
+
+StagingPool::~StagingPool() {
+  // The kernel must stop using the slabs before they are unmapped.
+  if (engine_ != nullptr && !slabs_.empty()) engine_->unregister_buffers();
+}
+
+void StagingPool::check_size(std::size_t n) const {
+  if (n > capacity_) {
+    throw Error(Errc::invalid_argument, "save needs " + std::to_string(n * chunk_bytes_ >> 20) +
+                                            " MiB of staging, more than the staging budget of " +
+                                            std::to_string(capacity_ * chunk_bytes_ >> 20) +
+                                            " MiB");
+  }
+}
+
+bool StagingPool::can_grant_locked(std::size_t n) const {
+  return free_.size() + (capacity_ - mapped_chunks_) >= n;
+}
+
+void StagingPool::grow_locked(std::size_t need) {
+  if (free_.size() >= need) return;
+  std::size_t missing = need - free_.size();
+  std::uint64_t slab_chunks = std::max<std::uint64_t>(kSlabBytes / chunk_bytes_, 1);
+  std::size_t chunks = std::min<std::size_t>(std::max<std::size_t>(missing, slab_chunks),
+                                             capacity_ - mapped_chunks_);
+  io::AlignedBuffer slab(chunks * chunk_bytes_);
+  for (std::size_t i = 0; i < chunks; ++i) free_.push_back(slab.data() + i * chunk_bytes_);
+  mapped_chunks_ += chunks;
+  slabs_.push_back(std::move(slab));
+  if (engine_ != nullptr) {
+    std::vector<iovec> iov;
+    for (const auto& s : slabs_) iov.push_back(iovec{s.data(), s.size()});
+    engine_->register_buffers(iov);
+  }
+  log().debug("staging pool grew to {} MiB", mapped_chunks_ * chunk_bytes_ >> 20);
+}
+
+StagingPool::Chunks StagingPool::take_locked(std::size_t n) {
+  grow_locked(n);
+  Chunks out(free_.end() - static_cast<std::ptrdiff_t>(n), free_.end());
+  free_.resize(free_.size() - n);
+  in_use_ += n;
+  return out;
+}
+
+std::optional<StagingPool::Chunks> StagingPool::try_acquire(std::size_t n) {
+  check_size(n);
+  std::lock_guard lock(mu_);
+  if (!waiters_.empty() || !can_grant_locked(n)) return std::nullopt;
+  return take_locked(n);
+}
+
+void StagingPool::acquire_async(std::size_t n, Grant granted) {
+  check_size(n);
+  Chunks chunks;
+  {
+    std::lock_guard lock(mu_);
+    if (!waiters_.empty() || !can_grant_locked(n)) {
+      waiters_.push_back(Waiter{n, std::move(granted)});
+      return;
+    }
+    chunks = take_locked(n);
+  }
+  granted(std::move(chunks));
+}
+
+StagingPool::Chunks StagingPool::acquire(std::size_t n) {
+  std::promise<Chunks> promise;
+  auto future = promise.get_future();
+  acquire_async(n, [&promise](Chunks c) { promise.set_value(std::move(c)); });
+  return future.get();
+}
+
+void StagingPool::release(std::byte* chunk) { release(Chunks{chunk}); }
+
+void StagingPool::release(const Chunks& chunks) {
+  std::vector<std::pair<Grant, Chunks>> ready;
+  {
+    std::lock_guard lock(mu_);
+    for (std::byte* c : chunks) free_.push_back(c);
+    in_use_ -= chunks.size();
+    while (!waiters_.empty() && can_grant_locked(waiters_.front().n)) {
+      Waiter w = std::move(waiters_.front());
+      waiters_.pop_front();
+      ready.emplace_back(std::move(w.granted), take_locked(w.n));
+    }
+  }
+  for (auto& [grant, c] : ready) grant(std::move(c));
+}
+
+std::uint64_t StagingPool::in_use_bytes() const {
+  std::lock_guard lock(mu_);
+  return in_use_ * chunk_bytes_;
+}
+
+std::uint64_t StagingPool::mapped_bytes() const {
+  std::lock_guard lock(mu_);
+  return mapped_chunks_ * chunk_bytes_;
+}
+
+}  // namespace ckpt

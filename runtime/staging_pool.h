@@ -1,0 +1,72 @@
+#pragma once
+// StagingPool: the memory a save copies the caller's arrays into.
+//
+// Memory comes in chunks of chunk_bytes (the write unit), carved from slabs that are mapped,
+// advised for huge pages, pre-faulted and registered with the io_uring engine once, when first
+// needed, and kept for the life of the pool: steady-state saves cause no page faults and no
+// registration. The pool never holds more than `budget` bytes. Requests are granted in FIFO
+// order, all chunks of a request at once, so a large save is not starved by small ones.
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "io/engine.h"
+#include "io/file.h"
+
+namespace ckpt {
+
+class StagingPool {
+ public:
+  using Chunks = std::vector<std::byte*>;
+  using Grant = std::function<void(Chunks)>;
+
+  // `engine` (optional) gets the slabs registered; it must outlive the pool.
+  StagingPool(std::uint64_t budget_bytes, std::uint64_t chunk_bytes, io::Engine* engine = nullptr);
+  ~StagingPool();
+  StagingPool(const StagingPool&) = delete;
+  StagingPool& operator=(const StagingPool&) = delete;
+
+  std::uint64_t chunk_bytes() const noexcept { return chunk_bytes_; }
+  std::size_t capacity_chunks() const noexcept { return capacity_; }
+
+  // Calls `granted` with n chunks once they are free: at once on this thread when they are, else
+  // later on the thread whose release() frees them. Throws Error(invalid_argument) when n exceeds
+  // the whole budget.
+  void acquire_async(std::size_t n, Grant granted);
+  // Grants n chunks now if they are free and nobody is queued before; nullopt otherwise.
+  std::optional<Chunks> try_acquire(std::size_t n);
+  // Blocks until n chunks are granted.
+  Chunks acquire(std::size_t n);
+  void release(std::byte* chunk);
+  void release(const Chunks& chunks);
+
+  std::uint64_t in_use_bytes() const;
+  std::uint64_t mapped_bytes() const;
+
+ private:
+  bool can_grant_locked(std::size_t n) const;
+  Chunks take_locked(std::size_t n);
+  void grow_locked(std::size_t need);
+  void check_size(std::size_t n) const;
+
+  const std::uint64_t chunk_bytes_;
+  const std::size_t capacity_;  // chunks the budget allows
+  io::Engine* engine_;
+  mutable std::mutex mu_;
+  std::vector<io::AlignedBuffer> slabs_;
+  std::vector<std::byte*> free_;
+  std::size_t mapped_chunks_ = 0;
+  std::size_t in_use_ = 0;
+  struct Waiter {
+    std::size_t n;
+    Grant granted;
+  };
+  std::deque<Waiter> waiters_;
+};
+
+}  // namespace ckpt
