@@ -21,7 +21,7 @@ build: setup $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j$(JOBS)
 
 demo: build
-	$(BUILD)/examples/demo --dir ./checkpoints
+	$(BUILD)/examples/train_loop --dir ./checkpoints --resume
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 600

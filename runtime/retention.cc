@@ -54,7 +54,10 @@ std::vector<std::string> select_for_removal(const std::vector<CheckpointInfo>& c
 
 void remove_checkpoint(const std::string& path) {
   std::string doomed = path + std::string(io::kTmpMarker) + "del-" + io::unique_tag();
-  if (::rename(path.c_str(), doomed.c_str()) != 0) throw sys_error("rename", path, errno);
+  if (::rename(path.c_str(), doomed.c_str()) != 0) {
+    if (errno == ENOENT) return;  // removed already
+    throw sys_error("rename", path, errno);
+  }
   fs::path parent = fs::path(path).parent_path();
   io::fsync_dir(parent.empty() ? "." : parent.string());
   io::remove_tree(doomed);
@@ -73,7 +76,7 @@ std::vector<std::string> apply_retention(const std::string& run_dir, const Reten
   std::vector<std::string> removed;
   for (const auto& suffix : select_for_removal(list_checkpoints(run_dir), policy, keep)) {
     remove_checkpoint(run_dir + "/" + suffix);
-    log().info("retention removed {}/{}", run_dir, suffix);
+    log().debug("retention removed {}/{}", run_dir, suffix);
     removed.push_back(suffix);
   }
   return removed;

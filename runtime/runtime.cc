@@ -28,6 +28,7 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -103,6 +104,8 @@ struct Runtime::Impl {
   std::unordered_map<std::string, std::shared_ptr<detail::SaveShared>> finished;
   std::deque<std::string> finished_order;
   std::unordered_map<std::string, std::shared_ptr<Event>> last_register;  // per run_dir
+  std::multiset<std::pair<std::string, std::string>> pending_registers;   // (run_dir, suffix)
+  std::mutex retention_mu;
   std::vector<std::shared_ptr<detail::SaveShared>> failed_saves;
   std::vector<std::shared_ptr<detail::RegisterShared>> failed_registers;
   RuntimeStats counters;
@@ -349,8 +352,11 @@ struct Runtime::Impl {
     op->shared->state = SaveState::committed;
     finish_save(op, nullptr);
     if (op->options.retention.active() && !op->options.run_dir.empty()) {
-      const auto retain = [this, op, protect = in_flight_suffixes(op->options.run_dir)] {
-        apply_retention(op->options.run_dir, op->options.retention, protect);
+      const auto retain = [this, op] {
+        // One retention pass at a time; what to protect is read once the pass holds the lock.
+        std::lock_guard lock(retention_mu);
+        apply_retention(op->options.run_dir, op->options.retention,
+                        protected_suffixes(op->options.run_dir));
       };
       try {
         co_await on_workers(retain);
@@ -370,12 +376,17 @@ struct Runtime::Impl {
     op.shared->snapshotted.complete();
   }
 
-  std::set<std::string> in_flight_suffixes(const std::string& run_dir) {
+  // Suffixes of run_dir that retention must not remove: saves in flight and pending
+  // registrations (a registration may name a save that has just committed).
+  std::set<std::string> protected_suffixes(const std::string& run_dir) {
     std::set<std::string> out;
     std::lock_guard lock(mu);
     for (const auto& [path, shared] : in_flight) {
       fs::path rel = fs::path(path).lexically_relative(run_dir);
       if (!rel.empty() && *rel.begin() != "..") out.insert(rel.string());
+    }
+    for (const auto& [dir, suffix] : pending_registers) {
+      if (dir == run_dir) out.insert(suffix);
     }
     return out;
   }
@@ -431,6 +442,7 @@ struct Runtime::Impl {
     op->plan = plan_save(tree, this->options.unit_bytes, this->options.unit_bytes);
     op->metadata = metadata;
     op->options = options;
+    if (!options.run_dir.empty()) op->options.run_dir = clean_checkpoint_dir(options.run_dir);
     op->shared = std::make_shared<detail::SaveShared>();
     op->shared->path = op->final_dir;
     op->shared->executor = ex;
@@ -528,6 +540,8 @@ struct Runtime::Impl {
       std::lock_guard lock(mu);
       auto it = last_register.find(reg->run_dir);
       if (it != last_register.end() && it->second.get() == &reg->done) last_register.erase(it);
+      auto pending = pending_registers.find({reg->run_dir, reg->suffix});
+      if (pending != pending_registers.end()) pending_registers.erase(pending);
     }
     end_op();
   }
@@ -638,6 +652,7 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
       auto it = impl_->finished.find(path);
       if (it != impl_->finished.end()) save = it->second;
     }
+    impl_->pending_registers.emplace(reg->run_dir, reg->suffix);
     auto& last = impl_->last_register[reg->run_dir];
     previous = last;
     last = std::shared_ptr<Event>(reg, &reg->done);

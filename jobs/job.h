@@ -1,0 +1,229 @@
+#pragma once
+// The job API of the seed (shared/seed/job-api.txt), in C++.
+//
+//   BasicJob<C>        spec, config args(), coroutine run(), done()/finish(), operator() that
+//                      skips a done job
+//   CheckpointedJob<C> save/load pairs: every *_from_path(rel_path, ...) addresses any checkpoint
+//                      under checkpoints_dir; the plain forms derive rel_path =
+//                      project/group/name/suffix from the job's spec
+//   RestoreableJob<C>  restore_from_path (yours to write), restore, register_latest (the seed's
+//                      `register`), latest(spec), checkpoints(spec); from_checkpoint_path<Job> /
+//                      from_checkpoint<Job> rebuild a job from a checkpoint
+//
+// Saves go through a ckpt::Runtime (set_runtime, or a process-wide default) and return its
+// awaitable SaveHandle. Every checkpoint a job saves carries job.json (the registered key and
+// the spec) and config.json (the config), so from_checkpoint_path can rebuild the job.
+#include <boost/asio/awaitable.hpp>
+#include <boost/json.hpp>
+#include <memory>
+#include <optional>
+#include <string>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+#include "io/log.h"
+#include "jobs/config_json.h"
+#include "jobs/paths.h"
+#include "jobs/registry.h"
+#include "jobs/spec.h"
+#include "runtime/runtime.h"
+#include "runtime/tree.h"
+
+namespace ckpt::jobs {
+
+inline constexpr const char* kJobFile = "job.json";
+inline constexpr const char* kConfigFile = "config.json";
+
+// The Runtime jobs use unless given one: the one set with set_default_runtime, else one created
+// on first use with default options.
+std::shared_ptr<Runtime> default_runtime();
+void set_default_runtime(std::shared_ptr<Runtime> runtime);
+
+class JobBase {
+ public:
+  explicit JobBase(ExecutionSpec spec) : spec_(std::move(spec)) {}
+  virtual ~JobBase() = default;
+  JobBase(const JobBase&) = delete;
+  JobBase& operator=(const JobBase&) = delete;
+
+  const ExecutionSpec& spec() const noexcept { return spec_; }
+  virtual boost::asio::awaitable<void> run() = 0;
+  // Runs the job unless it is done already.
+  boost::asio::awaitable<void> operator()();
+  bool done() const noexcept { return done_; }
+  void finish() noexcept { done_ = true; }
+
+  // The key this class registered under ("" when it did not).
+  std::string job_key() const { return job_key_of(typeid(*this)); }
+  virtual boost::json::value config_json() const = 0;
+
+  Runtime& runtime();
+  void set_runtime(std::shared_ptr<Runtime> runtime) { runtime_ = std::move(runtime); }
+
+ private:
+  ExecutionSpec spec_;
+  bool done_ = false;
+  std::shared_ptr<Runtime> runtime_;
+};
+
+// Runs job() on a fresh io_context until it completes; rethrows its exception.
+void run_blocking(JobBase& job);
+
+template <typename C>
+class BasicJob : public JobBase {
+ public:
+  using Config = C;
+  BasicJob(ExecutionSpec spec, C config) : JobBase(std::move(spec)), config_(std::move(config)) {}
+  const C& args() const noexcept { return config_; }
+  C& args() noexcept { return config_; }
+  boost::json::value config_json() const override { return config_to_json(config_); }
+
+ private:
+  C config_;
+};
+
+namespace detail {
+// Non-template halves of CheckpointedJob.
+std::map<std::string, std::string> job_files(const JobBase& job);
+std::pair<Tree, boost::json::object> load(Runtime& rt, const ExecutionSpec& spec,
+                                          const std::string& rel_path, Tree templ, bool partial);
+boost::json::object load_metadata(const ExecutionSpec& spec, const std::string& rel_path);
+struct SavedJob {
+  std::string key;
+  ExecutionSpec spec;
+  boost::json::value config;
+};
+SavedJob read_saved_job(const std::string& checkpoint_dir);
+std::vector<std::string> checkpoints(const ExecutionSpec& spec);
+std::optional<std::string> latest(const ExecutionSpec& spec);
+}  // namespace detail
+
+template <typename C>
+class CheckpointedJob : public BasicJob<C> {
+ public:
+  using BasicJob<C>::BasicJob;
+
+  // Restores into template_tree's arrays (same paths, dtypes, shapes; `partial`: only the
+  // template's leaves) and returns that tree with the checkpoint's metadata.
+  std::pair<Tree, boost::json::object> get_tree_and_metadata_from_path(const std::string& rel_path,
+                                                                        Tree template_tree,
+                                                                        bool partial = false) {
+    return detail::load(this->runtime(), this->spec(), rel_path, std::move(template_tree), partial);
+  }
+  std::pair<Tree, boost::json::object> get_tree_and_metadata(const std::string& suffix,
+                                                             Tree template_tree,
+                                                             bool partial = false) {
+    return get_tree_and_metadata_from_path(rel_path(this->spec(), suffix), std::move(template_tree),
+                                           partial);
+  }
+
+  // Starts a save; returns its awaitable handle (see runtime/handles.h).
+  SaveHandle save_tree_and_metadata_from_path(const std::string& rel_path, const Tree& tree,
+                                              const boost::json::object& metadata,
+                                              SaveOptions options = SaveOptions()) {
+    std::string path = resolve_rel_path(checkpoints_dir(this->spec()), rel_path);
+    auto files = detail::job_files(*this);
+    options.extra_files.insert(files.begin(), files.end());
+    return this->runtime().save(path, tree, metadata, options);
+  }
+  SaveHandle save_tree_and_metadata(const std::string& suffix, const Tree& tree,
+                                    const boost::json::object& metadata,
+                                    SaveOptions options = SaveOptions()) {
+    if (retention_.active()) {
+      options.run_dir = run_dir(this->spec());
+      options.retention = retention_;
+    }
+    return save_tree_and_metadata_from_path(rel_path(this->spec(), suffix), tree, metadata,
+                                            std::move(options));
+  }
+
+  boost::json::object get_metadata_from_path(const std::string& rel_path) {
+    return detail::load_metadata(this->spec(), rel_path);
+  }
+  boost::json::object get_metadata(const std::string& suffix) {
+    return get_metadata_from_path(rel_path(this->spec(), suffix));
+  }
+
+  // checkpoints_dir/project/group/name/suffix (the seed's _get_checkpoint_path).
+  static std::string get_checkpoint_path(const ExecutionSpec& spec, const std::string& suffix) {
+    return checkpoint_path(spec, suffix);
+  }
+
+  // Retention applied to this job's run directory after each save_tree_and_metadata.
+  void set_retention(RetentionPolicy policy) { retention_ = std::move(policy); }
+
+ private:
+  RetentionPolicy retention_;
+};
+
+template <typename C>
+class RestoreableJob : public CheckpointedJob<C> {
+ public:
+  using CheckpointedJob<C>::CheckpointedJob;
+
+  // Restores the job's state from rel_path under checkpoints_dir.
+  virtual void restore_from_path(const std::string& rel_path) = 0;
+  void restore(const std::string& suffix) { restore_from_path(rel_path(this->spec(), suffix)); }
+
+  // Points this job's `latest` at suffix once that save is durable (the seed's `register`).
+  RegisterHandle register_latest(const std::string& suffix) {
+    return this->runtime().register_latest(run_dir(this->spec()), suffix);
+  }
+
+  // The suffix `latest` names for spec's run, or nullopt when there is none.
+  static std::optional<std::string> latest(const ExecutionSpec& spec) { return detail::latest(spec); }
+  // Committed checkpoints of spec's run (nested suffixes such as step/100 included), oldest first.
+  static std::vector<std::string> checkpoints(const ExecutionSpec& spec) {
+    return detail::checkpoints(spec);
+  }
+};
+
+// Rebuilds a job from the checkpoint at rel_path: the class recorded in its job.json (falling
+// back to Job, with a warning, when that key is unknown or not a Job), with the saved config
+// overlaid by runtime_cfg (a JSON merge patch, RFC 7386; unknown keys and wrong types are errors
+// naming the key), then calls restore_from_path(rel_path). resume = true continues the saved run
+// (its project/group/name, so new checkpoints and `latest` land beside the old ones); false
+// starts a new run under `spec` from the checkpoint's state.
+template <typename Job>
+std::pair<std::unique_ptr<Job>, typename Job::Config> from_checkpoint_path(
+    const std::string& rel_path, const ExecutionSpec& spec,
+    const std::optional<boost::json::value>& runtime_cfg = std::nullopt, bool resume = false) {
+  using Config = typename Job::Config;
+  std::string path = resolve_rel_path(checkpoints_dir(spec), rel_path);
+  detail::SavedJob saved = detail::read_saved_job(path);
+  boost::json::value merged = runtime_cfg ? merge_patch(saved.config, *runtime_cfg) : saved.config;
+  Config config = config_from_json<Config>(merged);
+  ExecutionSpec job_spec = spec;
+  if (resume) {
+    job_spec.project = saved.spec.project;
+    job_spec.group = saved.spec.group;
+    job_spec.name = saved.spec.name;
+  }
+  std::unique_ptr<Job> job;
+  if (const JobFactory* factory = find_job_factory(saved.key)) {
+    std::unique_ptr<JobBase> base = (*factory)(job_spec, merged);
+    if (auto* typed = dynamic_cast<Job*>(base.get())) {
+      base.release();
+      job.reset(typed);
+    } else {
+      log().warn("checkpoint {} was saved by job '{}', which is not a {}; using {}", path,
+                 saved.key, typeid(Job).name(), typeid(Job).name());
+    }
+  } else {
+    log().warn("checkpoint {} was saved by job '{}', which is not registered; using {}", path,
+               saved.key, typeid(Job).name());
+  }
+  if (!job) job = std::make_unique<Job>(job_spec, config);
+  job->restore_from_path(rel_path);
+  return {std::move(job), std::move(config)};
+}
+
+template <typename Job>
+std::pair<std::unique_ptr<Job>, typename Job::Config> from_checkpoint(
+    const std::string& suffix, const ExecutionSpec& spec,
+    const std::optional<boost::json::value>& runtime_cfg = std::nullopt, bool resume = false) {
+  return from_checkpoint_path<Job>(rel_path(spec, suffix), spec, runtime_cfg, resume);
+}
+
+}  // namespace ckpt::jobs
