@@ -21,7 +21,7 @@ build: setup $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j$(JOBS)
 
 demo: build
-	$(BUILD)/examples/train_loop --dir ./checkpoints --resume
+	$(BUILD)/examples/train_loop --dir ./checkpoints
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 600
