@@ -6,6 +6,9 @@
 //                                        every checksum of a checkpoint, or of every checkpoint
 //                                        of a run directory
 //   ckpt latest RUN_DIR                  the suffix `latest` names
+//   ckpt gc RUN_DIR --keep N [--keep-period P] [--best-metric KEY --best-mode min|max]
+//           [--dry-run] [--leftovers] [--json]
+//                                        removes what the retention policy does not keep
 //
 // Exit codes: 0 ok, 1 something corrupt, missing or failed, 2 a usage error. Errors are one line
 // on stderr, "ckpt: <what>"; with --json, stdout carries exactly one JSON document.
@@ -57,6 +60,21 @@ int run(int argc, char** argv) {
   CLI::App* latest = app.add_subcommand("latest", "Print the suffix the `latest` pointer names");
   latest->add_option("RUN_DIR", path, "Run directory")->required();
 
+  GcOptions gc_options;
+  CLI::App* gc = app.add_subcommand("gc", "Remove the checkpoints a retention policy does not keep");
+  gc->add_option("RUN_DIR", path, "Run directory")->required();
+  gc->add_option("--keep", gc_options.keep, "Checkpoints to keep (besides latest)")
+      ->required()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 40));
+  gc->add_option("--keep-period", gc_options.keep_period, "Also keep steps that are multiples of this");
+  gc->add_option("--best-metric", gc_options.best_metric, "Keep the best by this metadata key");
+  gc->add_option("--best-mode", gc_options.best_mode, "min or max")
+      ->check(CLI::IsMember({"min", "max"}));
+  gc->add_flag("--dry-run", gc_options.dry_run, "Only print what would be removed");
+  gc->add_flag("--leftovers", gc_options.leftovers,
+               "Also remove *.tmp-* leftovers of interrupted writes (no writer may be running)");
+  gc->add_flag("--json", json, "Print one JSON document");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -72,6 +90,7 @@ int run(int argc, char** argv) {
   if (list->parsed()) return run_list(path, json);
   if (inspect->parsed()) return run_inspect(path, json);
   if (verify->parsed()) return run_verify(path, json, io::parse_engine_kind(engine));
+  if (gc->parsed()) return run_gc(path, gc_options, json);
   return run_latest(path);
 }
 

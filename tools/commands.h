@@ -2,6 +2,7 @@
 // The subcommands of the `ckpt` tool. Each prints its report (a table for people, or one JSON
 // document on stdout with `json`) and returns the process exit code. ckpt::Error escapes to main,
 // which turns it into one line on stderr and exit code 1.
+#include <cstdint>
 #include <string>
 
 #include "io/engine.h"
@@ -27,6 +28,18 @@ int run_verify(const std::string& path, bool json, io::EngineKind engine);
 // Prints the suffix `latest` names; exits 1 when there is none or it does not name a readable
 // checkpoint.
 int run_latest(const std::string& run_dir);
+
+struct GcOptions {
+  std::size_t keep = 0;          // checkpoints to keep besides latest and period multiples
+  std::int64_t keep_period = 0;  // keep steps that are multiples of this
+  std::string best_metric;       // keep the best by this metadata key instead of the newest
+  std::string best_mode = "min"; // min | max
+  bool dry_run = false;
+  bool leftovers = false;        // also remove *.tmp-* leftovers (only when no writer runs)
+};
+
+// Removes the checkpoints the retention policy does not keep.
+int run_gc(const std::string& run_dir, const GcOptions& options, bool json);
 
 // Throws Error(not_found) unless `path` is an existing directory.
 void require_directory(const std::string& path, const char* what);

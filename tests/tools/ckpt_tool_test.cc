@@ -360,4 +360,39 @@ TEST_CASE("latest fails without a pointer or with one that names nothing") {
 }
 
 }  // namespace
+
+TEST_CASE("gc keeps the newest checkpoints, the one latest names and period multiples") {
+  TempDir run;
+  for (int s = 1; s <= 6; ++s) save(run / ("step/" + std::to_string(s)), s);
+  write_latest(run.path(), "step/2");
+  Run dry = ckpt_tool("gc " + q(run.path()) + " --keep 2 --dry-run");
+  INFO(dry.text);
+  CHECK(dry.rc == 0);
+  CHECK(dry.text.find("would remove step/1") != std::string::npos);
+  CHECK(list_checkpoints(run.path()).size() == 6);  // a dry run removes nothing
+
+  Run r = ckpt_tool("gc " + q(run.path()) + " --keep 2 --keep-period 3 --json", Stream::out);
+  INFO(r.text);
+  CHECK(r.rc == 0);
+  auto out = boost::json::parse(r.text).as_object();
+  // Period multiples (3, 6) are kept besides the 2 newest others (5, 4); 2 is latest.
+  CHECK(out.at("removed").as_array().size() == 1);
+  std::vector<std::string> left;
+  for (const auto& c : list_checkpoints(run.path())) left.push_back(c.suffix);
+  CHECK(left == std::vector<std::string>{"step/2", "step/3", "step/4", "step/5", "step/6"});
+  CHECK(read_latest(run.path()) == "step/2");
+}
+
+TEST_CASE("gc removes leftovers only when asked and rejects a keep of zero") {
+  TempDir run;
+  save(run / "step/1", 1);
+  std::filesystem::create_directories(run / "step/2.tmp-9-9-9");
+  CHECK(ckpt_tool("gc " + q(run.path()) + " --keep 1").rc == 0);
+  CHECK(std::filesystem::exists(run / "step/2.tmp-9-9-9"));
+  Run r = ckpt_tool("gc " + q(run.path()) + " --keep 1 --leftovers");
+  CHECK(r.rc == 0);
+  CHECK_FALSE(std::filesystem::exists(run / "step/2.tmp-9-9-9"));
+  CHECK(ckpt_tool("gc " + q(run.path()) + " --keep 0").rc == 2);
+}
+
 }  // namespace ckpt
