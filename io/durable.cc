@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <random>
 
+#include "io/crash_point.h"
 #include "io/error.h"
 #include "io/file.h"
 #include "io/log.h"
@@ -83,19 +84,23 @@ void write_new_file(const std::string& path, std::string_view content) {
   f.close();
 }
 
-void atomic_replace_file(const std::string& path, std::string_view content) {
+void atomic_replace_file(const std::string& path, std::string_view content,
+                         std::string_view point_tag) {
   std::string tmp = path + std::string(kTmpMarker) + unique_tag();
   try {
     write_new_file(tmp, content);
+    CKPT_FAULT_POINT("before_" + std::string(point_tag) + "_rename", path);
     if (::rename(tmp.c_str(), path.c_str()) != 0) throw sys_error("rename", path, errno);
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;
   }
+  CKPT_FAULT_POINT("after_" + std::string(point_tag) + "_rename", path);
   fsync_dir(parent_of(path));
 }
 
 void commit_directory(const std::string& tmp_dir, const std::string& final_dir) {
+  CKPT_FAULT_POINT("before_dir_rename", final_dir);
   int rc = static_cast<int>(::syscall(SYS_renameat2, AT_FDCWD, tmp_dir.c_str(), AT_FDCWD,
                                       final_dir.c_str(), RENAME_NOREPLACE));
   if (rc != 0 && errno == EEXIST) {
@@ -103,10 +108,13 @@ void commit_directory(const std::string& tmp_dir, const std::string& final_dir) 
     rc = static_cast<int>(::syscall(SYS_renameat2, AT_FDCWD, tmp_dir.c_str(), AT_FDCWD,
                                     final_dir.c_str(), RENAME_EXCHANGE));
     if (rc != 0) throw sys_error("rename (exchange)", final_dir, errno);
+    CKPT_FAULT_POINT("after_dir_rename", final_dir);
     fsync_dir(parent_of(final_dir));
     remove_tree(tmp_dir);
   } else if (rc != 0) {
     throw sys_error("rename", final_dir, errno);
+  } else {
+    CKPT_FAULT_POINT("after_dir_rename", final_dir);
   }
   fsync_dir(parent_of(final_dir));
 }

@@ -31,7 +31,10 @@ void fsync_dir(const std::string& dir);
 // Creates `dir` and missing parents, durably. Existing directories are fine.
 void make_dirs(const std::string& dir);
 
-void atomic_replace_file(const std::string& path, std::string_view content);
+// `point_tag` names its crash/fault points before_<tag>_rename and after_<tag>_rename
+// (io/crash_point.h).
+void atomic_replace_file(const std::string& path, std::string_view content,
+                         std::string_view point_tag = "replace");
 
 // Writes a new file (which must not exist) and fsyncs it; the caller fsyncs the directory.
 void write_new_file(const std::string& path, std::string_view content);

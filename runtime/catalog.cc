@@ -100,7 +100,11 @@ std::optional<std::string> read_latest(const std::string& run_dir) {
 
 void write_latest(const std::string& run_dir, const std::string& suffix) {
   check_suffix(suffix);
-  io::atomic_replace_file(run_dir + "/" + std::string(kLatestName), suffix + "\n");
+  io::atomic_replace_file(run_dir + "/" + std::string(kLatestName), suffix + "\n", "latest");
+}
+
+std::vector<std::string> clean_run_dir(const std::string& run_dir) {
+  return io::remove_leftovers(run_dir);
 }
 
 }  // namespace ckpt

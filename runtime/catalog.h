@@ -37,4 +37,9 @@ std::optional<std::string> read_latest(const std::string& run_dir);
 // Atomically points `latest` at suffix (which must be a committed checkpoint).
 void write_latest(const std::string& run_dir, const std::string& suffix);
 
+// Removes the `*.tmp-*` leftovers of interrupted writers below run_dir (commit protocol, step 5)
+// and returns their paths. Call it when a job starts, before any save into run_dir: it would
+// also remove the temporary directories of saves in flight.
+std::vector<std::string> clean_run_dir(const std::string& run_dir);
+
 }  // namespace ckpt

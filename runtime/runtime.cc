@@ -21,6 +21,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -31,7 +32,9 @@
 #include <set>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
+#include "io/crash_point.h"
 #include "io/error.h"
 #include "io/file.h"
 #include "io/log.h"
@@ -61,6 +64,12 @@ unsigned default_threads(unsigned n) {
   return hw == 0 ? 2 : hw;
 }
 
+std::unique_ptr<io::Engine> make_runtime_engine(const RuntimeOptions& o) {
+  auto engine = io::make_engine({o.engine, o.queue_depth, o.io_threads});
+  if (o.wrap_engine) engine = o.wrap_engine(std::move(engine));
+  return engine;
+}
+
 struct SaveOp {
   std::shared_ptr<detail::SaveShared> shared;
   SavePlan plan;
@@ -72,6 +81,54 @@ struct SaveOp {
   Clock::time_point start;
   std::string tmp_dir;
   io::File data;
+  // Set when an IO stage timed out with requests still in the engine: their completions own
+  // the chunks they write from and, through this op, the data file (RuntimeOptions::io_timeout).
+  std::atomic<bool> io_abandoned{false};
+};
+
+// The pool as seen by engine completions, which may outlive a save that timed out and even the
+// Runtime: ~Impl closes the gate before the pool goes away.
+struct PoolGate {
+  explicit PoolGate(StagingPool* p) : pool(p) {}
+  std::mutex mu;
+  StagingPool* pool;
+  void release(SaveOp& op, std::size_t i) {
+    std::lock_guard lock(mu);
+    if (pool != nullptr && !op.released[i].exchange(true)) pool->release(op.chunks[i]);
+  }
+};
+
+// One IO stage of a save (its writes, its fsync), ended by its last completion or by the
+// io_timeout watchdog, whichever comes first; the other finds `done` taken and does nothing.
+struct IoStage : std::enable_shared_from_this<IoStage> {
+  std::mutex mu;
+  std::function<void(std::exception_ptr)> done;  // empty once the stage has ended
+  std::atomic<std::size_t> in_flight{0};          // requests submitted and not completed
+  std::atomic<Clock::rep> last_progress{Clock::now().time_since_epoch().count()};
+  // The watchdog, touched only on the strand. Dropped when the stage ends: a completion that
+  // comes much later (even after the Runtime and its io_context are gone) must not own it.
+  std::shared_ptr<asio::steady_timer> timer;
+  asio::any_io_executor ex;
+
+  void submitted() { ++in_flight; }
+  void completed() {
+    last_progress = Clock::now().time_since_epoch().count();
+    --in_flight;
+  }
+  std::function<void(std::exception_ptr)> take() {
+    std::lock_guard lock(mu);
+    return std::exchange(done, nullptr);
+  }
+  bool ended() {
+    std::lock_guard lock(mu);
+    return !done;
+  }
+  void end(std::exception_ptr e) {
+    auto f = take();
+    if (!f) return;
+    if (ex) asio::post(ex, [self = shared_from_this()] { self->timer.reset(); });
+    f(e);
+  }
 };
 
 // Work split over the copy threads: every participant takes units off `next` until none is left.
@@ -90,6 +147,7 @@ struct Runtime::Impl {
   RuntimeOptions options;
   std::unique_ptr<io::Engine> engine;
   StagingPool pool;  // after the engine: it unregisters its slabs from it on destruction
+  std::shared_ptr<PoolGate> gate = std::make_shared<PoolGate>(&pool);
   asio::thread_pool workers;
   std::optional<asio::io_context> own_context;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> own_work;
@@ -112,7 +170,7 @@ struct Runtime::Impl {
 
   Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> external)
       : options(normalize(opts)),
-        engine(io::make_engine({options.engine, options.queue_depth, options.io_threads})),
+        engine(make_runtime_engine(options)),
         pool(options.staging_budget, options.unit_bytes, engine.get()),
         workers(options.copy_threads) {
     if (external) {
@@ -136,6 +194,10 @@ struct Runtime::Impl {
   }
 
   ~Impl() {
+    {
+      std::lock_guard lock(gate->mu);
+      gate->pool = nullptr;  // completions of timed-out requests no longer return chunks
+    }
     workers.join();
     if (own_context) {
       own_work.reset();
@@ -224,6 +286,7 @@ struct Runtime::Impl {
     int error = 0;
     bool short_write = false;
     std::uint64_t error_offset = 0;
+    std::atomic<std::size_t> writes_done{0};
   };
 
   void release_chunk(SaveOp& op, std::size_t i) {
@@ -234,8 +297,45 @@ struct Runtime::Impl {
     for (std::size_t i = 0; i < op.chunks.size(); ++i) release_chunk(op, i);
   }
 
+  // Starts the io_timeout watchdog of `stage` (on the strand). When the stage has requests in
+  // the engine and none completes for io_timeout, it marks the op's IO abandoned, runs
+  // on_timeout and ends the stage with Errc::timeout. Time with nothing in flight (units still
+  // being checksummed on busy copy threads) does not count.
+  void watch(const std::shared_ptr<IoStage>& stage, const std::shared_ptr<SaveOp>& op,
+             std::string what, std::function<void()> on_timeout) {
+    if (options.io_timeout.count() <= 0) return;
+    stage->ex = ex;
+    stage->timer = std::make_shared<asio::steady_timer>(ex);
+    rearm_watchdog(stage, op, std::move(what), std::move(on_timeout));
+  }
+
+  void rearm_watchdog(std::shared_ptr<IoStage> stage, std::shared_ptr<SaveOp> op,
+                      std::string what, std::function<void()> on_timeout) {
+    auto last = Clock::time_point(Clock::duration(stage->last_progress.load()));
+    stage->timer->expires_at(last + options.io_timeout);
+    stage->timer->async_wait([this, stage, op, what, on_timeout](boost::system::error_code ec) {
+      if (ec || stage->ended()) return;  // the stage ended: the Runtime may be gone
+      auto last = Clock::time_point(Clock::duration(stage->last_progress.load()));
+      if (stage->in_flight == 0 || Clock::now() - last < options.io_timeout) {
+        if (stage->in_flight == 0) stage->last_progress = Clock::now().time_since_epoch().count();
+        rearm_watchdog(stage, op, what, on_timeout);
+        return;
+      }
+      auto done = stage->take();
+      if (!done) return;  // the last completion came first
+      stage->timer.reset();  // safe in its own handler: the handler was moved out
+      op->io_abandoned = true;
+      if (on_timeout) on_timeout();
+      done(std::make_exception_ptr(
+          Error(Errc::timeout,
+                what + " did not complete within the IO timeout of " +
+                    std::to_string(options.io_timeout.count()) + " ms",
+                op->data.path())));
+    });
+  }
+
   // Checksums and writes every unit; completes when every write has completed (or was skipped
-  // after a failure) and every chunk is back in the pool.
+  // after a failure) and every chunk is back in the pool, or when the watchdog gives up on them.
   asio::awaitable<void> write_units(const std::shared_ptr<SaveOp>& op) {
     return detail::async_call<void(
         std::exception_ptr)>(ex, asio::use_awaitable, [this, op](auto done) {
@@ -246,7 +346,13 @@ struct Runtime::Impl {
         done(std::exception_ptr());
         return;
       }
-      auto finish_one = [op, st, done]() {
+      auto stage = std::make_shared<IoStage>();
+      stage->done = done;
+      watch(stage, op, "data write", [st] {
+        std::lock_guard lock(st->mu);  // units not yet submitted are skipped
+        if (st->error == 0 && !st->short_write) st->error = ETIMEDOUT;
+      });
+      auto finish_one = [op, st, stage]() {
         if (st->remaining.fetch_sub(1) != 1) return;
         std::exception_ptr e;
         if (st->error != 0) {
@@ -256,9 +362,9 @@ struct Runtime::Impl {
               Error(Errc::io, "short write at offset " + std::to_string(st->error_offset),
                     op->data.path()));
         }
-        done(e);
+        stage->end(e);
       };
-      auto work = [this, op, st, finish_one]() {
+      auto work = [this, op, st, stage, finish_one, gate = gate]() {
         for (;;) {
           std::size_t i = st->next.fetch_add(1);
           if (i >= op->plan.units.size()) return;
@@ -275,8 +381,11 @@ struct Runtime::Impl {
           const Unit& u = op->plan.units[i];
           checksum_unit(u, op->chunks[i], op->plan.manifest);
           io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
+          stage->submitted();
           engine->submit(
-              r, [this, op, st, i, finish_one, len = u.length, off = u.offset](std::int64_t res) {
+              r, [gate, op, st, stage, i, finish_one, len = u.length,
+                  off = u.offset](std::int64_t res) {
+                stage->completed();
                 if (res < 0 || static_cast<std::uint64_t>(res) != len) {
                   std::lock_guard lock(st->mu);
                   if (st->error == 0 && !st->short_write) {
@@ -284,8 +393,10 @@ struct Runtime::Impl {
                     st->short_write = res >= 0;
                     st->error_offset = off;
                   }
+                } else if (st->writes_done.fetch_add(1) == 0) {
+                  CKPT_CRASH_POINT("mid_write");
                 }
-                release_chunk(*op, i);
+                gate->release(*op, i);
                 finish_one();
               });
         }
@@ -298,11 +409,16 @@ struct Runtime::Impl {
   asio::awaitable<void> fsync_data(const std::shared_ptr<SaveOp>& op) {
     return detail::async_call<void(std::exception_ptr)>(
         ex, asio::use_awaitable, [this, op](auto done) {
+          auto stage = std::make_shared<IoStage>();
+          stage->done = done;
+          watch(stage, op, "data fsync", nullptr);
           io::Request r{io::Request::Op::fsync, op->data.fd(), nullptr, 0, 0};
-          engine->submit(r, [op, done](std::int64_t res) {
-            done(res < 0 ? std::make_exception_ptr(
-                               sys_error("fsync", op->data.path(), static_cast<int>(-res)))
-                         : std::exception_ptr());
+          stage->submitted();
+          engine->submit(r, [op, stage](std::int64_t res) {
+            stage->completed();
+            stage->end(res < 0 ? std::make_exception_ptr(
+                                     sys_error("fsync", op->data.path(), static_cast<int>(-res)))
+                               : std::exception_ptr());
           });
         });
   }
@@ -323,7 +439,8 @@ struct Runtime::Impl {
                         op->options.extra_files);
     };
     const auto clean_up = [op] {
-      op->data = io::File();
+      // Requests the watchdog gave up on may still use the descriptor: it closes with the op.
+      if (!op->io_abandoned) op->data = io::File();
       abandon_tmp_dir(op->tmp_dir);
     };
     try {
@@ -335,11 +452,12 @@ struct Runtime::Impl {
       co_await on_workers(open_files);
       co_await write_units(op);
       co_await fsync_data(op);
+      CKPT_FAULT_POINT("after_data_fsync", op->data.path());
       co_await on_workers(commit);
     } catch (...) {
       failure = std::current_exception();
     }
-    release_all(*op);
+    if (!op->io_abandoned) release_all(*op);  // else the engine's completions return them
     if (failure) {
       if (!op->tmp_dir.empty()) co_await on_workers(clean_up);
       fail_save(op, failure);
@@ -374,6 +492,7 @@ struct Runtime::Impl {
     }
     op.shared->state = SaveState::writing;
     op.shared->snapshotted.complete();
+    CKPT_CRASH_POINT("after_snapshot");
   }
 
   // Suffixes of run_dir that retention must not remove: saves in flight and pending

@@ -20,7 +20,9 @@
 //  - Destroying the Runtime drains it: every save in flight completes first.
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/json/object.hpp>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -47,6 +49,17 @@ struct RuntimeOptions {
   std::uint64_t unit_bytes = 4u << 20;  // extent grid, staging chunk and write request size
   Backpressure backpressure = Backpressure::block;
   bool allow_direct = true;
+  // IO deadline of a save (0: none). A save fails with Errc::timeout when, while it has IO
+  // outstanding (data writes, the data fsync), none of it completes for this long: a slow device
+  // that keeps completing requests is not a timeout, a stuck one is. The stuck requests stay with
+  // the engine: the staging chunks they write from return to the pool, and the data file is
+  // closed, only when the engine completes them (staging_in_use stays above 0 until then), so
+  // the kernel never reads memory a later save reuses. Small-file writes, renames and directory
+  // fsyncs are plain system calls and have no deadline. Destroying the Runtime still waits for
+  // the engine's requests in flight (io/engine.h).
+  std::chrono::milliseconds io_timeout{0};
+  // Wraps the storage engine the Runtime builds (tests inject faults with io::FaultEngine).
+  std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_engine;
 };
 
 struct SaveOptions {
