@@ -1,4 +1,5 @@
-// One conformance suite for every storage engine driver (io/engine.h states the contract).
+// One conformance suite for every storage engine driver (io/engine.h states the contract),
+// the unarmed fault-injecting engine included.
 #include "io/engine.h"
 
 #include <doctest/doctest.h>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "io/error.h"
+#include "io/fault_engine.h"
 #include "io/file.h"
 #include "tests/test_util.h"
 
@@ -30,9 +32,16 @@ constexpr auto kDeadline = std::chrono::seconds(10);
 
 struct UringDriver {
   static constexpr EngineKind kind = EngineKind::uring;
+  static constexpr bool faulty = false;
 };
 struct ThreadDriver {
   static constexpr EngineKind kind = EngineKind::threads;
+  static constexpr bool faulty = false;
+};
+// The fault-injecting engine, unarmed, over io_uring: it must keep the contract it wraps.
+struct FaultDriver {
+  static constexpr EngineKind kind = EngineKind::uring;
+  static constexpr bool faulty = true;
 };
 
 // The driver under test, or nullptr (with a message) when this machine cannot run it.
@@ -46,6 +55,13 @@ std::unique_ptr<Engine> make_driver(EngineKind kind, unsigned queue_depth = 64) 
     MESSAGE("skipping the " << to_string(kind) << " engine: " << e.what());
     return nullptr;
   }
+}
+
+template <typename Driver>
+std::unique_ptr<Engine> make_driver(unsigned queue_depth = 64) {
+  auto engine = make_driver(Driver::kind, queue_depth);
+  if (Driver::faulty && engine) engine = std::make_unique<FaultEngine>(std::move(engine));
+  return engine;
 }
 
 void fill_bytes(std::byte* p, std::size_t n, std::uint32_t seed) {
@@ -73,8 +89,8 @@ std::int64_t submit_and_wait(Engine& engine, const Request& request) {
 }
 
 TEST_CASE_TEMPLATE("engine writes O_DIRECT data with many requests in flight and reads it back",
-                   Driver, UringDriver, ThreadDriver) {
-  auto engine = make_driver(Driver::kind);
+                   Driver, UringDriver, ThreadDriver, FaultDriver) {
+  auto engine = make_driver<Driver>();
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "data.bin";
@@ -108,8 +124,8 @@ TEST_CASE_TEMPLATE("engine writes O_DIRECT data with many requests in flight and
 }
 
 TEST_CASE_TEMPLATE("engine completions report the bytes each request transferred", Driver,
-                   UringDriver, ThreadDriver) {
-  auto engine = make_driver(Driver::kind, 8);
+                   UringDriver, ThreadDriver, FaultDriver) {
+  auto engine = make_driver<Driver>(8);
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "data.bin";
@@ -148,8 +164,8 @@ TEST_CASE_TEMPLATE("engine completions report the bytes each request transferred
   CHECK(std::memcmp(expect.data(), back.data(), expect.size()) == 0);
 }
 
-TEST_CASE_TEMPLATE("engine fsync succeeds", Driver, UringDriver, ThreadDriver) {
-  auto engine = make_driver(Driver::kind);
+TEST_CASE_TEMPLATE("engine fsync succeeds", Driver, UringDriver, ThreadDriver, FaultDriver) {
+  auto engine = make_driver<Driver>();
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "f.bin";
@@ -164,8 +180,8 @@ TEST_CASE_TEMPLATE("engine fsync succeeds", Driver, UringDriver, ThreadDriver) {
 }
 
 TEST_CASE_TEMPLATE("engine read past end of file completes short", Driver, UringDriver,
-                   ThreadDriver) {
-  auto engine = make_driver(Driver::kind);
+                   ThreadDriver, FaultDriver) {
+  auto engine = make_driver<Driver>();
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "short.bin";
@@ -188,8 +204,8 @@ TEST_CASE_TEMPLATE("engine read past end of file completes short", Driver, Uring
 
 TEST_CASE_TEMPLATE(
     "engine write to a read-only descriptor fails with an errno error naming the path", Driver,
-    UringDriver, ThreadDriver) {
-  auto engine = make_driver(Driver::kind);
+    UringDriver, ThreadDriver, FaultDriver) {
+  auto engine = make_driver<Driver>();
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "ro.bin";
@@ -208,8 +224,9 @@ TEST_CASE_TEMPLATE(
   CHECK(contains(e->what(), "write"));
 }
 
-TEST_CASE_TEMPLATE("engine registered buffers round-trip data", Driver, UringDriver, ThreadDriver) {
-  auto engine = make_driver(Driver::kind);
+TEST_CASE_TEMPLATE("engine registered buffers round-trip data", Driver, UringDriver, ThreadDriver,
+                   FaultDriver) {
+  auto engine = make_driver<Driver>();
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "fixed.bin";
@@ -252,8 +269,8 @@ TEST_CASE_TEMPLATE("engine registered buffers round-trip data", Driver, UringDri
 }
 
 TEST_CASE_TEMPLATE("engine destructor waits for every request in flight", Driver, UringDriver,
-                   ThreadDriver) {
-  auto engine = make_driver(Driver::kind, 4);
+                   ThreadDriver, FaultDriver) {
+  auto engine = make_driver<Driver>(4);
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "many.bin";
@@ -298,9 +315,9 @@ void chain_step(const std::shared_ptr<Chains>& c, int chain, int steps_left) {
 }
 
 TEST_CASE_TEMPLATE("engine accepts submissions from inside a completion", Driver, UringDriver,
-                   ThreadDriver) {
+                   ThreadDriver, FaultDriver) {
   // A small queue depth so that completions submit while the engine is full.
-  auto engine = make_driver(Driver::kind, 2);
+  auto engine = make_driver<Driver>(2);
   if (!engine) return;
   TempDir tmp;
   const std::string path = tmp / "chain.bin";
