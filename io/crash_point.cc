@@ -20,10 +20,10 @@ std::atomic<bool> crash_points_armed_flag{false};
 namespace {
 
 struct Armed {
-  std::string name;         // empty: not armed
-  int error = 0;            // fault: the errno thrown
-  std::uint64_t nth = 0;    // 0: every time (faults only)
-  std::uint64_t hits = 0;   // times the point was reached since arming
+  std::string name;        // empty: not armed
+  int error = 0;           // fault: the errno thrown
+  std::uint64_t nth = 0;   // 0: every time (faults only)
+  std::uint64_t hits = 0;  // times the point was reached since arming
 };
 
 std::mutex mu;
@@ -34,16 +34,17 @@ std::uint64_t parse_count(std::string_view text, std::string_view var) {
   std::uint64_t n = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
   if (ec != std::errc() || end != text.data() + text.size() || n == 0) {
-    throw Error(Errc::invalid_argument, std::string(var) + ": bad count '" + std::string(text) + "'");
+    throw Error(Errc::invalid_argument,
+                std::string(var) + ": bad count '" + std::string(text) + "'");
   }
   return n;
 }
 
 int parse_errno(std::string_view text) {
   static constexpr std::pair<std::string_view, int> kNames[] = {
-      {"EIO", EIO},     {"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT}, {"EROFS", EROFS},
-      {"EACCES", EACCES}, {"EPERM", EPERM}, {"ENOENT", ENOENT}, {"EEXIST", EEXIST},
-      {"EXDEV", EXDEV}, {"EINVAL", EINVAL}, {"ETIMEDOUT", ETIMEDOUT}};
+      {"EIO", EIO},       {"ENOSPC", ENOSPC}, {"EDQUOT", EDQUOT},      {"EROFS", EROFS},
+      {"EACCES", EACCES}, {"EPERM", EPERM},   {"ENOENT", ENOENT},      {"EEXIST", EEXIST},
+      {"EXDEV", EXDEV},   {"EINVAL", EINVAL}, {"ETIMEDOUT", ETIMEDOUT}};
   for (const auto& [name, value] : kNames) {
     if (text == name) return value;
   }
@@ -67,8 +68,8 @@ Armed parse_crash(const char* value) {
   if (value == nullptr || *value == '\0') return a;
   auto parts = split(value);
   if (parts.size() > 2 || parts[0].empty()) {
-    throw Error(Errc::invalid_argument, std::string("CKPT_CRASH_AT: expected name[:n], got '") +
-                                            value + "'");
+    throw Error(Errc::invalid_argument,
+                std::string("CKPT_CRASH_AT: expected name[:n], got '") + value + "'");
   }
   a.name = parts[0];
   a.nth = parts.size() == 2 ? parse_count(parts[1], "CKPT_CRASH_AT") : 1;

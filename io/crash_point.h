@@ -59,14 +59,14 @@ void reload_crash_points();
 
 #if defined(CKPT_CRASH_POINTS_ENABLED)
 // A point where the process may be killed. Safe anywhere, including IO completions.
-#define CKPT_CRASH_POINT(name)                                                \
-  do {                                                                        \
+#define CKPT_CRASH_POINT(name)                                                   \
+  do {                                                                           \
     if (::ckpt::io::crash_points_armed()) ::ckpt::io::crash_point_reached(name); \
   } while (0)
 // A point where the process may be killed or an injected error thrown; `name` and `path` are
 // evaluated only when armed. Only where an exception is handled like a failed system call.
-#define CKPT_FAULT_POINT(name, path)                                                  \
-  do {                                                                                \
+#define CKPT_FAULT_POINT(name, path)                                                   \
+  do {                                                                                 \
     if (::ckpt::io::crash_points_armed()) ::ckpt::io::fault_point_reached(name, path); \
   } while (0)
 #else

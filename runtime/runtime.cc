@@ -103,7 +103,7 @@ struct PoolGate {
 struct IoStage : std::enable_shared_from_this<IoStage> {
   std::mutex mu;
   std::function<void(std::exception_ptr)> done;  // empty once the stage has ended
-  std::atomic<std::size_t> in_flight{0};          // requests submitted and not completed
+  std::atomic<std::size_t> in_flight{0};         // requests submitted and not completed
   std::atomic<Clock::rep> last_progress{Clock::now().time_since_epoch().count()};
   // The watchdog, touched only on the strand. Dropped when the stage ends: a completion that
   // comes much later (even after the Runtime and its io_context are gone) must not own it.
@@ -309,8 +309,8 @@ struct Runtime::Impl {
     rearm_watchdog(stage, op, std::move(what), std::move(on_timeout));
   }
 
-  void rearm_watchdog(std::shared_ptr<IoStage> stage, std::shared_ptr<SaveOp> op,
-                      std::string what, std::function<void()> on_timeout) {
+  void rearm_watchdog(std::shared_ptr<IoStage> stage, std::shared_ptr<SaveOp> op, std::string what,
+                      std::function<void()> on_timeout) {
     auto last = Clock::time_point(Clock::duration(stage->last_progress.load()));
     stage->timer->expires_at(last + options.io_timeout);
     stage->timer->async_wait([this, stage, op, what, on_timeout](boost::system::error_code ec) {
@@ -322,15 +322,14 @@ struct Runtime::Impl {
         return;
       }
       auto done = stage->take();
-      if (!done) return;  // the last completion came first
+      if (!done) return;     // the last completion came first
       stage->timer.reset();  // safe in its own handler: the handler was moved out
       op->io_abandoned = true;
       if (on_timeout) on_timeout();
-      done(std::make_exception_ptr(
-          Error(Errc::timeout,
-                what + " did not complete within the IO timeout of " +
-                    std::to_string(options.io_timeout.count()) + " ms",
-                op->data.path())));
+      done(std::make_exception_ptr(Error(Errc::timeout,
+                                         what + " did not complete within the IO timeout of " +
+                                             std::to_string(options.io_timeout.count()) + " ms",
+                                         op->data.path())));
     });
   }
 
@@ -382,23 +381,22 @@ struct Runtime::Impl {
           checksum_unit(u, op->chunks[i], op->plan.manifest);
           io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
           stage->submitted();
-          engine->submit(
-              r, [gate, op, st, stage, i, finish_one, len = u.length,
-                  off = u.offset](std::int64_t res) {
-                stage->completed();
-                if (res < 0 || static_cast<std::uint64_t>(res) != len) {
-                  std::lock_guard lock(st->mu);
-                  if (st->error == 0 && !st->short_write) {
-                    st->error = res < 0 ? static_cast<int>(-res) : 0;
-                    st->short_write = res >= 0;
-                    st->error_offset = off;
-                  }
-                } else if (st->writes_done.fetch_add(1) == 0) {
-                  CKPT_CRASH_POINT("mid_write");
-                }
-                gate->release(*op, i);
-                finish_one();
-              });
+          engine->submit(r, [gate, op, st, stage, i, finish_one, len = u.length,
+                             off = u.offset](std::int64_t res) {
+            stage->completed();
+            if (res < 0 || static_cast<std::uint64_t>(res) != len) {
+              std::lock_guard lock(st->mu);
+              if (st->error == 0 && !st->short_write) {
+                st->error = res < 0 ? static_cast<int>(-res) : 0;
+                st->short_write = res >= 0;
+                st->error_offset = off;
+              }
+            } else if (st->writes_done.fetch_add(1) == 0) {
+              CKPT_CRASH_POINT("mid_write");
+            }
+            gate->release(*op, i);
+            finish_one();
+          });
         }
       };
       unsigned threads = static_cast<unsigned>(std::min<std::size_t>(options.copy_threads, n));

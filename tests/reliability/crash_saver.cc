@@ -72,7 +72,8 @@ Tree initial_state(const Args& a) {
 // One "training step": every element depends on its old value and the step.
 void advance(const Tree& t, int step) {
   for (auto& [path, a] : t.flatten()) {
-    for (auto& x : a.as<std::uint32_t>()) x = x * 1664525u + 1013904223u + static_cast<unsigned>(step);
+    for (auto& x : a.as<std::uint32_t>())
+      x = x * 1664525u + 1013904223u + static_cast<unsigned>(step);
   }
 }
 
@@ -87,7 +88,8 @@ std::uint32_t digest(const Tree& t) {
 
 int run(const Args& a) {
   const std::string& run_dir = a.dir;
-  for (const auto& p : clean_run_dir(run_dir)) std::fprintf(stderr, "removed leftover %s\n", p.c_str());
+  for (const auto& p : clean_run_dir(run_dir))
+    std::fprintf(stderr, "removed leftover %s\n", p.c_str());
 
   RuntimeOptions options;
   options.staging_budget = 16u << 20;

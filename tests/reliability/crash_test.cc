@@ -36,8 +36,8 @@ constexpr const char* kSaver = CKPT_CRASH_SAVER_PATH;
 constexpr int kSteps = 5;
 constexpr auto kDeadline = 30s;
 
-const char* const kPoints[] = {"after_snapshot",      "mid_write",           "after_data_fsync",
-                               "before_dir_rename",   "after_dir_rename",    "before_latest_rename",
+const char* const kPoints[] = {"after_snapshot",     "mid_write",        "after_data_fsync",
+                               "before_dir_rename",  "after_dir_rename", "before_latest_rename",
                                "after_latest_rename"};
 
 struct Saver {
@@ -47,7 +47,8 @@ struct Saver {
 };
 
 // Starts crash_saver on run_dir; `crash_at` (may be empty) becomes CKPT_CRASH_AT.
-Saver start_saver(const std::string& run_dir, const std::string& logs, const std::string& crash_at) {
+Saver start_saver(const std::string& run_dir, const std::string& logs,
+                  const std::string& crash_at) {
   static int counter = 0;
   Saver s;
   s.out_path = logs + "/out-" + std::to_string(counter);
@@ -88,7 +89,8 @@ int wait_saver(const Saver& s, Clock::duration deadline = kDeadline) {
     if (Clock::now() > until) {
       ::kill(s.pid, SIGKILL);
       ::waitpid(s.pid, &status, 0);
-      FAIL("crash_saver did not finish within the deadline; stderr:\n", test::read_file(s.err_path));
+      FAIL("crash_saver did not finish within the deadline; stderr:\n",
+           test::read_file(s.err_path));
     }
     std::this_thread::sleep_for(2ms);
   }

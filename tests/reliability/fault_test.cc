@@ -146,7 +146,10 @@ TEST_CASE("a data write failing with EIO fails the save naming the data file and
   std::string run = dir / "run";
   Tree tree = make_tree(3, 300'000, 1);  // 3.6 MB: 15 writes of 256 KiB
   Error e = run_faulty_save(
-      f, run, tree, [&] { f.faults->arm({io::Request::Op::write, 2, io::FaultKind::error, EIO}); },
+      f, run, tree,
+      [&] {
+        f.faults->arm({io::Request::Op::write, 2, io::FaultKind::error, EIO});
+      },
       [&] { f.faults->disarm(); });
   CHECK(e.code() == Errc::io);
   CHECK(e.sys_errno() == EIO);
@@ -164,7 +167,10 @@ TEST_CASE("a data fsync failing with EIO fails the save and is not retried") {
   std::string run = dir / "run";
   Tree tree = make_tree(2, 100'000, 2);
   Error e = run_faulty_save(
-      f, run, tree, [&] { f.faults->arm({io::Request::Op::fsync, 1, io::FaultKind::error, EIO}); },
+      f, run, tree,
+      [&] {
+        f.faults->arm({io::Request::Op::fsync, 1, io::FaultKind::error, EIO});
+      },
       [&] { f.faults->disarm(); });
   CHECK(e.code() == Errc::io);
   CHECK(contains(e.what(), "fsync"));
@@ -182,7 +188,9 @@ TEST_CASE("a short data write fails the save instead of committing a hole") {
   Tree tree = make_tree(2, 300'000, 3);
   Error e = run_faulty_save(
       f, run, tree,
-      [&] { f.faults->arm({io::Request::Op::write, 3, io::FaultKind::short_transfer}); },
+      [&] {
+        f.faults->arm({io::Request::Op::write, 3, io::FaultKind::short_transfer});
+      },
       [&] { f.faults->disarm(); });
   CHECK(e.code() == Errc::io);
   CHECK(contains(e.what(), "short write at offset"));
@@ -305,7 +313,10 @@ TEST_CASE("a hung data fsync fails the save with Errc::timeout") {
   std::string run = dir / "run";
   Tree tree = make_tree(2, 100'000, 8);
   Error e = run_faulty_save(
-      f, run, tree, [&] { f.faults->arm({io::Request::Op::fsync, 1, io::FaultKind::hang}); },
+      f, run, tree,
+      [&] {
+        f.faults->arm({io::Request::Op::fsync, 1, io::FaultKind::hang});
+      },
       [&] { f.faults->disarm(); });
   CHECK(e.code() == Errc::timeout);
   CHECK(contains(e.what(), "data fsync did not complete"));
