@@ -6,6 +6,8 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -339,6 +341,35 @@ TEST_CASE("destroying the Runtime with a timed-out write still hung cancels it c
   f.rt.reset();  // must neither hang nor touch the freed staging pool (see ASan builds)
   CHECK(list_checkpoints(dir.path()).empty());
   CHECK(test::find_tmp_entries(dir.path()).empty());
+}
+
+TEST_CASE("the IO timeout also fires when the Runtime runs on the caller's io_context") {
+  TempDir dir;
+  boost::asio::io_context ctx;
+  auto guard = boost::asio::make_work_guard(ctx);
+  std::thread runner([&] { ctx.run(); });
+  {
+    auto o = small_options();
+    o.io_timeout = 100ms;
+    io::FaultEngine* faults = nullptr;
+    o.wrap_engine = [&faults](std::unique_ptr<io::Engine> inner) {
+      auto f = std::make_unique<io::FaultEngine>(std::move(inner));
+      faults = f.get();
+      return std::unique_ptr<io::Engine>(std::move(f));
+    };
+    Runtime rt(ctx.get_executor(), o);
+    faults->arm({io::Request::Op::write, 1, io::FaultKind::hang});
+    Tree tree = make_tree(2, 100'000, 12);
+    SaveHandle h = rt.save(dir / "x", tree, {});
+    CHECK(expect_failure(h).code() == Errc::timeout);
+    faults->disarm();
+    SaveHandle ok = rt.save(dir / "y", tree, {});
+    REQUIRE(ok.wait_for(kDeadline));
+    ok.wait();
+  }  // the Runtime goes first; the hung write is cancelled by the engine's destructor
+  guard.reset();
+  runner.join();
+  CHECK(list_checkpoints(dir.path()).size() == 1);
 }
 
 TEST_CASE("saves that keep making progress do not time out") {
