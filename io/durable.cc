@@ -84,8 +84,9 @@ void write_new_file(const std::string& path, std::string_view content) {
   f.close();
 }
 
+// point_tag is unused when crash points are compiled out.
 void atomic_replace_file(const std::string& path, std::string_view content,
-                         std::string_view point_tag) {
+                         [[maybe_unused]] std::string_view point_tag) {
   std::string tmp = path + std::string(kTmpMarker) + unique_tag();
   try {
     write_new_file(tmp, content);
