@@ -281,6 +281,13 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   m.writer = fm->writer() ? fm->writer()->str() : std::string();
   m.total_bytes = fm->total_bytes();
   m.process_count = fm->process_count();
+  if (m.process_count > 1) {
+    throw Error(Errc::unsupported,
+                fmt::format("checkpoint written by {} processes; this build reads single-process "
+                            "checkpoints",
+                            m.process_count),
+                path);
+  }
   m.data_files = read_files(fm->data_files());
   m.json_files = read_files(fm->json_files());
   for (const auto& f : m.data_files) {
@@ -323,6 +330,13 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
       info.nbytes = l->nbytes();
       if (l->extents()) {
         for (const auto* e : *l->extents()) {
+          if ((e->slice_start() && e->slice_start()->size() > 0) ||
+              (e->slice_shape() && e->slice_shape()->size() > 0) || e->process_index() != 0) {
+            throw Error(Errc::unsupported,
+                        fmt::format("leaf '{}' has sharded extents, which this build cannot read",
+                                    info.path),
+                        path);
+          }
           info.extents.push_back({e->file(), e->offset(), e->length(), e->stored_length(),
                                   e->crc32c(), e->leaf_offset(), e->process_index()});
         }

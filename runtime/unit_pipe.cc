@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -43,28 +44,38 @@ struct Flight {
 UnitPipe::UnitPipe(io::Engine& engine, std::uint64_t buffer_bytes, unsigned depth)
     : engine_(engine),
       buffer_bytes_(io::align_up(buffer_bytes)),
-      depth_(depth == 0 ? 1 : depth),
-      memory_(buffer_bytes_ * depth_) {}
+      depth_(depth == 0 ? 1 : depth) {}
+
+void UnitPipe::reserve(const std::vector<Unit>& units) {
+  // Only as much memory as these units need: a small checkpoint must not map depth × unit bytes.
+  std::uint64_t largest = 0;
+  for (const Unit& u : units) {
+    if (u.length > buffer_bytes_) throw Error(Errc::invalid_argument, "IO unit larger than buffer");
+    largest = std::max(largest, u.length);
+  }
+  slot_bytes_ = io::align_up(std::max<std::uint64_t>(largest, 1));
+  slots_ = static_cast<unsigned>(std::clamp<std::size_t>(units.size(), 1, depth_));
+  if (memory_.size() < slot_bytes_ * slots_) memory_ = io::AlignedBuffer(slot_bytes_ * slots_);
+}
 
 void UnitPipe::write_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
                          const std::function<void(const Unit&, std::byte*)>& fill) {
+  reserve(units);
   Flight f;
-  f.busy.assign(depth_, false);
+  f.busy.assign(slots_, false);
   std::unique_lock lock(f.mu);
   try {
     for (const Unit& u : units) {
-      if (u.length > buffer_bytes_)
-        throw Error(Errc::invalid_argument, "IO unit larger than buffer");
       std::size_t slot = 0;
       f.cv.wait(lock, [&] {
         if (f.failed()) return true;
-        for (slot = 0; slot < depth_; ++slot) {
+        for (slot = 0; slot < slots_; ++slot) {
           if (!f.busy[slot]) return true;
         }
         return false;
       });
       if (f.failed()) break;
-      std::byte* buf = memory_.data() + slot * buffer_bytes_;
+      std::byte* buf = memory_.data() + slot * slot_bytes_;
       lock.unlock();
       fill(u, buf);
       lock.lock();
@@ -99,24 +110,23 @@ void UnitPipe::write_all(const std::vector<Unit>& units, const std::vector<io::F
 void UnitPipe::read_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
                         const std::function<void(const Unit&, const std::byte*)>& consume) {
   Flight f;
-  f.busy.assign(depth_, false);
+  reserve(units);
+  f.busy.assign(slots_, false);
   std::deque<std::pair<std::size_t, std::size_t>> order;  // (unit, slot) in submission order
   std::vector<std::size_t> free_slots;
-  for (std::size_t s = depth_; s-- > 0;) free_slots.push_back(s);
+  for (std::size_t s = slots_; s-- > 0;) free_slots.push_back(s);
   std::size_t next = 0;
   std::unique_lock lock(f.mu);
   try {
     while (next < units.size() || !order.empty()) {
       while (next < units.size() && !free_slots.empty() && !f.failed()) {
         const Unit& u = units[next];
-        if (u.length > buffer_bytes_)
-          throw Error(Errc::invalid_argument, "IO unit larger than buffer");
         std::size_t slot = free_slots.back();
         free_slots.pop_back();
         order.emplace_back(next++, slot);
         f.busy[slot] = true;
         ++f.in_flight;
-        std::byte* buf = memory_.data() + slot * buffer_bytes_;
+        std::byte* buf = memory_.data() + slot * slot_bytes_;
         lock.unlock();
         io::Request r{io::Request::Op::read, files[u.file]->fd(), buf, u.length, u.offset};
         engine_.submit(
@@ -140,7 +150,7 @@ void UnitPipe::read_all(const std::vector<Unit>& units, const std::vector<io::Fi
       if (f.failed()) break;
       order.pop_front();
       lock.unlock();
-      consume(units[unit], memory_.data() + slot * buffer_bytes_);
+      consume(units[unit], memory_.data() + slot * slot_bytes_);
       lock.lock();
       free_slots.push_back(slot);
     }

@@ -28,9 +28,13 @@ class UnitPipe {
 
  private:
   io::Engine& engine_;
-  std::uint64_t buffer_bytes_;
-  unsigned depth_;
-  io::AlignedBuffer memory_;
+  void reserve(const std::vector<Unit>& units);
+
+  std::uint64_t buffer_bytes_;  // the largest unit accepted
+  unsigned depth_;              // the most requests in flight
+  std::uint64_t slot_bytes_ = 0;
+  unsigned slots_ = 0;
+  io::AlignedBuffer memory_;    // slots_ × slot_bytes_, sized by reserve()
 };
 
 }  // namespace ckpt

@@ -7,6 +7,7 @@
 // writer removes; a crash after it leaves a complete checkpoint.
 #include <sys/stat.h>
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <chrono>
 #include <filesystem>
@@ -26,11 +27,14 @@ namespace ckpt {
 namespace fs = std::filesystem;
 
 std::string clean_checkpoint_dir(const std::string& dir) {
-  std::string out = fs::path(dir).lexically_normal().string();
+  if (dir.empty()) throw Error(Errc::invalid_argument, "empty checkpoint directory");
+  // Absolute and normal, so that two spellings of one directory compare equal.
+  std::error_code ec;
+  fs::path abs = fs::absolute(dir, ec);
+  if (ec) throw Error(Errc::invalid_argument, "cannot make the path absolute", dir);
+  std::string out = abs.lexically_normal().string();
   while (out.size() > 1 && out.back() == '/') out.pop_back();
-  if (out.empty() || out == "." || out == "/") {
-    throw Error(Errc::invalid_argument, "not a checkpoint directory", dir);
-  }
+  if (out == "/") throw Error(Errc::invalid_argument, "not a checkpoint directory", dir);
   return out;
 }
 
@@ -40,6 +44,12 @@ void check_extra_files(const std::map<std::string, std::string>& extra_files) {
         name == kManifestName || name == kMetadataName || name.starts_with("data-") ||
         io::is_tmp_name(name)) {
       throw Error(Errc::invalid_argument, "invalid extra file name '" + name + "'");
+    }
+    // Readers and `ckpt verify` hold every JSON file of a checkpoint to be a JSON object.
+    boost::system::error_code ec;
+    boost::json::value v = boost::json::parse(text, ec);
+    if (ec || !v.is_object()) {
+      throw Error(Errc::invalid_argument, "extra file '" + name + "' is not a JSON object");
     }
   }
 }
@@ -59,6 +69,21 @@ SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t u
 }
 
 std::string make_tmp_dir(const std::string& final_dir) {
+  // A checkpoint never nests inside another one (it would be neither listed nor kept), and a
+  // save never replaces a directory that is not a checkpoint (the exchange would delete it).
+  std::error_code ec;
+  for (fs::path p = fs::path(final_dir).parent_path(); !p.empty() && p != p.parent_path();
+       p = p.parent_path()) {
+    if (fs::exists(p / kManifestName, ec)) {
+      throw Error(Errc::invalid_argument, "cannot save inside the checkpoint " + p.string(), final_dir);
+    }
+  }
+  if (fs::exists(final_dir, ec) &&
+      (!fs::is_directory(final_dir, ec) || (!fs::exists(fs::path(final_dir) / kManifestName, ec) &&
+                                            !fs::is_empty(final_dir, ec)))) {
+    throw Error(Errc::invalid_argument,
+                "refusing to replace something that is not a checkpoint", final_dir);
+  }
   std::string parent = fs::path(final_dir).parent_path().string();
   if (!parent.empty()) io::make_dirs(parent);
   std::string tmp = final_dir + std::string(io::kTmpMarker) + io::unique_tag();
