@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <fmt/format.h>
+#include <atomic>
 #include <mutex>
 
 #include "io/error.h"
@@ -128,6 +129,7 @@ class TrainJob : public RestoreableJob<TrainConfig> {
   }
 
   std::int64_t step() const { return step_; }
+  int failed_saves() const { return failed_saves_; }
 
   std::string digest() {
     std::uint32_t crc = 0;
@@ -165,9 +167,15 @@ class TrainJob : public RestoreableJob<TrainConfig> {
           say("saved {}: durable after {:.1f} ms ({:.1f} MiB), latest -> {}\n", suffix,
               ms(h.timings().durable), h.timings().bytes / 1048576.0, suffix);
         } else {
-          h.async_wait([h, suffix](std::exception_ptr e) {  // fire and forget: report when done
-            if (e) return;  // the runtime logs failures
-            if (h.state() == SaveState::committed) {
+          h.async_wait([this, h, suffix](std::exception_ptr e) {  // fire and forget: report
+            if (e) {
+              ++failed_saves_;  // training goes on; the exit status tells
+              try {
+                std::rethrow_exception(e);
+              } catch (const std::exception& ex) {
+                say("save {} FAILED: {}\n", suffix, ex.what());
+              }
+            } else if (h.state() == SaveState::committed) {
               say("saved {}: durable after {:.1f} ms\n", suffix, ms(h.timings().durable));
             }
           });
@@ -252,6 +260,7 @@ class TrainJob : public RestoreableJob<TrainConfig> {
   std::vector<std::vector<float>> momentum_, pads_, grads_;
   std::vector<float> x_, y_, hid_;
   std::int64_t step_ = 0;
+  std::atomic<int> failed_saves_{0};
 };
 
 CKPT_REGISTER_JOB(TrainJob, "train_loop");
@@ -331,6 +340,10 @@ int main(int argc, char** argv) {
       return 1;
     }
     say("final step={} digest={}\n", job->step(), job->digest());
+    if (job->failed_saves() > 0) {
+      fmt::print(stderr, "train_loop: {} periodic save(s) failed\n", job->failed_saves());
+      return 1;
+    }
     return 0;
   } catch (const std::exception& e) {
     fmt::print(stderr, "train_loop: {}\n", e.what());

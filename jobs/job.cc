@@ -40,6 +40,7 @@ Runtime& JobBase::runtime() {
 
 boost::asio::awaitable<void> JobBase::operator()() {
   if (done()) co_return;
+  on_start();
   co_await run();
 }
 
@@ -111,6 +112,12 @@ std::vector<std::string> checkpoints(const ExecutionSpec& spec) {
 }
 
 std::optional<std::string> latest(const ExecutionSpec& spec) { return read_latest(run_dir(spec)); }
+
+void clean_leftovers(const ExecutionSpec& spec) {
+  for (const auto& path : clean_run_dir(run_dir(spec))) {
+    log().info("removed the leftover of an interrupted save: {}", path);
+  }
+}
 
 }  // namespace detail
 }  // namespace ckpt::jobs

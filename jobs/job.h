@@ -49,7 +49,7 @@ class JobBase {
 
   const ExecutionSpec& spec() const noexcept { return spec_; }
   virtual boost::asio::awaitable<void> run() = 0;
-  // Runs the job unless it is done already.
+  // Runs the job unless it is done already (on_start() first).
   boost::asio::awaitable<void> operator()();
   bool done() const noexcept { return done_; }
   void finish() noexcept { done_ = true; }
@@ -60,6 +60,11 @@ class JobBase {
 
   Runtime& runtime();
   void set_runtime(std::shared_ptr<Runtime> runtime) { runtime_ = std::move(runtime); }
+
+ protected:
+  // Called by operator() before run(): CheckpointedJob removes the leftovers of interrupted
+  // saves from its run directory (commit protocol, step 5).
+  virtual void on_start() {}
 
  private:
   ExecutionSpec spec_;
@@ -97,6 +102,7 @@ struct SavedJob {
 SavedJob read_saved_job(const std::string& checkpoint_dir);
 std::vector<std::string> checkpoints(const ExecutionSpec& spec);
 std::optional<std::string> latest(const ExecutionSpec& spec);
+void clean_leftovers(const ExecutionSpec& spec);
 }  // namespace detail
 
 template <typename C>
@@ -152,6 +158,9 @@ class CheckpointedJob : public BasicJob<C> {
 
   // Retention applied to this job's run directory after each save_tree_and_metadata.
   void set_retention(RetentionPolicy policy) { retention_ = std::move(policy); }
+
+ protected:
+  void on_start() override { detail::clean_leftovers(this->spec()); }
 
  private:
   RetentionPolicy retention_;

@@ -84,6 +84,9 @@ struct SaveOp {
   // Set when an IO stage timed out with requests still in the engine: their completions own
   // the chunks they write from and, through this op, the data file (RuntimeOptions::io_timeout).
   std::atomic<bool> io_abandoned{false};
+  // The previous save of the same path, still running when this one was admitted: commits of
+  // one path happen in admission order, so the newest save is the one that stays.
+  std::shared_ptr<detail::SaveShared> previous;
 };
 
 // The pool as seen by engine completions, which may outlive a save that timed out and even the
@@ -158,9 +161,10 @@ struct Runtime::Impl {
   std::condition_variable idle_cv;
   std::size_t active = 0;  // saves and registrations not finished
   std::unordered_multimap<std::string, std::shared_ptr<detail::SaveShared>> in_flight;
-  // The outcome of recently finished saves, for register_latest of a save that already ended.
-  std::unordered_map<std::string, std::shared_ptr<detail::SaveShared>> finished;
-  std::deque<std::string> finished_order;
+  // The newest save started per path (in flight or ended, the last 4096 paths), which
+  // register_latest waits for.
+  std::unordered_map<std::string, std::shared_ptr<detail::SaveShared>> newest;
+  std::deque<std::string> newest_order;
   std::unordered_map<std::string, std::shared_ptr<Event>> last_register;  // per run_dir
   std::multiset<std::pair<std::string, std::string>> pending_registers;   // (run_dir, suffix)
   std::mutex retention_mu;
@@ -451,6 +455,11 @@ struct Runtime::Impl {
       co_await write_units(op);
       co_await fsync_data(op);
       CKPT_FAULT_POINT("after_data_fsync", op->data.path());
+      if (op->previous) {
+        const std::shared_ptr<Event> previous_done(op->previous, &op->previous->done);
+        co_await async_wait_event(previous_done, ex, asio::as_tuple(asio::use_awaitable));
+        op->previous.reset();
+      }
       co_await on_workers(commit);
     } catch (...) {
       failure = std::current_exception();
@@ -520,12 +529,6 @@ struct Runtime::Impl {
           break;
         }
       }
-      if (finished.insert_or_assign(shared->path, shared).second)
-        finished_order.push_back(shared->path);
-      while (finished_order.size() > 4096) {
-        finished.erase(finished_order.front());
-        finished_order.pop_front();
-      }
       if (failure) {
         ++counters.saves_failed;
         failed_saves.push_back(shared);
@@ -574,9 +577,7 @@ struct Runtime::Impl {
     {
       std::lock_guard lock(mu);
       ++counters.saves_skipped;
-      if (finished.insert_or_assign(op->shared->path, op->shared).second) {
-        finished_order.push_back(op->shared->path);
-      }
+      note_newest_locked(op->shared);
     }
     op->shared->snapshotted.complete();
     op->shared->done.complete();
@@ -590,6 +591,18 @@ struct Runtime::Impl {
     ++active;
     ++counters.saves_started;
     in_flight.emplace(op->shared->path, op->shared);
+    if (auto it = newest.find(op->shared->path); it != newest.end() && !it->second->done.done()) {
+      op->previous = it->second;
+    }
+    note_newest_locked(op->shared);
+  }
+
+  void note_newest_locked(const std::shared_ptr<detail::SaveShared>& shared) {
+    if (newest.insert_or_assign(shared->path, shared).second) newest_order.push_back(shared->path);
+    while (newest_order.size() > 4096) {
+      newest.erase(newest_order.front());
+      newest_order.pop_front();
+    }
   }
 
   void launch(const std::shared_ptr<SaveOp>& op) {
@@ -762,12 +775,12 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
   std::shared_ptr<Event> previous;
   {
     std::lock_guard lock(impl_->mu);
-    // The newest save of that path: in flight, else recently finished.
-    auto range = impl_->in_flight.equal_range(path);
-    for (auto it = range.first; it != range.second; ++it) save = it->second;
-    if (!save) {
-      auto it = impl_->finished.find(path);
-      if (it != impl_->finished.end()) save = it->second;
+    // The newest save of that path, in flight or ended (else any in flight: more than 4096
+    // paths were saved since).
+    if (auto it = impl_->newest.find(path); it != impl_->newest.end()) {
+      save = it->second;
+    } else if (auto in = impl_->in_flight.find(path); in != impl_->in_flight.end()) {
+      save = in->second;
     }
     impl_->pending_registers.emplace(reg->run_dir, reg->suffix);
     auto& last = impl_->last_register[reg->run_dir];

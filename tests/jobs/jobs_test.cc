@@ -300,3 +300,13 @@ TEST_CASE("path safety rejects absolute paths, dot-dot and symlinks out of the r
   job->save_tree_and_metadata_from_path("inner/ok", t, step_md(0)).wait();
   CHECK(fs::exists(dir / "real/ok/manifest.ckpt"));
 }
+
+TEST_CASE("a checkpointed job removes leftovers of interrupted saves when it starts") {
+  TempDir dir;
+  auto job = make_job(dir, "leftovers");
+  io::make_dirs(dir / "general/default/leftovers/step/7.tmp-1-2-3");
+  io::make_dirs(dir / "general/default/leftovers/keep");
+  run_blocking(*job);
+  CHECK_FALSE(fs::exists(dir / "general/default/leftovers/step/7.tmp-1-2-3"));
+  CHECK(fs::exists(dir / "general/default/leftovers/keep"));
+}

@@ -364,3 +364,38 @@ TEST_CASE("steady-state saves reuse the staging pool without mapping more") {
   for (int i = 1; i < 10; ++i) wait_or_fail(rt.save(dir / std::to_string(i), tree, {}));
   CHECK(rt.stats().staging_mapped == mapped);
 }
+
+TEST_CASE("two saves of one path commit in call order and register_latest waits for the newest") {
+  TempDir dir;
+  Runtime rt(small_options(256u << 20));
+  std::string run = dir / "run";
+  Tree big = make_tree(8, 4'000'000, 1);  // 128 MB: slower than the second save
+  Tree small = make_tree(1, 100, 2);
+  SaveHandle first = rt.save(run + "/same", big, {{"which", "first"}});
+  SaveHandle second = rt.save(run + "/same", small, {{"which", "second"}});
+  RegisterHandle reg = rt.register_latest(run, "same");
+  REQUIRE(reg.wait_for(kDeadline));
+  reg.wait();
+  CHECK(second.done());  // the registration waited for the newest save
+  wait_or_fail(first);
+  wait_or_fail(second);
+  CHECK(read_metadata(run + "/same").at("which").as_string() == "second");
+  Tree back = test::zeros_like(small);
+  rt.restore(run + "/same", back);
+  CHECK(test::has_pattern(back.flatten()[0].second, 2));
+}
+
+TEST_CASE("a save refuses to replace a directory that is not a checkpoint or to nest in one") {
+  TempDir dir;
+  Runtime rt(small_options());
+  Tree tree = make_tree(1, 100, 1);
+  wait_or_fail(rt.save(dir / "run/step/1", tree, {}));
+  SaveHandle over_dir = rt.save(dir / "run/step", tree, {});  // would delete step/1
+  REQUIRE(over_dir.wait_for(kDeadline));
+  CHECK_THROWS_WITH_AS(over_dir.wait(), doctest::Contains("not a checkpoint"), Error);
+  SaveHandle nested = rt.save(dir / "run/step/1/inner", tree, {});
+  REQUIRE(nested.wait_for(kDeadline));
+  CHECK_THROWS_WITH_AS(nested.wait(), doctest::Contains("inside the checkpoint"), Error);
+  CHECK(verify_checkpoint(rt.engine(), dir / "run/step/1").ok());
+  rt.drain();
+}
