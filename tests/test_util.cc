@@ -64,6 +64,16 @@ bool has_pattern(const Array& a, std::uint64_t seed) {
   return std::memcmp(copy.data(), a.data(), a.nbytes()) == 0;
 }
 
+Tree make_tree(std::size_t leaves, std::size_t floats, std::uint64_t seed) {
+  Tree t;
+  for (std::size_t i = 0; i < leaves; ++i) {
+    Array a = Array::zeros(DType::f32, {floats});
+    fill_pattern(a, seed + i);
+    t["layer" + std::to_string(i)]["w"] = a;
+  }
+  return t;
+}
+
 bool trees_equal(const Tree& a, const Tree& b) {
   auto fa = a.flatten();
   auto fb = b.flatten();

@@ -29,6 +29,9 @@ class TempDir {
 void fill_pattern(const Array& a, std::uint64_t seed);
 // True when every byte of `a` equals what fill_pattern(seed) wrote.
 bool has_pattern(const Array& a, std::uint64_t seed);
+// A tree of `leaves` owned f32 arrays ("layer<i>/w") of `floats` elements, leaf i filled by
+// fill_pattern(seed + i).
+Tree make_tree(std::size_t leaves, std::size_t floats, std::uint64_t seed);
 // Same paths, dtypes, shapes and bytes.
 bool trees_equal(const Tree& a, const Tree& b);
 // A copy of the structure with zero-filled owned arrays.

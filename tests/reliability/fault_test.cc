@@ -34,15 +34,7 @@ using test::TempDir;
 
 constexpr auto kDeadline = std::chrono::seconds(30);
 
-Tree make_tree(std::size_t leaves, std::size_t floats, std::uint64_t seed) {
-  Tree t;
-  for (std::size_t i = 0; i < leaves; ++i) {
-    Array a = Array::zeros(DType::f32, {floats});
-    test::fill_pattern(a, seed + i);
-    t["layer" + std::to_string(i)]["w"] = a;
-  }
-  return t;
-}
+using test::make_tree;
 
 RuntimeOptions small_options() {
   RuntimeOptions o;

@@ -29,16 +29,7 @@ namespace {
 
 constexpr auto kDeadline = 60s;
 
-// A tree of `leaves` f32 arrays of `floats` elements each, owned, filled from `seed`.
-Tree make_tree(std::size_t leaves, std::size_t floats, std::uint64_t seed) {
-  Tree t;
-  for (std::size_t i = 0; i < leaves; ++i) {
-    Array a = Array::zeros(DType::f32, {floats});
-    test::fill_pattern(a, seed + i);
-    t["layer" + std::to_string(i)]["w"] = a;
-  }
-  return t;
-}
+using test::make_tree;
 
 RuntimeOptions small_options(std::uint64_t budget = 64u << 20) {
   RuntimeOptions o;
