@@ -1,0 +1,192 @@
+#include "bench/baselines.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <liburing.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+#include <thread>
+
+#include "bench/bench_util.h"
+
+namespace ckpt::bench {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& what, int err) {
+  throw std::runtime_error(fmt::format("{}: {}", what, std::strerror(err)));
+}
+
+// Copies bytes [begin, end) of the concatenation of src to the same offsets of dst.
+void copy_range(const Spans& src, const std::vector<std::uint64_t>& starts, std::byte* dst,
+                std::uint64_t begin, std::uint64_t end) {
+  auto it = std::upper_bound(starts.begin(), starts.end(), begin);
+  std::size_t leaf = static_cast<std::size_t>(it - starts.begin()) - 1;
+  std::uint64_t pos = begin;
+  while (pos < end && leaf < src.size()) {
+    std::uint64_t in_leaf = pos - starts[leaf];
+    std::uint64_t n = std::min<std::uint64_t>(src[leaf].size() - in_leaf, end - pos);
+    std::memcpy(dst + pos, src[leaf].data() + in_leaf, n);
+    pos += n;
+    ++leaf;
+  }
+}
+
+double memcpy_once_ms(const Spans& src, const std::vector<std::uint64_t>& starts, std::byte* dst,
+                      std::uint64_t total, unsigned threads) {
+  auto start = Clock::now();
+  std::vector<std::thread> helpers;
+  auto share = [&](unsigned t) {
+    std::uint64_t b = total * t / threads, e = total * (t + 1) / threads;
+    copy_range(src, starts, dst, b, e);
+  };
+  for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(share, t);
+  share(0);
+  for (auto& h : helpers) h.join();
+  return ms_since(start);
+}
+
+class Ring {
+ public:
+  explicit Ring(unsigned entries) {
+    int r = io_uring_queue_init(entries, &ring_, 0);
+    if (r < 0) fail("io_uring_queue_init", -r);
+  }
+  ~Ring() { io_uring_queue_exit(&ring_); }
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+  io_uring* get() { return &ring_; }
+
+ private:
+  io_uring ring_{};
+};
+
+constexpr std::uint64_t kFixedSlice = 1ull << 30;  // io_uring caps one registered buffer at 1 GiB
+
+// Sequential O_DIRECT transfer of buf[0, bytes) at queue depth kRawQueueDepth.
+void transfer(io_uring* ring, bool write, int fd, std::byte* buf, std::uint64_t bytes, bool fixed) {
+  std::uint64_t next = 0, done = 0;
+  unsigned in_flight = 0;
+  while (done < bytes) {
+    while (in_flight < kRawQueueDepth && next < bytes) {
+      io_uring_sqe* sqe = io_uring_get_sqe(ring);
+      auto len = static_cast<unsigned>(std::min(kRawRequestBytes, bytes - next));
+      auto slice = static_cast<int>(next / kFixedSlice);
+      if (write && fixed) {
+        io_uring_prep_write_fixed(sqe, fd, buf + next, len, next, slice);
+      } else if (write) {
+        io_uring_prep_write(sqe, fd, buf + next, len, next);
+      } else if (fixed) {
+        io_uring_prep_read_fixed(sqe, fd, buf + next, len, next, slice);
+      } else {
+        io_uring_prep_read(sqe, fd, buf + next, len, next);
+      }
+      sqe->user_data = len;
+      next += len;
+      ++in_flight;
+    }
+    int r = io_uring_submit_and_wait(ring, 1);
+    if (r < 0) fail("io_uring_submit_and_wait", -r);
+    io_uring_cqe* cqe = nullptr;
+    unsigned head = 0, seen = 0;
+    io_uring_for_each_cqe(ring, head, cqe) {
+      ++seen;
+      if (cqe->res < 0) fail(write ? "raw write" : "raw read", -cqe->res);
+      if (static_cast<std::uint64_t>(cqe->res) != cqe->user_data) {
+        throw std::runtime_error("raw baseline: short transfer");
+      }
+      done += cqe->user_data;
+      --in_flight;
+    }
+    io_uring_cq_advance(ring, seen);
+  }
+}
+
+}  // namespace
+
+double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs) {
+  std::vector<std::uint64_t> starts;
+  std::uint64_t total = 0;
+  for (const auto& s : src) {
+    starts.push_back(total);
+    total += s.size();
+  }
+  threads = std::max(threads, 1u);
+  memcpy_once_ms(src, starts, dst, total, threads);  // warm: caches, TLB, frequency
+  double best = 1e300;
+  for (int r = 0; r < std::max(runs, 1); ++r) {
+    best = std::min(best, memcpy_once_ms(src, starts, dst, total, threads));
+  }
+  return best;
+}
+
+RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, int runs,
+                  bool presize) {
+  if (bytes % 4096 != 0 || reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
+    throw std::invalid_argument("raw baseline: buffer and length must be 4096-aligned");
+  }
+  Ring ring(2 * kRawQueueDepth);
+  RawIo out;
+  // Registered (fixed) buffers, as the runtime registers its staging pool: pinning happens once,
+  // outside the timed region, exactly as it does for ckpt.
+  std::vector<iovec> iov;
+  for (std::uint64_t off = 0; off < bytes; off += kFixedSlice) {
+    iov.push_back(iovec{buf + off, static_cast<std::size_t>(std::min(kFixedSlice, bytes - off))});
+  }
+  out.fixed_buffers =
+      io_uring_register_buffers(ring.get(), iov.data(), static_cast<unsigned>(iov.size())) == 0;
+  out.write_ms = out.read_ms = 1e300;
+  for (int r = 0; r < std::max(runs, 1); ++r) {
+    std::string path = fmt::format("{}/raw-baseline-{}-{}.bin", dir, ::getpid(), r);
+    auto start = Clock::now();
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_DIRECT | O_CLOEXEC, 0644);
+    if (fd < 0) fail("open " + path + " (O_DIRECT)", errno);
+    // Sized first: on ext4 a direct write past the end of the file waits for its completion
+    // under the inode lock (extending writes are serialized), so an unsized file would cap the
+    // queue depth at 1 and understate the disk.
+    if (presize && ::ftruncate(fd, static_cast<off_t>(bytes)) != 0)
+      fail("ftruncate " + path, errno);
+    transfer(ring.get(), true, fd, buf, bytes, out.fixed_buffers);
+    if (::fsync(fd) != 0) fail("fsync " + path, errno);
+    out.write_ms = std::min(out.write_ms, ms_since(start));
+    ::close(fd);
+
+    start = Clock::now();
+    fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) fail("open " + path, errno);
+    transfer(ring.get(), false, fd, buf, bytes, out.fixed_buffers);
+    out.read_ms = std::min(out.read_ms, ms_since(start));
+    ::close(fd);
+    std::filesystem::remove(path);
+  }
+  if (out.fixed_buffers) io_uring_unregister_buffers(ring.get());
+  return out;
+}
+
+double bare_small_write_ms(const std::string& dir, int i) {
+  static const std::string payload(4096, 'x');
+  std::string tmp = fmt::format("{}/bare-{}.tmp", dir, i);
+  std::string final_path = fmt::format("{}/bare-{}", dir, i);
+  auto start = Clock::now();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail("open " + tmp, errno);
+  if (::pwrite(fd, payload.data(), payload.size(), 0) != static_cast<ssize_t>(payload.size())) {
+    fail("write " + tmp, errno);
+  }
+  if (::fsync(fd) != 0) fail("fsync " + tmp, errno);
+  ::close(fd);
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) fail("rename " + tmp, errno);
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) fail("open " + dir, errno);
+  if (::fsync(dfd) != 0) fail("fsync " + dir, errno);
+  ::close(dfd);
+  return ms_since(start);
+}
+
+}  // namespace ckpt::bench

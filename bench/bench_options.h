@@ -1,0 +1,38 @@
+#pragma once
+// Command-line options of ckpt_bench, resolved (no zero means "default" after resolve()).
+#include <boost/json/object.hpp>
+#include <cstdint>
+#include <string>
+
+#include "runtime/runtime.h"
+
+namespace ckpt::bench {
+
+struct BenchOptions {
+  std::string dir;
+  std::uint64_t state_mb = 1024;
+  std::size_t leaves = 64;
+  int saves = 5;
+  std::string mode = "sync";  // sync | overlapped
+  std::string engine = "auto";
+  bool json = false;
+  unsigned copy_threads = 0;     // 0: one per hardware thread (the Runtime's default)
+  std::uint64_t staging_mb = 0;  // 0: two saves' worth of staging
+  std::uint64_t unit_kb = 0;     // 0: the Runtime's default
+  unsigned queue_depth = 32;
+  int restores = 3;
+  int baseline_runs = 3;
+  bool small = false;
+  std::uint64_t small_kb = 4;
+  bool recheck = true;  // baselines measured again after the saves (drift check)
+  bool keep = false;
+
+  std::string work_dir;  // dir/ckpt_bench-<pid>: everything the run writes, removed at the end
+
+  RuntimeOptions runtime_options() const;
+};
+
+// The small-checkpoint benchmark (--small): returns its JSON object.
+boost::json::object run_small(const BenchOptions& options);
+
+}  // namespace ckpt::bench

@@ -1,0 +1,43 @@
+#pragma once
+// A synthetic training state: `leaves` float32 arrays of equal size totalling about
+// `total_bytes`, carved at 64-byte alignment out of one pre-faulted arena (as a framework's
+// allocator would hand them out), named "block_00000/p00" ... in groups of 16. The simulated
+// training step reads every array (forward and backward) and then writes every element (the
+// optimizer update), so a checkpoint that did not really snapshot the arrays is caught by the
+// checksum taken at save time.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "runtime/tree.h"
+
+namespace ckpt::bench {
+
+class SyntheticState {
+ public:
+  SyntheticState(std::uint64_t total_bytes, std::size_t leaves);
+  ~SyntheticState();
+  SyntheticState(const SyntheticState&) = delete;
+  SyntheticState& operator=(const SyntheticState&) = delete;
+
+  const Tree& tree() const { return tree_; }
+  Tree& tree() { return tree_; }
+  std::uint64_t bytes() const { return leaf_bytes_ * leaves_.size(); }
+  std::size_t leaf_count() const { return leaves_.size(); }
+  std::vector<std::span<const std::byte>> spans() const;
+
+  double forward() const;  // reads every element; the result keeps the reads from being elided
+  void update();           // writes every element
+  std::uint32_t checksum() const;  // CRC32C over every leaf in order
+
+ private:
+  std::byte* arena_ = nullptr;
+  std::size_t arena_bytes_ = 0;
+  std::uint64_t leaf_bytes_ = 0;
+  std::vector<float*> leaves_;
+  Tree tree_;
+};
+
+}  // namespace ckpt::bench
