@@ -26,6 +26,9 @@ struct ReadOptions {
   std::uint64_t unit_bytes = 16u << 20;
   unsigned queue_depth = 8;
   bool allow_direct = true;
+  // Aligned buffers of unit_bytes each to read through (at most queue_depth are used); empty:
+  // the reader maps its own.
+  std::vector<std::byte*> buffers;
 };
 
 // Writes `tree` and `metadata` as the checkpoint directory `dir` (created with its parents),

@@ -152,7 +152,7 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   std::uint64_t unit = unit_size(options.unit_bytes, m);
   std::vector<Unit> units = plan_units(m, unit, wanted);
   std::vector<std::uint32_t> crc(extent_slots(m));
-  UnitPipe pipe(engine, unit, options.queue_depth);
+  UnitPipe pipe(engine, unit, options.queue_depth, options.buffers);
   pipe.read_all(units, data.ptrs, [&](const Unit& u, const std::byte* buf) {
     auto bad = check_unit(u, buf, m, targets, crc);
     if (!bad.empty())

@@ -209,6 +209,24 @@ struct Runtime::Impl {
     }
   }
 
+  // Restores read through pre-faulted staging chunks when the pool has them free (a fresh mapping
+  // costs its page faults on every restore), else through memory of their own.
+  boost::json::object restore(const std::string& path, Tree& templ, bool partial) {
+    ReadOptions ro{options.unit_bytes, options.queue_depth, options.allow_direct, {}};
+    std::size_t want = std::min<std::size_t>({options.queue_depth, 16, pool.capacity_chunks() / 2});
+    if (want > 0) {
+      if (auto chunks = pool.try_acquire(want)) ro.buffers = std::move(*chunks);
+    }
+    struct Return {
+      StagingPool& pool;
+      const std::vector<std::byte*>& chunks;
+      ~Return() {
+        if (!chunks.empty()) pool.release(chunks);
+      }
+    } give_back{pool, ro.buffers};
+    return restore_checkpoint(*engine, path, templ, partial, ro);
+  }
+
   void begin_op() {
     std::lock_guard lock(mu);
     ++active;
@@ -434,6 +452,8 @@ struct Runtime::Impl {
       op->tmp_dir = make_tmp_dir(op->final_dir);
       op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
                                  options.allow_direct);
+      // Sized before the writes: ext4 serializes direct writes that extend a file.
+      op->data.truncate(op->plan.manifest.data_files[0].size);
     };
     const auto commit = [op] {
       op->data.close();
@@ -795,9 +815,7 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
 }
 
 boost::json::object Runtime::restore(const std::string& path, Tree& templ, bool partial) {
-  ReadOptions ro{impl_->options.unit_bytes, impl_->options.queue_depth,
-                 impl_->options.allow_direct};
-  return restore_checkpoint(*impl_->engine, path, templ, partial, ro);
+  return impl_->restore(path, templ, partial);
 }
 
 void Runtime::start_async_restore(
@@ -807,9 +825,8 @@ void Runtime::start_async_restore(
   impl->begin_op();
   asio::post(impl->workers, [impl, path = std::move(path), templ = std::move(templ), partial,
                              done]() mutable {
-    ReadOptions ro{impl->options.unit_bytes, impl->options.queue_depth, impl->options.allow_direct};
     try {
-      auto metadata = restore_checkpoint(*impl->engine, path, templ, partial, ro);
+      auto metadata = impl->restore(path, templ, partial);
       done(nullptr, std::move(metadata));
     } catch (...) {
       done(std::current_exception(), boost::json::object());

@@ -12,6 +12,7 @@ namespace ckpt {
 
 namespace {
 constexpr std::uint64_t kSlabBytes = 256u << 20;
+constexpr std::uint64_t kMaxSlabBytes = 1u << 30;
 }
 
 StagingPool::StagingPool(std::uint64_t budget_bytes, std::uint64_t chunk_bytes, io::Engine* engine)
@@ -43,16 +44,23 @@ void StagingPool::grow_locked(std::size_t need) {
   std::uint64_t slab_chunks = std::max<std::uint64_t>(kSlabBytes / chunk_bytes_, 1);
   std::size_t chunks = std::min<std::size_t>(std::max<std::size_t>(missing, slab_chunks),
                                              capacity_ - mapped_chunks_);
-  io::AlignedBuffer slab(chunks * chunk_bytes_);
-  for (std::size_t i = 0; i < chunks; ++i) free_.push_back(slab.data() + i * chunk_bytes_);
-  mapped_chunks_ += chunks;
-  slabs_.push_back(std::move(slab));
+  // Slabs of at most 1 GiB: io_uring registers no larger buffer.
+  std::uint64_t max_slab_chunks = std::max<std::uint64_t>(kMaxSlabBytes / chunk_bytes_, 1);
+  while (chunks > 0) {
+    std::size_t n = std::min<std::size_t>(chunks, max_slab_chunks);
+    io::AlignedBuffer slab(n * chunk_bytes_);
+    for (std::size_t i = 0; i < n; ++i) free_.push_back(slab.data() + i * chunk_bytes_);
+    mapped_chunks_ += n;
+    slabs_.push_back(std::move(slab));
+    chunks -= n;
+  }
   if (engine_ != nullptr) {
     std::vector<iovec> iov;
     for (const auto& s : slabs_) iov.push_back(iovec{s.data(), s.size()});
     engine_->register_buffers(iov);
   }
-  log().debug("staging pool grew to {} MiB", mapped_chunks_ * chunk_bytes_ >> 20);
+  log().debug("staging pool grew to {} MiB in {} slabs", mapped_chunks_ * chunk_bytes_ >> 20,
+              slabs_.size());
 }
 
 StagingPool::Chunks StagingPool::take_locked(std::size_t n) {

@@ -41,10 +41,16 @@ struct Flight {
 
 }  // namespace
 
-UnitPipe::UnitPipe(io::Engine& engine, std::uint64_t buffer_bytes, unsigned depth)
+UnitPipe::UnitPipe(io::Engine& engine, std::uint64_t buffer_bytes, unsigned depth,
+                   std::vector<std::byte*> buffers)
     : engine_(engine),
       buffer_bytes_(io::align_up(buffer_bytes)),
-      depth_(depth == 0 ? 1 : depth) {}
+      depth_(depth == 0 ? 1 : depth),
+      external_(std::move(buffers)) {}
+
+std::byte* UnitPipe::slot_data(std::size_t slot) const {
+  return external_.empty() ? memory_.data() + slot * slot_bytes_ : external_[slot];
+}
 
 void UnitPipe::reserve(const std::vector<Unit>& units) {
   // Only as much memory as these units need: a small checkpoint must not map depth × unit bytes.
@@ -55,6 +61,10 @@ void UnitPipe::reserve(const std::vector<Unit>& units) {
   }
   slot_bytes_ = io::align_up(std::max<std::uint64_t>(largest, 1));
   slots_ = static_cast<unsigned>(std::clamp<std::size_t>(units.size(), 1, depth_));
+  if (!external_.empty()) {  // lent buffers of buffer_bytes_ each: no memory to map
+    slots_ = std::min<unsigned>(slots_, static_cast<unsigned>(external_.size()));
+    return;
+  }
   if (memory_.size() < slot_bytes_ * slots_) memory_ = io::AlignedBuffer(slot_bytes_ * slots_);
 }
 
@@ -75,7 +85,7 @@ void UnitPipe::write_all(const std::vector<Unit>& units, const std::vector<io::F
         return false;
       });
       if (f.failed()) break;
-      std::byte* buf = memory_.data() + slot * slot_bytes_;
+      std::byte* buf = slot_data(slot);
       lock.unlock();
       fill(u, buf);
       lock.lock();
@@ -126,7 +136,7 @@ void UnitPipe::read_all(const std::vector<Unit>& units, const std::vector<io::Fi
         order.emplace_back(next++, slot);
         f.busy[slot] = true;
         ++f.in_flight;
-        std::byte* buf = memory_.data() + slot * slot_bytes_;
+        std::byte* buf = slot_data(slot);
         lock.unlock();
         io::Request r{io::Request::Op::read, files[u.file]->fd(), buf, u.length, u.offset};
         engine_.submit(
@@ -150,7 +160,7 @@ void UnitPipe::read_all(const std::vector<Unit>& units, const std::vector<io::Fi
       if (f.failed()) break;
       order.pop_front();
       lock.unlock();
-      consume(units[unit], memory_.data() + slot * slot_bytes_);
+      consume(units[unit], slot_data(slot));
       lock.lock();
       free_slots.push_back(slot);
     }

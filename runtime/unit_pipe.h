@@ -14,7 +14,10 @@ namespace ckpt {
 
 class UnitPipe {
  public:
-  UnitPipe(io::Engine& engine, std::uint64_t buffer_bytes, unsigned depth);
+  // `buffers`, when given, are aligned buffers of buffer_bytes each that the pipe uses instead of
+  // mapping memory of its own (the Runtime lends pre-faulted staging chunks).
+  UnitPipe(io::Engine& engine, std::uint64_t buffer_bytes, unsigned depth,
+           std::vector<std::byte*> buffers = {});
 
   // For each unit in order: fill(unit, buffer), then write it to files[unit.file]. Returns when
   // every write completed; throws the first error (naming the file) after in-flight writes end.
@@ -29,11 +32,13 @@ class UnitPipe {
  private:
   io::Engine& engine_;
   void reserve(const std::vector<Unit>& units);
+  std::byte* slot_data(std::size_t slot) const;
 
   std::uint64_t buffer_bytes_;  // the largest unit accepted
   unsigned depth_;              // the most requests in flight
   std::uint64_t slot_bytes_ = 0;
   unsigned slots_ = 0;
+  std::vector<std::byte*> external_;
   io::AlignedBuffer memory_;    // slots_ × slot_bytes_, sized by reserve()
 };
 

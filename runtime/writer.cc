@@ -128,6 +128,7 @@ void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tre
   try {
     io::File data = io::open_direct(tmp + "/" + data_file_name(0), io::OpenMode::write_new,
                                     options.allow_direct);
+    data.truncate(plan.manifest.data_files[0].size);  // direct writes that extend serialize
     std::vector<std::uint32_t> crc(extent_slots(plan.manifest));
     UnitPipe pipe(engine, options.unit_bytes, options.queue_depth);
     pipe.write_all(plan.units, {&data}, [&](const Unit& u, std::byte* buf) {
