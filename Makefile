@@ -7,7 +7,7 @@ ifeq ($(CI),true)
 CMAKE_FLAGS += -DCKPT_WERROR=ON
 endif
 
-.PHONY: all setup build demo test test-asan test-tsan clean
+.PHONY: all setup build demo test test-asan test-tsan test-fuzz clean
 
 all: build
 
@@ -39,5 +39,28 @@ test-tsan: setup
 	cmake --build build-tsan -j$(JOBS)
 	cd build-tsan && ctest --output-on-failure -j$(JOBS) --timeout 900
 
+# The libFuzzer target over the manifest reader and the restore path (tests/fuzz), built with clang
+# into build-fuzz/ and run for FUZZ_SECONDS on a scratch copy of the seed corpus, so the repository
+# is left alone. Any finding fails the target; the input lands in build-fuzz/findings/.
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -max_len=65536
+test-fuzz:
+	@bash scripts/setup.sh --fuzz
+	CC=clang CXX=clang++ cmake -S tests/fuzz -B build-fuzz >/dev/null
+	cmake --build build-fuzz -j$(JOBS)
+	rm -rf build-fuzz/corpus build-fuzz/findings
+	mkdir -p build-fuzz/corpus build-fuzz/findings
+	cp tests/fuzz/corpus/* build-fuzz/corpus/
+	@echo "fuzz: manifest_fuzz for $(FUZZ_SECONDS) s, log in build-fuzz/fuzz.log"
+	@UBSAN_OPTIONS=print_stacktrace=1 build-fuzz/manifest_fuzz $(FUZZ_FLAGS) \
+	    -artifact_prefix=build-fuzz/findings/ build-fuzz/corpus >build-fuzz/fuzz.log 2>&1; \
+	  rc=$$?; grep -E '^(INFO: Seed|#[0-9]+.*DONE|Done [0-9]+ runs)' build-fuzz/fuzz.log; \
+	  if [ $$rc -ne 0 ]; then \
+	    tail -n 80 build-fuzz/fuzz.log; \
+	    echo "fuzz: FAILED (exit $$rc); reproduce with build-fuzz/manifest_fuzz" \
+	      build-fuzz/findings/*; \
+	    exit 1; \
+	  fi
+
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ckpt builds with, only those missing. Idempotent; silent when all is there.
-# Usage: scripts/setup.sh [--bench]   (--bench adds the tools the benchmarks use)
+# Usage: scripts/setup.sh [--bench | --fuzz]   (--bench adds the tools the benchmarks use, --fuzz
+# clang and its libFuzzer/sanitizer runtimes for `make test-fuzz`)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libboost1.81-dev libboost-json1.81-dev liburing-dev
       libflatbuffers-dev flatbuffers-compiler libspdlog-dev doctest-dev libisal-dev libcli11-dev)
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(fio gnuplot-nox python3-numpy python3-torch); fi
+if [[ "${1:-}" == "--fuzz" ]]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
