@@ -18,6 +18,7 @@
 #include <mutex>
 
 #include "io/error.h"
+#include "io/file.h"
 #include "io/log.h"
 #include "jobs/job.h"
 #include "runtime/checkpoint.h"
@@ -330,6 +331,11 @@ int main(int argc, char** argv) {
     ExecutionSpec spec = ExecutionSpec::local(dir, "train_loop");
     auto job = resume_or_start(spec, config, overrides, resume);
     const auto& c = job->args();
+    // Staging for one checkpoint of the state (each leaf padded to 4 KiB), mapped now rather
+    // than in the first save's stall.
+    std::uint64_t state_bytes = 0;
+    job->state().for_each_leaf([&](const std::string&, const Array& a) { state_bytes += io::align_up(a.nbytes()); });
+    default_runtime()->reserve_staging(state_bytes);
     say("train_loop: {} steps from step {}, state {} MiB, save every {} ({} mode, engine {}), run dir {}\n",
         c.steps, job->step(), c.state_mb, c.save_every, c.mode, default_runtime()->stats().engine,
         run_dir(job->spec()));

@@ -835,6 +835,8 @@ void Runtime::start_async_restore(
   });
 }
 
+void Runtime::reserve_staging(std::uint64_t bytes) { impl_->pool.reserve(bytes); }
+
 DrainReport Runtime::drain() {
   DrainReport report;
   std::unique_lock lock(impl_->mu);

@@ -140,6 +140,11 @@ class Runtime {
         });
   }
 
+  // Maps and pre-faults staging memory for `bytes` of checkpoint now (within the budget), so that
+  // the first save stalls for a warm memcpy like the later ones. Call it at start-up with the size
+  // of the state.
+  void reserve_staging(std::uint64_t bytes);
+
   // Waits for every operation in flight; reports failures nobody waited for since the last drain.
   DrainReport drain();
 

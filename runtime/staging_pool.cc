@@ -99,6 +99,13 @@ StagingPool::Chunks StagingPool::acquire(std::size_t n) {
   return future.get();
 }
 
+void StagingPool::reserve(std::uint64_t bytes) {
+  std::lock_guard lock(mu_);
+  std::size_t want = std::min<std::size_t>(
+      static_cast<std::size_t>((bytes + chunk_bytes_ - 1) / chunk_bytes_), capacity_);
+  if (want > mapped_chunks_) grow_locked(free_.size() + (want - mapped_chunks_));
+}
+
 void StagingPool::release(std::byte* chunk) { release(Chunks{chunk}); }
 
 void StagingPool::release(const Chunks& chunks) {

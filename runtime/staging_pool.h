@@ -42,6 +42,9 @@ class StagingPool {
   std::optional<Chunks> try_acquire(std::size_t n);
   // Blocks until n chunks are granted.
   Chunks acquire(std::size_t n);
+  // Maps (and pre-faults, registers) chunks now until `bytes` are mapped, within the budget, so
+  // that the first save does not pay for it.
+  void reserve(std::uint64_t bytes);
   void release(std::byte* chunk);
   void release(const Chunks& chunks);
 

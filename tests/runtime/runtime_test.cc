@@ -390,3 +390,16 @@ TEST_CASE("a save refuses to replace a directory that is not a checkpoint or to 
   CHECK(verify_checkpoint(rt.engine(), dir / "run/step/1").ok());
   rt.drain();
 }
+
+TEST_CASE("reserve_staging maps the pool up front so the first save maps nothing") {
+  TempDir dir;
+  Runtime rt(small_options(64u << 20));
+  rt.reserve_staging(8u << 20);
+  auto mapped = rt.stats().staging_mapped;
+  CHECK(mapped >= (8u << 20));
+  CHECK(mapped <= (64u << 20));
+  wait_or_fail(rt.save(dir / "a", make_tree(2, 1'000'000, 1), {}));
+  CHECK(rt.stats().staging_mapped == mapped);
+  rt.reserve_staging(1ull << 40);  // capped by the budget
+  CHECK(rt.stats().staging_mapped <= (64u << 20));
+}
