@@ -171,11 +171,7 @@ class TrainJob : public RestoreableJob<TrainConfig> {
           h.async_wait([this, h, suffix](std::exception_ptr e) {  // fire and forget: report
             if (e) {
               ++failed_saves_;  // training goes on; the exit status tells
-              try {
-                std::rethrow_exception(e);
-              } catch (const std::exception& ex) {
-                say("save {} FAILED: {}\n", suffix, ex.what());
-              }
+              say("save {} FAILED: {}\n", suffix, describe_error(e));
             } else if (h.state() == SaveState::committed) {
               say("saved {}: durable after {:.1f} ms\n", suffix, ms(h.timings().durable));
             }

@@ -50,6 +50,16 @@ Error::Error(Errc code, std::string message, std::string path, int sys_errno)
       path_(std::move(path)),
       errno_(sys_errno) {}
 
+std::string describe_error(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
 Error sys_error(std::string_view op, std::string path, int err) {
   Errc code = (err == ENOSPC || err == EDQUOT) ? Errc::no_space
               : (err == ENOENT)                ? Errc::not_found

@@ -1,6 +1,7 @@
 #pragma once
 // ckpt::Error: the one exception type of the library. It keeps what failed, the path it concerns
 // and the errno where there is one, so a message always names the file and the cause.
+#include <exception>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -36,6 +37,10 @@ class Error : public std::runtime_error {
   std::string path_;
   int errno_;
 };
+
+// The message of the exception `error` holds ("unknown error" when it is not a std::exception);
+// for logs and reports of failures that travel as std::exception_ptr.
+std::string describe_error(std::exception_ptr error);
 
 // Builds the Error for a failed system call `op` on `path` with errno `err`.
 Error sys_error(std::string_view op, std::string path, int err);

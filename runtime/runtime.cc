@@ -562,11 +562,7 @@ struct Runtime::Impl {
 
   void fail_save(const std::shared_ptr<SaveOp>& op, std::exception_ptr failure) {
     op->shared->state = SaveState::failed;
-    try {
-      std::rethrow_exception(failure);
-    } catch (const std::exception& e) {
-      log().error("save of {} failed: {}", op->shared->path, e.what());
-    }
+    log().error("save of {} failed: {}", op->shared->path, describe_error(failure));
     finish_save(op, failure);
     end_op();
   }
@@ -627,13 +623,7 @@ struct Runtime::Impl {
 
   void launch(const std::shared_ptr<SaveOp>& op) {
     asio::co_spawn(ex, run_save(op), [path = op->shared->path](std::exception_ptr e) {
-      if (e) {
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-          log().critical("save pipeline of {} ended abnormally: {}", path, ex.what());
-        }
-      }
+      if (e) log().critical("save pipeline of {} ended abnormally: {}", path, describe_error(e));
     });
   }
 
@@ -677,11 +667,8 @@ struct Runtime::Impl {
       }
     }
     if (failure) {
-      try {
-        std::rethrow_exception(failure);
-      } catch (const std::exception& e) {
-        log().error("latest in {} not moved to {}: {}", reg->run_dir, reg->suffix, e.what());
-      }
+      log().error("latest in {} not moved to {}: {}", reg->run_dir, reg->suffix,
+                  describe_error(failure));
       std::lock_guard lock(mu);
       failed_registers.push_back(reg);
     }
@@ -841,22 +828,13 @@ DrainReport Runtime::drain() {
   DrainReport report;
   std::unique_lock lock(impl_->mu);
   impl_->idle_cv.wait(lock, [&] { return impl_->active == 0; });
-  auto describe = [](std::exception_ptr e) -> std::string {
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      return ex.what();
-    } catch (...) {
-      return "unknown error";
-    }
-  };
   for (const auto& s : impl_->failed_saves) {
-    if (!s->observed) report.errors.push_back("save " + s->path + ": " + describe(s->done.error()));
+    if (!s->observed) report.errors.push_back("save " + s->path + ": " + describe_error(s->done.error()));
   }
   for (const auto& r : impl_->failed_registers) {
     if (!r->observed) {
       report.errors.push_back("register " + r->run_dir + "/" + r->suffix + ": " +
-                              describe(r->done.error()));
+                              describe_error(r->done.error()));
     }
   }
   report.failed = report.errors.size();
