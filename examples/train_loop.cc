@@ -100,7 +100,10 @@ class TrainJob : public RestoreableJob<TrainConfig> {
       init(pads_.emplace_back(), bytes / 4, 1.0f);
       left -= bytes / 4 * 4;
     }
-    set_retention(RetentionPolicy{static_cast<std::size_t>(std::max<std::int64_t>(c.keep, 1))});
+    RetentionPolicy retention;
+    retention.max_to_keep = static_cast<std::size_t>(std::max<std::int64_t>(c.keep, 1));
+    retention.prefix = "step/";  // the periodic checkpoints rotate; anything else stays
+    set_retention(retention);
   }
 
   // The whole state as a tree of views into this job's vectors.

@@ -9,7 +9,9 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <mutex>
 #include <random>
+#include <unordered_map>
 
 #include "io/crash_point.h"
 #include "io/error.h"
@@ -29,6 +31,39 @@ std::string unique_tag() {
 
 bool is_tmp_name(std::string_view name) noexcept {
   return name.find(kTmpMarker) != std::string_view::npos;
+}
+
+namespace {
+// Never destroyed: saves may still end during static destruction.
+std::mutex& live_mu = *new std::mutex;
+std::unordered_map<std::string, int>& live_tmps() {
+  static auto* live = new std::unordered_map<std::string, int>;
+  return *live;
+}
+std::string live_key(const std::string& path) {
+  std::error_code ec;
+  fs::path abs = fs::absolute(path, ec);
+  return (ec ? fs::path(path) : abs).lexically_normal().string();
+}
+}  // namespace
+
+void note_live_tmp(const std::string& path) {
+  std::string key = live_key(path);
+  std::lock_guard lock(live_mu);
+  ++live_tmps()[key];
+}
+
+void forget_live_tmp(const std::string& path) {
+  std::string key = live_key(path);
+  std::lock_guard lock(live_mu);
+  auto it = live_tmps().find(key);
+  if (it != live_tmps().end() && --it->second == 0) live_tmps().erase(it);
+}
+
+bool is_live_tmp(const std::string& path) {
+  std::string key = live_key(path);
+  std::lock_guard lock(live_mu);
+  return live_tmps().contains(key);
 }
 
 void fsync_dir(const std::string& dir) {
@@ -88,14 +123,17 @@ void write_new_file(const std::string& path, std::string_view content) {
 void atomic_replace_file(const std::string& path, std::string_view content,
                          [[maybe_unused]] std::string_view point_tag) {
   std::string tmp = path + std::string(kTmpMarker) + unique_tag();
+  note_live_tmp(tmp);
   try {
     write_new_file(tmp, content);
     CKPT_FAULT_POINT("before_" + std::string(point_tag) + "_rename", path);
     if (::rename(tmp.c_str(), path.c_str()) != 0) throw sys_error("rename", path, errno);
   } catch (...) {
     ::unlink(tmp.c_str());
+    forget_live_tmp(tmp);
     throw;
   }
+  forget_live_tmp(tmp);
   CKPT_FAULT_POINT("after_" + std::string(point_tag) + "_rename", path);
   fsync_dir(parent_of(path));
 }
@@ -111,7 +149,7 @@ void commit_directory(const std::string& tmp_dir, const std::string& final_dir) 
     if (rc != 0) throw sys_error("rename (exchange)", final_dir, errno);
     CKPT_FAULT_POINT("after_dir_rename", final_dir);
     fsync_dir(parent_of(final_dir));
-    remove_tree(tmp_dir);
+    remove_tree(tmp_dir);  // the old checkpoint; still a live temporary of the caller's
   } else if (rc != 0) {
     throw sys_error("rename", final_dir, errno);
   } else {
@@ -138,6 +176,7 @@ std::vector<std::string> remove_leftovers(const std::string& root) {
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       std::string name = entry.path().filename().string();
       if (is_tmp_name(name)) {
+        if (is_live_tmp(entry.path().string())) continue;  // ours, in use right now
         log().info("removing leftover of an interrupted write: {}", entry.path().string());
         remove_tree(entry.path().string());
         removed.push_back(entry.path().string());

@@ -41,8 +41,16 @@ void write_new_file(const std::string& path, std::string_view content);
 
 void commit_directory(const std::string& tmp_dir, const std::string& final_dir);
 
+// The temporaries this process is using right now (a save's `<dir>.tmp-<tag>/`, a
+// `latest.tmp-<tag>`, a removal's `<dir>.tmp-del-<tag>/`). remove_leftovers never removes them, so
+// a job that cleans its run directory again while its own saves are in flight keeps them. Paths
+// are compared absolute and normalized. Every note is matched by one forget.
+void note_live_tmp(const std::string& path);
+void forget_live_tmp(const std::string& path);
+bool is_live_tmp(const std::string& path);
+
 // Removes every `*.tmp-*` entry below `root` (not descending into directories that hold a
-// manifest) and returns the removed paths.
+// manifest), except this process's live temporaries, and returns the removed paths.
 std::vector<std::string> remove_leftovers(const std::string& root);
 
 // Removes a directory tree; the caller fsyncs the parent if it must be durable.

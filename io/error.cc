@@ -31,6 +31,8 @@ std::string_view to_string(Errc code) noexcept {
       return "cancelled";
     case Errc::skipped:
       return "skipped";
+    case Errc::busy:
+      return "busy";
   }
   return "unknown";
 }

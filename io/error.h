@@ -20,6 +20,7 @@ enum class Errc {
   timeout,           // IO did not complete within its deadline
   cancelled,         // the operation was abandoned (runtime shutting down)
   skipped,           // a save declined by backpressure policy `skip`
+  busy,              // another process holds the run directory (its writer lease or lock)
 };
 
 std::string_view to_string(Errc code) noexcept;

@@ -113,8 +113,10 @@ std::vector<std::string> checkpoints(const ExecutionSpec& spec) {
 
 std::optional<std::string> latest(const ExecutionSpec& spec) { return read_latest(run_dir(spec)); }
 
-void clean_leftovers(const ExecutionSpec& spec) {
-  for (const auto& path : clean_run_dir(run_dir(spec))) {
+void claim_and_clean(Runtime& rt, const ExecutionSpec& spec) {
+  const std::string dir = run_dir(spec);
+  rt.claim_run_dir(dir);
+  for (const auto& path : clean_run_dir(dir)) {
     log().info("removed the leftover of an interrupted save: {}", path);
   }
 }

@@ -102,7 +102,7 @@ struct SavedJob {
 SavedJob read_saved_job(const std::string& checkpoint_dir);
 std::vector<std::string> checkpoints(const ExecutionSpec& spec);
 std::optional<std::string> latest(const ExecutionSpec& spec);
-void clean_leftovers(const ExecutionSpec& spec);
+void claim_and_clean(Runtime& rt, const ExecutionSpec& spec);
 }  // namespace detail
 
 template <typename C>
@@ -133,13 +133,13 @@ class CheckpointedJob : public BasicJob<C> {
     options.extra_files.insert(files.begin(), files.end());
     return this->runtime().save(path, tree, metadata, options);
   }
+  // The save takes the run directory's writer lease and is protected from `ckpt gc` until it
+  // ends (runtime/run_lock.h).
   SaveHandle save_tree_and_metadata(const std::string& suffix, const Tree& tree,
                                     const boost::json::object& metadata,
                                     SaveOptions options = SaveOptions()) {
-    if (retention_.active()) {
-      options.run_dir = run_dir(this->spec());
-      options.retention = retention_;
-    }
+    options.run_dir = run_dir(this->spec());
+    if (retention_.active()) options.retention = retention_;
     return save_tree_and_metadata_from_path(rel_path(this->spec(), suffix), tree, metadata,
                                             std::move(options));
   }
@@ -156,11 +156,16 @@ class CheckpointedJob : public BasicJob<C> {
     return checkpoint_path(spec, suffix);
   }
 
-  // Retention applied to this job's run directory after each save_tree_and_metadata.
+  // Retention applied to this job's run directory after each save_tree_and_metadata, and once
+  // more when its saves and registrations drain. Set policy.prefix (e.g. "step/") to rotate
+  // only those checkpoints; without it, max_to_keep counts every checkpoint of the run.
   void set_retention(RetentionPolicy policy) { retention_ = std::move(policy); }
 
  protected:
-  void on_start() override { detail::clean_leftovers(this->spec()); }
+  // Takes the run directory's writer lease (a second writer fails here with Error(busy) naming
+  // the first one's pid), then removes leftovers of interrupted saves: never this process's own
+  // saves in flight (a job run again after a failure keeps them).
+  void on_start() override { detail::claim_and_clean(this->runtime(), this->spec()); }
 
  private:
   RetentionPolicy retention_;

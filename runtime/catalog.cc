@@ -1,5 +1,7 @@
 #include "runtime/catalog.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <filesystem>
 
@@ -12,30 +14,92 @@ namespace ckpt {
 
 namespace fs = std::filesystem;
 
+bool is_valid_name_part(std::string_view part) noexcept {
+  if (part.empty() || part.front() == '.' || part == kLatestName || io::is_tmp_name(part)) {
+    return false;
+  }
+  return std::none_of(part.begin(), part.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+  });
+}
+
+std::string escape_name(std::string_view name) {
+  std::string out;
+  for (char c : name) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f || c == '\\') {
+      out += fmt::format("\\x{:02x}", u);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 void check_suffix(std::string_view suffix) {
   if (suffix.empty()) throw Error(Errc::invalid_argument, "empty checkpoint suffix");
-  if (suffix.front() == '/') {
-    throw Error(Errc::path_escape, "checkpoint suffix is absolute", std::string(suffix));
-  }
+  const std::string shown = escape_name(suffix);
+  if (suffix.front() == '/') throw Error(Errc::path_escape, "checkpoint suffix is absolute", shown);
   std::size_t start = 0;
   while (start <= suffix.size()) {
     std::size_t end = suffix.find('/', start);
     if (end == std::string_view::npos) end = suffix.size();
     std::string_view part = suffix.substr(start, end - start);
-    if (part == "..")
-      throw Error(Errc::path_escape, "checkpoint suffix contains '..'", std::string(suffix));
-    if (part.empty() || part == ".") {
-      throw Error(Errc::invalid_argument, "checkpoint suffix has an empty or '.' part",
-                  std::string(suffix));
-    }
-    if (io::is_tmp_name(part)) {
-      throw Error(Errc::invalid_argument, "checkpoint suffix contains '.tmp-'",
-                  std::string(suffix));
+    if (part == "..") throw Error(Errc::path_escape, "checkpoint suffix contains '..'", shown);
+    if (!is_valid_name_part(part)) {
+      throw Error(Errc::invalid_argument,
+                  fmt::format("invalid checkpoint name part '{}' (parts may not be empty, start "
+                              "with '.', contain '{}', be '{}' or hold control characters)",
+                              escape_name(part), io::kTmpMarker, kLatestName),
+                  shown);
     }
     start = end + 1;
   }
-  if (suffix == kLatestName)
-    throw Error(Errc::invalid_argument, "'latest' is reserved", std::string(suffix));
+}
+
+void check_checkpoint_dir_name(const std::string& dir) {
+  std::string_view name = dir;
+  while (name.size() > 1 && name.back() == '/') name.remove_suffix(1);
+  if (auto slash = name.rfind('/'); slash != std::string_view::npos) name.remove_prefix(slash + 1);
+  if (!is_valid_name_part(name)) {
+    throw Error(Errc::invalid_argument,
+                fmt::format("invalid checkpoint name '{}' (it may not start with '.', contain "
+                            "'{}', be '{}' or hold control characters)",
+                            escape_name(name), io::kTmpMarker, kLatestName),
+                escape_name(dir));
+  }
+}
+
+std::string suffix_in_run_dir(const std::string& run_dir, const std::string& dir) {
+  fs::path rel = fs::path(dir).lexically_relative(run_dir);
+  if (rel.empty() || *rel.begin() == ".." || rel == ".") {
+    throw Error(Errc::invalid_argument, "checkpoint is not inside its run directory " + run_dir,
+                dir);
+  }
+  std::string suffix = rel.string();
+  check_suffix(suffix);
+  return suffix;
+}
+
+void require_committed_checkpoint(const std::string& run_dir, const std::string& suffix) {
+  check_suffix(suffix);
+  fs::path at(run_dir);
+  for (const auto& part : fs::path(suffix)) {
+    at /= part;
+    std::error_code ec;
+    fs::file_status st = fs::symlink_status(at, ec);
+    if (fs::is_symlink(st)) {
+      throw Error(Errc::path_escape, "checkpoint path goes through a symbolic link",
+                  at.string());
+    }
+    if (!fs::exists(st)) break;
+  }
+  std::error_code ec;
+  if (!fs::is_regular_file(fs::symlink_status(fs::path(run_dir) / suffix / kManifestName, ec))) {
+    throw Error(Errc::not_found, "no committed checkpoint '" + escape_name(suffix) + "'",
+                (fs::path(run_dir) / suffix).string());
+  }
 }
 
 std::vector<CheckpointInfo> list_checkpoints(const std::string& run_dir) {
@@ -48,7 +112,8 @@ std::vector<CheckpointInfo> list_checkpoints(const std::string& run_dir) {
     stack.pop_back();
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       if (entry.is_symlink(ec) || !entry.is_directory(ec)) continue;
-      if (io::is_tmp_name(entry.path().filename().string())) continue;
+      // Temporaries, hidden and reserved names are never checkpoints nor hold any.
+      if (!is_valid_name_part(entry.path().filename().string())) continue;
       if (!fs::exists(entry.path() / kManifestName, ec)) {
         stack.push_back(entry.path());
         continue;
@@ -89,11 +154,11 @@ std::optional<std::string> read_latest(const std::string& run_dir) {
   std::error_code ec;
   if (!fs::exists(path, ec)) return std::nullopt;
   std::string text = io::read_small_file(path, 4096);
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  if (!text.empty() && text.back() == '\n') text.pop_back();
   try {
     check_suffix(text);
   } catch (const Error& e) {
-    throw Error(Errc::corrupt, std::string("latest pointer is invalid: ") + e.what(), path);
+    throw Error(Errc::corrupt, "latest pointer is invalid: " + std::string(e.what()), path);
   }
   return text;
 }

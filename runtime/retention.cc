@@ -1,5 +1,7 @@
 #include "runtime/retention.h"
 
+#include "runtime/run_lock.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <limits>
@@ -33,6 +35,7 @@ std::vector<std::string> select_for_removal(const std::vector<CheckpointInfo>& c
   std::vector<const CheckpointInfo*> candidates;
   for (const auto& c : checkpoints) {
     if (!c.error.empty()) continue;  // unreadable: not ours to judge, `ckpt verify` reports it
+    if (!c.suffix.starts_with(policy.prefix)) continue;  // outside the policy's care
     if (policy.keep_period > 0 && c.step && *c.step % policy.keep_period == 0) continue;
     candidates.push_back(&c);
   }
@@ -54,6 +57,11 @@ std::vector<std::string> select_for_removal(const std::vector<CheckpointInfo>& c
 
 void remove_checkpoint(const std::string& path) {
   std::string doomed = path + std::string(io::kTmpMarker) + "del-" + io::unique_tag();
+  io::note_live_tmp(doomed);
+  struct Forget {
+    const std::string& path;
+    ~Forget() { io::forget_live_tmp(path); }
+  } forget{doomed};
   if (::rename(path.c_str(), doomed.c_str()) != 0) {
     if (errno == ENOENT) return;  // removed already
     throw sys_error("rename", path, errno);
@@ -80,6 +88,63 @@ std::vector<std::string> apply_retention(const std::string& run_dir, const Reten
     removed.push_back(suffix);
   }
   return removed;
+}
+
+GcReport collect_garbage(const std::string& run_dir, const RetentionPolicy& policy,
+                         const GcOptions& options) {
+  GcReport report;
+  RunLockFile lock_file(run_dir);
+  // Holding the writer lease proves no writer is live, and keeps one from starting meanwhile.
+  const bool no_writer = lock_file.try_lock(RunLockFile::Byte::lease);
+  struct Unlock {
+    RunLockFile& file;
+    bool lease;
+    ~Unlock() {
+      if (lease) file.unlock(RunLockFile::Byte::lease);
+    }
+  } unlock_lease{lock_file, no_writer};
+  lock_file.lock(RunLockFile::Byte::mutation, options.wait, "mutation lock");
+  struct UnlockMutation {
+    RunLockFile& file;
+    ~UnlockMutation() { file.unlock(RunLockFile::Byte::mutation); }
+  } unlock_mutation{lock_file};
+
+  // Listed first, then what the writer protects, then `latest` (see runtime/run_lock.h).
+  std::vector<CheckpointInfo> listed = list_checkpoints(run_dir);
+  std::set<std::string> keep;
+  if (!no_writer) {
+    auto state = read_writer_state(run_dir);
+    report.writer_pid = state ? state->pid : 0;
+    if (state) report.writer_protected = state->protect;
+    keep = report.writer_protected;
+  }
+  std::optional<std::string> latest;
+  try {
+    latest = read_latest(run_dir);
+  } catch (const Error& e) {
+    throw Error(Errc::corrupt,
+                std::string(e.what()) + "; nothing removed, since what it should name is unknown",
+                run_dir);
+  }
+  if (latest) keep.insert(*latest);
+  report.removed = select_for_removal(listed, policy, keep);
+  if (!options.dry_run) {
+    for (const auto& suffix : report.removed) {
+      remove_checkpoint(run_dir + "/" + suffix);
+      log().debug("gc removed {}/{}", run_dir, suffix);
+    }
+  }
+  report.kept = listed.size() - report.removed.size();
+  if (options.leftovers && !options.dry_run) {
+    if (no_writer) {
+      report.leftovers_removed = io::remove_leftovers(run_dir);
+    } else {
+      report.leftovers_refused =
+          "leftovers left alone: a writer is live in the run directory (" +
+          describe_holder(run_dir) + "); its temporaries may be saves in flight";
+    }
+  }
+  return report;
 }
 
 }  // namespace ckpt

@@ -41,6 +41,7 @@
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/commit.h"
+#include "runtime/run_lock.h"
 #include "runtime/staging_pool.h"
 
 namespace ckpt {
@@ -70,6 +71,28 @@ std::unique_ptr<io::Engine> make_runtime_engine(const RuntimeOptions& o) {
   return engine;
 }
 
+// A suffix published as protected in a run directory's .ckpt-writer while it lives.
+struct Protection {
+  std::shared_ptr<RunLease> lease;
+  std::string suffix;
+  Protection() = default;
+  Protection(std::shared_ptr<RunLease> l, std::string s) : lease(std::move(l)), suffix(std::move(s)) {
+    lease->protect(suffix);
+  }
+  Protection(Protection&& o) noexcept = default;
+  Protection& operator=(Protection&& o) noexcept {
+    reset();
+    lease = std::move(o.lease);
+    suffix = std::move(o.suffix);
+    return *this;
+  }
+  ~Protection() { reset(); }
+  void reset() noexcept {
+    if (lease) lease->release(suffix);
+    lease.reset();
+  }
+};
+
 struct SaveOp {
   std::shared_ptr<detail::SaveShared> shared;
   SavePlan plan;
@@ -87,6 +110,9 @@ struct SaveOp {
   // The previous save of the same path, still running when this one was admitted: commits of
   // one path happen in admission order, so the newest save is the one that stays.
   std::shared_ptr<detail::SaveShared> previous;
+  // With SaveOptions::run_dir: the suffix, published as protected from admission to the end.
+  Protection protection;
+  bool run_dir_counted = false;  // admitted: counts among run_dir's operations until it ends
 };
 
 // The pool as seen by engine completions, which may outlive a save that timed out and even the
@@ -167,7 +193,16 @@ struct Runtime::Impl {
   std::deque<std::string> newest_order;
   std::unordered_map<std::string, std::shared_ptr<Event>> last_register;  // per run_dir
   std::multiset<std::pair<std::string, std::string>> pending_registers;   // (run_dir, suffix)
-  std::mutex retention_mu;
+  // Per run directory this Runtime writes into: its writer lease, the saves (with run_dir) and
+  // registrations not finished, and the retention passes (at most one running, one more asked).
+  struct RunDir {
+    std::shared_ptr<RunLease> lease;
+    std::size_t active = 0;
+    std::optional<RetentionPolicy> policy;  // the last one a save asked for
+    bool pass_running = false;
+    bool pass_again = false;
+  };
+  std::map<std::string, RunDir> run_dirs;
   std::vector<std::shared_ptr<detail::SaveShared>> failed_saves;
   std::vector<std::shared_ptr<detail::RegisterShared>> failed_registers;
   RuntimeStats counters;
@@ -496,18 +531,77 @@ struct Runtime::Impl {
     }
     op->shared->state = SaveState::committed;
     finish_save(op, nullptr);
-    if (op->options.retention.active() && !op->options.run_dir.empty()) {
-      const auto retain = [this, op] {
-        // One retention pass at a time; what to protect is read once the pass holds the lock.
-        std::lock_guard lock(retention_mu);
-        apply_retention(op->options.run_dir, op->options.retention,
-                        protected_suffixes(op->options.run_dir));
-      };
-      try {
-        co_await on_workers(retain);
-      } catch (const std::exception& e) {
-        log().error("retention in {} failed: {}", op->options.run_dir, e.what());
+    end_op();
+  }
+
+  // ---- run directories and retention ------------------------------------------------------
+
+  // This Runtime's writer lease on run_dir (taken on first use; blocks up to lock_wait).
+  std::shared_ptr<RunLease> lease_for(const std::string& run_dir) {
+    {
+      std::lock_guard lock(mu);
+      if (auto it = run_dirs.find(run_dir); it != run_dirs.end() && it->second.lease) {
+        return it->second.lease;
       }
+    }
+    auto lease = RunLease::acquire(run_dir, options.lock_wait);
+    std::lock_guard lock(mu);
+    auto& st = run_dirs[run_dir];
+    if (!st.lease) st.lease = std::move(lease);
+    return st.lease;
+  }
+
+  void run_dir_op_started(const std::string& run_dir) {
+    std::lock_guard lock(mu);
+    ++run_dirs[run_dir].active;
+  }
+
+  // A save or registration of run_dir ended. A committed save with a policy asks for a pass;
+  // so does the last operation to end, so that the policy holds once everything drained (while
+  // saves and registrations are in flight, passes must spare them).
+  void run_dir_op_ended(const std::string& run_dir, const RetentionPolicy* committed_policy) {
+    std::lock_guard lock(mu);
+    auto& st = run_dirs[run_dir];
+    --st.active;
+    if (committed_policy != nullptr && committed_policy->active()) st.policy = *committed_policy;
+    if (!st.policy) return;
+    if (committed_policy != nullptr || st.active == 0) request_pass_locked(run_dir, st);
+  }
+
+  void request_pass_locked(const std::string& run_dir, RunDir& st) {
+    if (st.pass_running) {
+      st.pass_again = true;  // the running pass goes again when it ends: passes never pile up
+      return;
+    }
+    st.pass_running = true;
+    ++active;  // drain() waits for the pass
+    asio::post(workers, [this, run_dir] { retention_passes(run_dir); });
+  }
+
+  // Runs on a copy thread: passes over run_dir until none more was asked for.
+  void retention_passes(const std::string& run_dir) {
+    for (;;) {
+      RetentionPolicy policy;
+      std::shared_ptr<RunLease> lease;
+      {
+        std::lock_guard lock(mu);
+        auto& st = run_dirs[run_dir];
+        st.pass_again = false;
+        policy = *st.policy;
+        lease = st.lease;
+      }
+      try {
+        // Under the mutation lock: `ckpt gc` in another process and `latest` moving wait.
+        auto mutation = lease->lock_mutations(options.lock_wait);
+        apply_retention(run_dir, policy, protected_suffixes(run_dir));
+      } catch (const std::exception& e) {
+        log().error("retention in {} failed: {}", run_dir, e.what());
+      }
+      std::lock_guard lock(mu);
+      auto& st = run_dirs[run_dir];
+      if (st.pass_again) continue;
+      st.pass_running = false;
+      break;
     }
     end_op();
   }
@@ -540,6 +634,7 @@ struct Runtime::Impl {
   // Moves a finished save out of the in-flight table and completes its handle.
   void finish_save(const std::shared_ptr<SaveOp>& op, std::exception_ptr failure) {
     auto& shared = op->shared;
+    op->protection.reset();
     {
       std::lock_guard lock(mu);
       auto range = in_flight.equal_range(shared->path);
@@ -558,6 +653,8 @@ struct Runtime::Impl {
     }
     shared->snapshotted.complete(failure);
     shared->done.complete(failure);
+    if (!op->run_dir_counted) return;
+    run_dir_op_ended(op->options.run_dir, failure ? nullptr : &op->options.retention);
   }
 
   void fail_save(const std::shared_ptr<SaveOp>& op, std::exception_ptr failure) {
@@ -574,11 +671,16 @@ struct Runtime::Impl {
     auto op = std::make_shared<SaveOp>();
     op->start = Clock::now();
     op->final_dir = clean_checkpoint_dir(path);
+    check_checkpoint_dir_name(op->final_dir);
     check_extra_files(options.extra_files);
     op->plan = plan_save(tree, this->options.unit_bytes, this->options.unit_bytes);
     op->metadata = metadata;
     op->options = options;
-    if (!options.run_dir.empty()) op->options.run_dir = clean_checkpoint_dir(options.run_dir);
+    if (!options.run_dir.empty()) {
+      op->options.run_dir = clean_checkpoint_dir(options.run_dir);
+      std::string suffix = suffix_in_run_dir(op->options.run_dir, op->final_dir);
+      op->protection = Protection(lease_for(op->options.run_dir), suffix);
+    }
     op->shared = std::make_shared<detail::SaveShared>();
     op->shared->path = op->final_dir;
     op->shared->executor = ex;
@@ -588,6 +690,7 @@ struct Runtime::Impl {
   }
 
   void mark_skipped(const std::shared_ptr<SaveOp>& op) {
+    op->protection.reset();
     op->shared->state = SaveState::skipped;
     log().warn("save of {} skipped: staging budget in use by earlier saves", op->final_dir);
     {
@@ -607,6 +710,10 @@ struct Runtime::Impl {
     ++active;
     ++counters.saves_started;
     in_flight.emplace(op->shared->path, op->shared);
+    if (!op->options.run_dir.empty()) {
+      ++run_dirs[op->options.run_dir].active;
+      op->run_dir_counted = true;
+    }
     if (auto it = newest.find(op->shared->path); it != newest.end() && !it->second->done.done()) {
       op->previous = it->second;
     }
@@ -636,7 +743,8 @@ struct Runtime::Impl {
 
   asio::awaitable<void> run_register(std::shared_ptr<detail::RegisterShared> reg,
                                      std::shared_ptr<detail::SaveShared> save,
-                                     std::shared_ptr<Event> previous) {
+                                     std::shared_ptr<Event> previous,
+                                     std::shared_ptr<Protection> protection) {
     std::exception_ptr failure;
     if (previous) {
       co_await async_wait_event(previous, ex, asio::as_tuple(asio::use_awaitable));
@@ -652,11 +760,11 @@ struct Runtime::Impl {
             Error(Errc::skipped, "cannot register a skipped save", save->path));
       }
     }
-    const auto move_latest = [reg, path] {
-      std::error_code ec;
-      if (!fs::exists(fs::path(path) / kManifestName, ec)) {
-        throw Error(Errc::not_found, "no committed checkpoint to register", path);
-      }
+    const auto move_latest = [this, reg, protection] {
+      // Checked and written under the mutation lock: no gc or retention pass removes the
+      // checkpoint in between.
+      auto mutation = protection->lease->lock_mutations(options.lock_wait);
+      require_committed_checkpoint(reg->run_dir, reg->suffix);
       write_latest(reg->run_dir, reg->suffix);
     };
     if (!failure) {
@@ -680,6 +788,8 @@ struct Runtime::Impl {
       auto pending = pending_registers.find({reg->run_dir, reg->suffix});
       if (pending != pending_registers.end()) pending_registers.erase(pending);
     }
+    protection->reset();
+    run_dir_op_ended(reg->run_dir, nullptr);
     end_op();
   }
 };
@@ -776,6 +886,9 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
   auto reg = std::make_shared<detail::RegisterShared>();
   reg->run_dir = clean_checkpoint_dir(run_dir);
   reg->suffix = suffix;
+  // Published before this returns: from here `ckpt gc` spares the checkpoint to be registered.
+  auto protection =
+      std::make_shared<Protection>(impl_->lease_for(reg->run_dir), std::string(suffix));
   reg->executor = impl_->ex;
   std::string path = clean_checkpoint_dir(reg->run_dir + "/" + suffix);
   std::shared_ptr<detail::SaveShared> save;
@@ -794,8 +907,10 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
     previous = last;
     last = std::shared_ptr<Event>(reg, &reg->done);
     ++impl_->active;
+    ++impl_->run_dirs[reg->run_dir].active;
   }
-  asio::co_spawn(impl_->ex, impl_->run_register(reg, save, previous), [](std::exception_ptr e) {
+  asio::co_spawn(impl_->ex, impl_->run_register(reg, save, previous, protection),
+                 [](std::exception_ptr e) {
     if (e) log().critical("register pipeline ended abnormally");
   });
   return RegisterHandle(reg);
@@ -823,6 +938,10 @@ void Runtime::start_async_restore(
 }
 
 void Runtime::reserve_staging(std::uint64_t bytes) { impl_->pool.reserve(bytes); }
+
+void Runtime::claim_run_dir(const std::string& run_dir) {
+  impl_->lease_for(clean_checkpoint_dir(run_dir));
+}
 
 DrainReport Runtime::drain() {
   DrainReport report;

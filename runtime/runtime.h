@@ -58,6 +58,10 @@ struct RuntimeOptions {
   // fsyncs are plain system calls and have no deadline. Destroying the Runtime still waits for
   // the engine's requests in flight (io/engine.h).
   std::chrono::milliseconds io_timeout{0};
+  // How long to wait for a run directory that another process holds: its writer lease (another
+  // writer; save() and register_latest() then fail with Errc::busy naming its pid) or its
+  // mutation lock (`ckpt gc` in the middle of a pass). See runtime/run_lock.h.
+  std::chrono::milliseconds lock_wait{10000};
   // Wraps the storage engine the Runtime builds (tests inject faults with io::FaultEngine).
   std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_engine;
 };
@@ -66,8 +70,13 @@ struct SaveOptions {
   SnapshotMode mode = SnapshotMode::sync;
   std::optional<Backpressure> backpressure;        // default: RuntimeOptions::backpressure
   std::map<std::string, std::string> extra_files;  // more JSON files (job.json, config.json)
-  std::string run_dir;        // the run directory the checkpoint belongs to (for retention)
-  RetentionPolicy retention;  // applied to run_dir after the commit
+  // The run directory the checkpoint belongs to: the checkpoint directory must lie below it.
+  // When set, the save takes the run directory's writer lease (runtime/run_lock.h) and publishes
+  // its suffix as protected until it ends, so `ckpt gc` in another process never removes it.
+  std::string run_dir;
+  // Applied to run_dir after the commit, and once more when the run directory's saves and
+  // registrations have drained, so the policy holds at the end.
+  RetentionPolicy retention;
 };
 
 struct DrainReport {
@@ -124,8 +133,15 @@ class Runtime {
   }
 
   // Points run_dir/latest at `suffix` once the save of run_dir/suffix is committed. Throws
-  // Error(invalid_argument | path_escape) at once for a bad suffix.
+  // Error(invalid_argument | path_escape) at once for a bad suffix, Error(busy) when another
+  // process holds the run directory's writer lease. Takes that lease (see claim_run_dir).
   RegisterHandle register_latest(const std::string& run_dir, const std::string& suffix);
+
+  // Takes the writer lease of run_dir now (runtime/run_lock.h): from here until this Runtime is
+  // destroyed, no other process can write into run_dir, and `ckpt gc` spares what this Runtime
+  // protects. Waits up to RuntimeOptions::lock_wait, then throws Error(busy) naming the holder's
+  // pid. Saves with SaveOptions::run_dir and register_latest take it implicitly.
+  void claim_run_dir(const std::string& run_dir);
 
   // Reads the checkpoint at `path` into `templ` (see restore_checkpoint); returns the metadata.
   boost::json::object restore(const std::string& path, Tree& templ, bool partial = false);

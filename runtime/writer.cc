@@ -16,6 +16,7 @@
 #include "io/error.h"
 #include "io/file.h"
 #include "io/log.h"
+#include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/commit.h"
 #include "runtime/crc32c.h"
@@ -88,6 +89,7 @@ std::string make_tmp_dir(const std::string& final_dir) {
   if (!parent.empty()) io::make_dirs(parent);
   std::string tmp = final_dir + std::string(io::kTmpMarker) + io::unique_tag();
   if (::mkdir(tmp.c_str(), 0755) != 0) throw sys_error("mkdir", tmp, errno);
+  io::note_live_tmp(tmp);  // until committed or abandoned: leftover cleanup leaves it alone
   return tmp;
 }
 
@@ -109,6 +111,7 @@ void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Man
   io::write_new_file(tmp + "/" + std::string(kManifestName), encode_manifest(m));
   io::fsync_dir(tmp);
   io::commit_directory(tmp, final_dir);
+  io::forget_live_tmp(tmp);
 }
 
 void abandon_tmp_dir(const std::string& tmp) noexcept {
@@ -117,11 +120,16 @@ void abandon_tmp_dir(const std::string& tmp) noexcept {
   } catch (const std::exception& e) {
     log().error("could not remove {} after a failed save: {}", tmp, e.what());
   }
+  try {
+    io::forget_live_tmp(tmp);  // what could not be removed is a leftover for the next cleanup
+  } catch (...) {
+  }
 }
 
 void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tree,
                      const boost::json::object& metadata, const WriteOptions& options) {
   const std::string final_dir = clean_checkpoint_dir(dir);
+  check_checkpoint_dir_name(final_dir);
   check_extra_files(options.extra_files);
   SavePlan plan = plan_save(tree, options.extent_bytes, options.unit_bytes);
   const std::string tmp = make_tmp_dir(final_dir);

@@ -7,8 +7,9 @@
 //                                        of a run directory
 //   ckpt latest RUN_DIR                  the suffix `latest` names
 //   ckpt gc RUN_DIR --keep N [--keep-period P] [--best-metric KEY --best-mode min|max]
-//           [--dry-run] [--leftovers] [--json]
-//                                        removes what the retention policy does not keep
+//           [--prefix P] [--wait S] [--dry-run] [--leftovers] [--json]
+//                                        removes what the retention policy does not keep; safe
+//                                        beside a live writer (runtime/run_lock.h)
 //
 // Exit codes: 0 ok, 1 something corrupt, missing or failed, 2 a usage error. Errors are one line
 // on stderr, "ckpt: <what>"; with --json, stdout carries exactly one JSON document.
@@ -66,13 +67,21 @@ int run(int argc, char** argv) {
   gc->add_option("--keep", gc_options.keep, "Checkpoints to keep (besides latest)")
       ->required()
       ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 40));
-  gc->add_option("--keep-period", gc_options.keep_period, "Also keep steps that are multiples of this");
+  gc->add_option("--keep-period", gc_options.keep_period,
+                 "Also keep steps that are multiples of this (0: none)")
+      ->check(CLI::NonNegativeNumber);
+  gc->add_option("--prefix", gc_options.prefix,
+                 "Only suffixes starting with this (e.g. step/) count and may be removed");
+  gc->add_option("--wait", gc_options.wait_seconds,
+                 "Seconds to wait for a live writer's lock before giving up")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   gc->add_option("--best-metric", gc_options.best_metric, "Keep the best by this metadata key");
   gc->add_option("--best-mode", gc_options.best_mode, "min or max")
       ->check(CLI::IsMember({"min", "max"}));
   gc->add_flag("--dry-run", gc_options.dry_run, "Only print what would be removed");
   gc->add_flag("--leftovers", gc_options.leftovers,
-               "Also remove *.tmp-* leftovers of interrupted writes (no writer may be running)");
+               "Also remove *.tmp-* leftovers of interrupted writes (refused while a writer is live)");
   gc->add_flag("--json", json, "Print one JSON document");
 
   try {

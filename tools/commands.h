@@ -34,6 +34,8 @@ struct GcOptions {
   std::int64_t keep_period = 0;  // keep steps that are multiples of this
   std::string best_metric;       // keep the best by this metadata key instead of the newest
   std::string best_mode = "min"; // min | max
+  std::string prefix;            // only suffixes starting with this count and may go
+  double wait_seconds = 30;      // for a live writer's mutation lock
   bool dry_run = false;
   bool leftovers = false;        // also remove *.tmp-* leftovers (only when no writer runs)
 };

@@ -126,14 +126,9 @@ int run_latest(const std::string& run_dir) {
   require_directory(run_dir, "run directory");
   std::optional<std::string> suffix = read_latest(run_dir);
   if (!suffix) throw Error(Errc::not_found, "no latest checkpoint (no 'latest' file)", run_dir);
-  std::string dir = (fs::path(run_dir) / *suffix).string();
-  std::error_code ec;
-  if (!fs::exists(fs::path(dir) / kManifestName, ec)) {
-    throw Error(Errc::not_found,
-                fmt::format("latest names '{}', which is not a committed checkpoint", *suffix),
-                dir);
-  }
-  read_manifest(dir);  // a pointer to an unreadable checkpoint is no answer either
+  // The same rule as list and verify: no symbolic link, a committed checkpoint that reads.
+  require_committed_checkpoint(run_dir, *suffix);
+  read_manifest((fs::path(run_dir) / *suffix).string());
   fmt::print("{}\n", *suffix);
   return kExitOk;
 }

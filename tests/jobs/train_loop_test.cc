@@ -11,6 +11,9 @@
 #include <sstream>
 #include <thread>
 
+#include <boost/json.hpp>
+#include <filesystem>
+
 #include "io/engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
@@ -30,9 +33,7 @@ struct Outcome {
   std::string output;
 };
 
-// Runs train_loop with `args`; SIGKILLs it after `kill_after` unless it ends first. Deadline 60 s.
-Outcome run_train_loop(const std::vector<std::string>& args, std::chrono::milliseconds kill_after,
-                       const std::string& log_path) {
+pid_t spawn_train_loop(const std::vector<std::string>& args, const std::string& log_path) {
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -45,6 +46,13 @@ Outcome run_train_loop(const std::vector<std::string>& args, std::chrono::millis
     ::execv(kBinary.c_str(), argv.data());
     ::_exit(127);
   }
+  return pid;
+}
+
+// Waits for a spawned train_loop; SIGKILLs it after `kill_after` unless it ends first. Deadline
+// `deadline` (then the test fails).
+Outcome wait_train_loop(pid_t pid, std::chrono::milliseconds kill_after, const std::string& log_path,
+                        std::chrono::seconds deadline = 60s) {
   auto start = std::chrono::steady_clock::now();
   Outcome out;
   int status = 0;
@@ -57,10 +65,10 @@ Outcome run_train_loop(const std::vector<std::string>& args, std::chrono::millis
       ::kill(pid, SIGKILL);
       killed = true;
     }
-    if (elapsed > 60s) {
+    if (elapsed > deadline) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
-      FAIL("train_loop did not finish within 60 s");
+      FAIL("train_loop did not finish within its deadline");
     }
     std::this_thread::sleep_for(1ms);
   }
@@ -71,6 +79,12 @@ Outcome run_train_loop(const std::vector<std::string>& args, std::chrono::millis
   ss << in.rdbuf();
   out.output = ss.str();
   return out;
+}
+
+// Runs train_loop with `args`; SIGKILLs it after `kill_after` unless it ends first. Deadline 60 s.
+Outcome run_train_loop(const std::vector<std::string>& args, std::chrono::milliseconds kill_after,
+                       const std::string& log_path) {
+  return wait_train_loop(spawn_train_loop(args, log_path), kill_after, log_path);
 }
 
 std::string final_line(const std::string& output) {
@@ -161,4 +175,89 @@ TEST_CASE("train_loop rejects bad flags with a usage error") {
   auto out = run_train_loop({"--mode", "sideways", "--dir", dir.path()}, 0ms, dir / "log");
   CHECK(out.status != 0);
   CHECK(out.output.find("sideways") != std::string::npos);
+}
+
+TEST_CASE("ckpt gc in a loop beside a live train_loop never removes what latest names, and the run ends with its digest") {
+  TempDir dir;
+  const std::vector<std::string> args = {"--steps", "2500", "--save-every", "10", "--state-mb", "4",
+                                         "--keep", "50"};
+  Outcome ref = run_train_loop(with(args, {"--dir", dir / "ref"}), 0ms, dir / "ref.log");
+  REQUIRE(ref.status == 0);
+  const std::string expected = final_line(ref.output);
+  REQUIRE_FALSE(expected.empty());
+
+  const std::string run_dir = dir / "live/general/default/train_loop";
+  pid_t pid = spawn_train_loop(with(args, {"--dir", dir / "live"}), dir / "live.log");
+  const std::string tool = CKPT_TOOL_PATH;
+  int passes = 0, removed_total = 0, latest_checks = 0;
+  for (;;) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      // Reaped here: collect the output the same way as wait_train_loop does.
+      Outcome out;
+      out.exited = WIFEXITED(status);
+      out.status = out.exited ? WEXITSTATUS(status) : -1;
+      out.output = test::read_file(dir / "live.log");
+      CHECK(out.status == 0);
+      CHECK(final_line(out.output) == expected);
+      CHECK_FALSE(test::contains(out.output, "no committed checkpoint"));
+      break;
+    }
+    std::string gc_out;
+    if (std::filesystem::exists(run_dir)) {
+      int rc = test::run_command(tool + " gc " + run_dir + " --keep 1 --json 2>/dev/null", &gc_out);
+      REQUIRE_MESSAGE(rc == 0, gc_out);
+      ++passes;
+      auto doc = boost::json::parse(gc_out);
+      removed_total += static_cast<int>(doc.at("removed").as_array().size());
+      std::string latest_out;
+      if (std::filesystem::exists(run_dir + "/latest")) {
+        rc = test::run_command(tool + " latest " + run_dir, &latest_out);
+        CHECK_MESSAGE(rc == 0, latest_out);
+        ++latest_checks;
+      }
+    }
+    REQUIRE(passes < 100000);
+  }
+  MESSAGE("gc passes: ", passes, ", checkpoints removed: ", removed_total, ", latest checks: ", latest_checks);
+  CHECK(passes >= 5);
+  CHECK(removed_total > 0);
+  check_run_dir_consistent(run_dir);
+}
+
+TEST_CASE("a second train_loop on the same run directory fails at start naming the first one's pid") {
+  TempDir dir;
+  pid_t first = spawn_train_loop({"--steps", "100000", "--save-every", "1000", "--state-mb", "1",
+                                  "--dir", dir.path()},
+                                 dir / "first.log");
+  // Wait until the first one holds the run directory (it has written its writer state).
+  const std::string run_dir = dir / "general/default/train_loop";
+  for (int i = 0; i < 3000 && !std::filesystem::exists(run_dir + "/.ckpt-writer"); ++i) {
+    std::this_thread::sleep_for(5ms);
+  }
+  REQUIRE(std::filesystem::exists(run_dir + "/.ckpt-writer"));
+  std::filesystem::create_directories(run_dir + "/step/7.tmp-1-1-1");  // a dead writer's leftover
+  Outcome second = run_train_loop({"--steps", "20", "--save-every", "10", "--state-mb", "1",
+                                   "--dir", dir.path()},
+                                  0ms, dir / "second.log");
+  ::kill(first, SIGKILL);
+  wait_train_loop(first, 0ms, dir / "first.log");
+  CHECK(second.status == 1);
+  CHECK_MESSAGE(test::contains(second.output, "pid " + std::to_string(first)), second.output);
+  CHECK(test::contains(second.output, "writer lease"));
+  // The second writer touched nothing: not even the leftover it would clean when alone.
+  CHECK(std::filesystem::exists(run_dir + "/step/7.tmp-1-1-1"));
+}
+
+TEST_CASE("train_loop with --keep 2 ends with two checkpoints, latest among them") {
+  TempDir dir;
+  auto out = run_train_loop({"--steps", "600", "--save-every", "10", "--state-mb", "2", "--keep", "2",
+                             "--dir", dir.path()},
+                            0ms, dir / "log");
+  REQUIRE(out.status == 0);
+  const std::string run_dir = dir / "general/default/train_loop";
+  std::vector<std::string> left;
+  for (const auto& c : list_checkpoints(run_dir)) left.push_back(c.suffix);
+  CHECK(left == std::vector<std::string>{"step/590", "step/600"});
+  CHECK(read_latest(run_dir) == "step/600");
 }

@@ -395,4 +395,55 @@ TEST_CASE("gc removes leftovers only when asked and rejects a keep of zero") {
   CHECK(ckpt_tool("gc " + q(run.path()) + " --keep 0").rc == 2);
 }
 
+TEST_CASE("gc refuses a negative keep period with a usage error") {
+  TempDir run;
+  save(run / "step/1", 1);
+  Run r = ckpt_tool("gc " + q(run.path()) + " --keep 1 --keep-period -5", Stream::err);
+  CHECK(r.rc == 2);
+  CHECK(r.text.find("keep-period") != std::string::npos);
+}
+
+TEST_CASE("gc with an unreadable latest removes nothing and exits 1 saying why") {
+  TempDir run;
+  for (int s = 1; s <= 3; ++s) save(run / ("step/" + std::to_string(s)), s);
+  test::write_file(run / "latest", "/etc\n");
+  Run r = ckpt_tool("gc " + q(run.path()) + " --keep 1", Stream::err);
+  CHECK(r.rc == 1);
+  CHECK(r.text.find("nothing removed") != std::string::npos);
+  CHECK(list_checkpoints(run.path()).size() == 3);
+}
+
+TEST_CASE("gc with a prefix rotates only those checkpoints") {
+  TempDir run;
+  save(run / "eval/best", 0);
+  for (int s = 1; s <= 4; ++s) save(run / ("step/" + std::to_string(s)), s);
+  CHECK(ckpt_tool("gc " + q(run.path()) + " --keep 1 --prefix step/").rc == 0);
+  std::vector<std::string> left;
+  for (const auto& c : list_checkpoints(run.path())) left.push_back(c.suffix);
+  CHECK(left == std::vector<std::string>{"eval/best", "step/4"});
+}
+
+TEST_CASE("latest refuses a pointer through a symbolic link out of the run directory, as list does") {
+  TempDir run;
+  TempDir elsewhere;
+  save(elsewhere / "x/ckpt", 1);
+  std::filesystem::create_directory_symlink(elsewhere / "x", run / "step");
+  write_latest(run.path(), "step/ckpt");
+  Run r = ckpt_tool("latest " + q(run.path()), Stream::err);
+  CHECK(r.rc == 1);
+  CHECK(r.text.find("symbolic link") != std::string::npos);
+  CHECK(list_checkpoints(run.path()).empty());
+}
+
+TEST_CASE("latest with a NUL or control characters is reported corrupt, escaped, on one line") {
+  TempDir run;
+  save(run / "step/1", 1);
+  test::write_file(run / "latest", std::string("step/1\0\x1b[2J\n", 12));
+  Run r = ckpt_tool("latest " + q(run.path()), Stream::err);
+  CHECK(r.rc == 1);
+  CHECK(r.text.find("\\x00") != std::string::npos);
+  CHECK(r.text.find('\x1b') == std::string::npos);
+  CHECK(lines_of(r.text).size() == 1);
+}
+
 }  // namespace ckpt
