@@ -3,9 +3,11 @@
 
 #include <boost/describe/class.hpp>
 #include <filesystem>
+#include <thread>
 
 #include "io/durable.h"
 #include "io/error.h"
+#include "io/fault_engine.h"
 #include "jobs/job.h"
 #include "runtime/checkpoint.h"
 #include "tests/test_util.h"
@@ -309,4 +311,63 @@ TEST_CASE("a checkpointed job removes leftovers of interrupted saves when it sta
   run_blocking(*job);
   CHECK_FALSE(fs::exists(dir / "general/default/leftovers/step/7.tmp-1-2-3"));
   CHECK(fs::exists(dir / "general/default/leftovers/keep"));
+}
+
+// Saves fire-and-forget, then fails: the caller catches and runs the job again.
+class FlakyJob : public ToyJob {
+ public:
+  using ToyJob::ToyJob;
+  boost::asio::awaitable<void> run() override {
+    if (++attempts == 1) {
+      in_flight = save_tree_and_metadata("step/1", state(), step_md(1));
+      throw std::runtime_error("a transient failure after the save started");
+    }
+    co_return;
+  }
+  int attempts = 0;
+  SaveHandle in_flight;
+};
+
+TEST_CASE("running a job again after a failure never deletes its own saves in flight") {
+  TempDir dir;
+  io::FaultEngine* faults = nullptr;
+  RuntimeOptions o;
+  o.engine = io::EngineKind::threads;
+  o.staging_budget = 16u << 20;
+  o.unit_bytes = 1u << 20;
+  o.wrap_engine = [&](std::unique_ptr<io::Engine> inner) {
+    auto f = std::make_unique<io::FaultEngine>(std::move(inner));
+    faults = f.get();
+    return std::unique_ptr<io::Engine>(std::move(f));
+  };
+  auto rt = std::make_shared<Runtime>(o);
+  io::FaultSpec hang;
+  hang.op = io::Request::Op::fsync;
+  hang.kind = io::FaultKind::hang;
+  faults->arm(hang);  // the save stays in flight, its temporary directory on disk
+  struct Release {  // a failed check must not leave the Runtime's shutdown waiting forever
+    io::FaultEngine* f;
+    ~Release() {
+      f->disarm();
+      f->release_hung();
+    }
+  } release{faults};
+  FlakyJob job(ExecutionSpec::local(dir.path(), "flaky"), ToyConfig{});
+  job.set_runtime(rt);
+  CHECK_THROWS_AS(run_blocking(job), std::runtime_error);
+  REQUIRE(job.in_flight.valid());
+  const std::string run = dir / "general/default/flaky";
+  for (int i = 0; i < 2000 && test::find_tmp_entries(run).empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  INFO("save state: ", to_string(job.in_flight.state()));
+  CHECK(test::find_tmp_entries(run).size() == 1);
+  run_blocking(job);  // on_start cleans the run directory again
+  CHECK(job.attempts == 2);
+  CHECK(test::find_tmp_entries(run).size() == 1);
+  faults->disarm();  // an fsync not submitted yet goes through
+  faults->release_hung();
+  REQUIRE(job.in_flight.wait_for(std::chrono::seconds(10)));
+  CHECK_NOTHROW(job.in_flight.wait());
+  CHECK(FlakyJob::checkpoints(job.spec()) == std::vector<std::string>{"step/1"});
 }
