@@ -26,17 +26,25 @@ std::string resolve_rel_path(const std::string& root, const std::string& rel_pat
                 "path resolves outside checkpoints_dir (" + real_root.string() + ")",
                 full.string());
   }
-  return full.lexically_normal().string();
+  // Absolute (against the current directory, at call time) and normal: the seed's
+  // _get_checkpoint_path promises an absolute path, and a relative checkpoints_dir
+  // ("./checkpoints", the default) would otherwise change meaning when the process changes
+  // directory.
+  fs::path abs = fs::absolute(full, ec);
+  if (ec) throw Error(Errc::io, "cannot make the path absolute: " + ec.message(), full.string());
+  return abs.lexically_normal().string();
 }
 
 std::string checkpoints_dir(const ExecutionSpec& spec) { return spec.cluster.checkpoints_dir; }
 
 std::string rel_path(const ExecutionSpec& spec, const std::string& suffix) {
+  // The suffix on its own: inside project/group/name, a reserved name such as "latest" would
+  // pass as the last part of an ordinary path.
+  check_suffix(suffix);
   return spec.run_rel_path() + "/" + suffix;
 }
 
 std::string checkpoint_path(const ExecutionSpec& spec, const std::string& suffix) {
-  check_suffix(suffix);
   return resolve_rel_path(checkpoints_dir(spec), rel_path(spec, suffix));
 }
 

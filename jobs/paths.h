@@ -9,15 +9,19 @@
 
 namespace ckpt::jobs {
 
-// Validates rel_path lexically and against the file system; returns checkpoints_dir/rel_path.
+// Validates rel_path lexically and against the file system; returns checkpoints_dir/rel_path,
+// absolute and lexically normal (a relative checkpoints_dir is taken from the current directory
+// at call time; symbolic links are kept as spelled).
 std::string resolve_rel_path(const std::string& checkpoints_dir, const std::string& rel_path);
 
 std::string checkpoints_dir(const ExecutionSpec& spec);
-// project/group/name/suffix.
+// project/group/name/suffix. The suffix must be a checkpoint name (check_suffix: relative, no
+// '.', '..', empty or temporary parts, not "latest"), else Error(invalid_argument | path_escape).
 std::string rel_path(const ExecutionSpec& spec, const std::string& suffix);
-// checkpoints_dir/project/group/name/suffix, validated (the seed's _get_checkpoint_path).
+// checkpoints_dir/project/group/name/suffix, validated, absolute and normal (the seed's
+// _get_checkpoint_path).
 std::string checkpoint_path(const ExecutionSpec& spec, const std::string& suffix);
-// checkpoints_dir/project/group/name, validated.
+// checkpoints_dir/project/group/name, validated, absolute and normal.
 std::string run_dir(const ExecutionSpec& spec);
 
 }  // namespace ckpt::jobs

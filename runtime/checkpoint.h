@@ -37,9 +37,18 @@ struct ReadOptions {
 void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tree,
                      const boost::json::object& metadata, const WriteOptions& options = {});
 
-// Reads the checkpoint at `dir` into the arrays of `templ` (same paths, dtypes and shapes; with
-// `partial`, the checkpoint may hold more leaves than the template) and returns its metadata.
-// Throws Error(mismatch) listing every difference, Error(corrupt) naming the file and leaf.
+// Reads the checkpoint at `dir` into the arrays of `templ` and returns its metadata.
+// The template must have the checkpoint's shape of tree, compared node by node from the root:
+// the same kind (dict, list or leaf) at every node, so a dict {"0": x} does not stand for a list
+// [x] although both flatten to "0"; the same dict keys and list lengths, empty dicts and lists
+// included; at each leaf the same dtype and shape. Template leaves must be writable and must not
+// share memory with each other (restoring into both would mix their data).
+// With `partial`, the template may be a subset: dict keys and list items it lacks (a prefix of a
+// list) are neither read nor reported, and an empty dict or list in the template matches a
+// non-empty one of the same kind. Everything the template does name must still be there with
+// the same kind, dtype and shape; partial never excuses a template node the checkpoint lacks.
+// Throws Error(mismatch) listing every difference (path, what the template has, what the
+// checkpoint has) before anything is read, Error(corrupt) naming the file and leaf.
 boost::json::object restore_checkpoint(io::Engine& engine, const std::string& dir, Tree& templ,
                                        bool partial = false, const ReadOptions& options = {});
 

@@ -12,6 +12,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/crc32c.h"
 #include "runtime/layout.h"
+#include "runtime/template_match.h"
 #include "runtime/unit_pipe.h"
 
 namespace ckpt {
@@ -104,49 +105,17 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   Manifest m = read_manifest(dir);
   boost::json::object metadata = parse_object(read_checked_file(dir, m, std::string(kMetadataName)),
                                               dir + "/" + std::string(kMetadataName));
-  FlatTree flat = templ.flatten();
-  std::unordered_map<std::string_view, std::uint32_t> by_path;
-  for (std::uint32_t i = 0; i < m.leaves.size(); ++i) by_path.emplace(m.leaves[i].path, i);
-
-  std::vector<std::string> problems;
-  std::vector<const Array*> targets(m.leaves.size(), nullptr);
-  std::vector<bool> wanted(m.leaves.size(), false);
-  for (const auto& [path, array] : flat) {
-    auto it = by_path.find(path);
-    if (it == by_path.end()) {
-      problems.push_back(fmt::format("'{}': not in the checkpoint", path));
-      continue;
-    }
-    const LeafInfo& leaf = m.leaves[it->second];
-    if (leaf.dtype != array.dtype()) {
-      problems.push_back(fmt::format("'{}': dtype {} in the template, {} in the checkpoint", path,
-                                     to_string(array.dtype()), to_string(leaf.dtype)));
-    }
-    if (leaf.shape != array.shape()) {
-      problems.push_back(fmt::format("'{}': shape {} in the template, {} in the checkpoint", path,
-                                     shape_to_string(array.shape()), shape_to_string(leaf.shape)));
-    }
-    if (array.read_only())
-      problems.push_back(fmt::format("'{}': template array is read-only", path));
-    targets[it->second] = &array;
-    wanted[it->second] = true;
-  }
-  if (!partial) {
-    for (std::uint32_t i = 0; i < m.leaves.size(); ++i) {
-      if (!wanted[i]) {
-        problems.push_back(fmt::format("'{}': in the checkpoint ({} {}), not in the template",
-                                       m.leaves[i].path, to_string(m.leaves[i].dtype),
-                                       shape_to_string(m.leaves[i].shape)));
-      }
-    }
-  }
-  if (!problems.empty()) {
+  TemplateMatch match = match_template(m, templ, partial);
+  if (!match.problems.empty()) {
+    const auto& problems = match.problems;
     throw Error(
         Errc::mismatch,
         fmt::format("template does not match the checkpoint ({} difference{}):\n  {}",
                     problems.size(), problems.size() == 1 ? "" : "s", fmt::join(problems, "\n  ")),
         dir);
   }
+  const std::vector<const Array*>& targets = match.targets;
+  const std::vector<bool>& wanted = match.wanted;
 
   OpenData data = open_data(dir, m, options.allow_direct);
   std::uint64_t unit = unit_size(options.unit_bytes, m);

@@ -1,5 +1,6 @@
 #include "runtime/staging_pool.h"
 
+#include <fmt/format.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 
 #include "io/error.h"
 #include "io/log.h"
+#include "runtime/byte_size.h"
 
 namespace ckpt {
 
@@ -16,9 +18,20 @@ constexpr std::uint64_t kMaxSlabBytes = 1u << 30;
 }
 
 StagingPool::StagingPool(std::uint64_t budget_bytes, std::uint64_t chunk_bytes, io::Engine* engine)
-    : chunk_bytes_(std::max<std::uint64_t>(io::align_up(chunk_bytes), io::kAlignment)),
+    : budget_bytes_(budget_bytes),
+      chunk_bytes_(std::max<std::uint64_t>(io::align_up(chunk_bytes), io::kAlignment)),
       capacity_(static_cast<std::size_t>(budget_bytes / chunk_bytes_)),
-      engine_(engine) {}
+      engine_(engine) {
+  // A pool without one whole chunk could never grant anything: every save would fail. Refused
+  // here, when the Runtime is built, rather than at the first save.
+  if (capacity_ == 0) {
+    throw Error(Errc::invalid_argument,
+                fmt::format("staging budget of {} is below one staging chunk of {} "
+                            "(RuntimeOptions::staging_budget must hold at least one "
+                            "RuntimeOptions::unit_bytes)",
+                            format_bytes(budget_bytes), format_bytes(chunk_bytes_)));
+  }
+}
 
 StagingPool::~StagingPool() {
   // The kernel must stop using the slabs before they are unmapped.
@@ -27,10 +40,13 @@ StagingPool::~StagingPool() {
 
 void StagingPool::check_size(std::size_t n) const {
   if (n > capacity_) {
-    throw Error(Errc::invalid_argument, "save needs " + std::to_string(n * chunk_bytes_ >> 20) +
-                                            " MiB of staging, more than the staging budget of " +
-                                            std::to_string(capacity_ * chunk_bytes_ >> 20) +
-                                            " MiB");
+    // Chunks are granted all at once, so the whole save must fit in the budget.
+    throw Error(Errc::invalid_argument,
+                fmt::format("save needs {} of staging, budget is {} "
+                            "(RuntimeOptions::staging_budget); a save must fit in the staging "
+                            "budget at once ({} chunks of {}, room for {})",
+                            format_bytes(static_cast<std::uint64_t>(n) * chunk_bytes_),
+                            format_bytes(budget_bytes_), n, format_bytes(chunk_bytes_), capacity_));
   }
 }
 

@@ -25,7 +25,9 @@ class StagingPool {
   using Chunks = std::vector<std::byte*>;
   using Grant = std::function<void(Chunks)>;
 
-  // `engine` (optional) gets the slabs registered; it must outlive the pool.
+  // `engine` (optional) gets the slabs registered; it must outlive the pool. chunk_bytes is
+  // rounded up to the IO alignment; a budget below one such chunk throws
+  // Error(invalid_argument) naming both sizes.
   StagingPool(std::uint64_t budget_bytes, std::uint64_t chunk_bytes, io::Engine* engine = nullptr);
   ~StagingPool();
   StagingPool(const StagingPool&) = delete;
@@ -36,7 +38,7 @@ class StagingPool {
 
   // Calls `granted` with n chunks once they are free: at once on this thread when they are, else
   // later on the thread whose release() frees them. Throws Error(invalid_argument) when n exceeds
-  // the whole budget.
+  // the whole budget, saying how many bytes the save needs and what the budget is.
   void acquire_async(std::size_t n, Grant granted);
   // Grants n chunks now if they are free and nobody is queued before; nullopt otherwise.
   std::optional<Chunks> try_acquire(std::size_t n);
@@ -57,6 +59,7 @@ class StagingPool {
   void grow_locked(std::size_t need);
   void check_size(std::size_t n) const;
 
+  const std::uint64_t budget_bytes_;  // as given, for messages
   const std::uint64_t chunk_bytes_;
   const std::size_t capacity_;  // chunks the budget allows
   io::Engine* engine_;
