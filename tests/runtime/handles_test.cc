@@ -17,6 +17,7 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <thread>
 
@@ -94,6 +95,37 @@ struct Faulty {
     faults->release_hung();
   }
 };
+
+// Forwards to the real engine and says when it is destroyed: the end of a Runtime's teardown.
+class WatchedEngine final : public io::Engine {
+ public:
+  WatchedEngine(std::unique_ptr<io::Engine> inner, std::promise<void>* gone)
+      : inner_(std::move(inner)), gone_(gone) {}
+  ~WatchedEngine() override {
+    inner_.reset();
+    gone_->set_value();
+  }
+  std::string_view name() const noexcept override { return inner_->name(); }
+  void submit(const io::Request& request, io::Completion done) override {
+    inner_->submit(request, std::move(done));
+  }
+  bool register_buffers(std::span<const iovec> buffers) override {
+    return inner_->register_buffers(buffers);
+  }
+  void unregister_buffers() override { inner_->unregister_buffers(); }
+
+ private:
+  std::unique_ptr<io::Engine> inner_;
+  std::promise<void>* gone_;
+};
+
+RuntimeOptions watched_options(std::promise<void>* gone) {
+  RuntimeOptions o = small_options();
+  o.wrap_engine = [gone](std::unique_ptr<io::Engine> inner) {
+    return std::unique_ptr<io::Engine>(std::make_unique<WatchedEngine>(std::move(inner), gone));
+  };
+  return o;
+}
 
 // Captures what the `ckpt` logger writes while it lives.
 struct LogCapture {
@@ -487,7 +519,8 @@ TEST_CASE("drain from a coroutine on the Runtime's external executor throws at o
 
 TEST_CASE("destroying the Runtime from a callback on its own thread does not hang") {
   TempDir dir;
-  auto rt = std::make_unique<Runtime>(small_options());
+  std::promise<void> torn_down;
+  auto rt = std::make_unique<Runtime>(watched_options(&torn_down));
   Tree tree = small_tree();
   Tree big = test::make_tree(2, 1'000'000, 9);
   SaveHandle first = rt->save(dir / "a", tree, {});
@@ -503,12 +536,15 @@ TEST_CASE("destroying the Runtime from a callback on its own thread does not han
   REQUIRE(in_flight.wait_for(kDeadline));  // a helper thread finished it
   in_flight.wait();
   CHECK(in_flight.state() == SaveState::committed);
+  auto gone = torn_down.get_future();
+  get_within_deadline(gone);  // the helper thread finished the teardown
 }
 
 TEST_CASE("destroying the Runtime from a coroutine on its external executor does not hang") {
   TempDir dir;
   asio::io_context ctx;
-  auto rt = std::make_unique<Runtime>(ctx.get_executor(), small_options());
+  std::promise<void> torn_down;
+  auto rt = std::make_unique<Runtime>(ctx.get_executor(), watched_options(&torn_down));
   Tree tree = small_tree();
   auto flow = [&]() -> asio::awaitable<bool> {
     SaveHandle h = co_await rt->async_save(dir / "a", tree, boost::json::object(),
@@ -520,4 +556,6 @@ TEST_CASE("destroying the Runtime from a coroutine on its external executor does
   };
   auto f = asio::co_spawn(ctx, flow(), asio::use_future);
   CHECK(run_until(ctx, f));
+  auto gone = torn_down.get_future();
+  CHECK(gone.wait_for(0s) == std::future_status::ready);  // torn down in place
 }
