@@ -1,8 +1,10 @@
 #pragma once
 // async_call: turns a callback-style operation into an Asio asynchronous operation that accepts
 // any completion token. `start` receives a copyable callback that may be called once, from any
-// thread; the handler then runs on its associated executor (or `fallback`), whose work is tracked
-// until then.
+// thread; the handler then runs on its associated executor (work tracked until then), or, without
+// one, where the fallback says: a plain executor (the Runtime's own coroutines), or a RuntimeLink
+// (completions handed to callers: the Runtime's executor while it lives, else
+// asio::system_executor; see runtime/event.h).
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
@@ -11,6 +13,8 @@
 #include <memory>
 #include <tuple>
 #include <utility>
+
+#include "runtime/event.h"
 
 namespace ckpt::detail {
 
@@ -33,6 +37,15 @@ auto async_call(const boost::asio::any_io_executor& fallback, Token&& token, con
         });
       },
       token, fallback, start);
+}
+
+template <typename Signature, typename Token, typename Start>
+auto async_call(const std::shared_ptr<RuntimeLink>& link, Token&& token, const Start& start) {
+  return boost::asio::async_initiate<Token, Signature>(
+      [](auto handler, std::shared_ptr<RuntimeLink> home, Start start_fn) {
+        std::move(start_fn)(make_completion(std::move(handler), home, [](const auto&...) {}));
+      },
+      token, link, start);
 }
 
 }  // namespace ckpt::detail

@@ -49,3 +49,25 @@ void Event::on_complete(std::function<void(std::exception_ptr)> callback) {
 }
 
 }  // namespace ckpt
+
+namespace ckpt::detail {
+
+bool RuntimeLink::on_runtime_thread() const {
+  // Under the lock: the executors it asks point into the Runtime's io_context until close().
+  std::lock_guard lock(mu_);
+  return open_ && on_runtime_thread_ && on_runtime_thread_();
+}
+
+bool RuntimeLink::open() const {
+  std::lock_guard lock(mu_);
+  return open_;
+}
+
+void RuntimeLink::close() {
+  std::lock_guard lock(mu_);
+  open_ = false;
+  executor_ = boost::asio::any_io_executor();
+  on_runtime_thread_ = nullptr;
+}
+
+}  // namespace ckpt::detail

@@ -65,6 +65,21 @@ unsigned default_threads(unsigned n) {
   return hw == 0 ? 2 : hw;
 }
 
+// True on a thread that runs `e`'s io_context (or is inside its strand): blocking there until the
+// Runtime's strand makes progress would deadlock when that io_context has one thread. Executors
+// other than io_context's (a thread_pool, say) are not recognized.
+bool runs_executor(const asio::any_io_executor& e) {
+  using IoEx = asio::io_context::executor_type;
+  if (const auto* io = e.target<IoEx>()) return io->running_in_this_thread();
+  if (const auto* s = e.target<asio::strand<IoEx>>()) {
+    return s->running_in_this_thread() || s->get_inner_executor().running_in_this_thread();
+  }
+  if (const auto* s = e.target<asio::strand<asio::any_io_executor>>()) {
+    return s->running_in_this_thread() || runs_executor(s->get_inner_executor());
+  }
+  return false;
+}
+
 std::unique_ptr<io::Engine> make_runtime_engine(const RuntimeOptions& o) {
   auto engine = io::make_engine({o.engine, o.queue_depth, o.io_threads});
   if (o.wrap_engine) engine = o.wrap_engine(std::move(engine));
@@ -182,6 +197,9 @@ struct Runtime::Impl {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> own_work;
   std::thread io_thread;
   asio::any_io_executor ex;
+  // Handed to every handle and async completion instead of `ex` (runtime/event.h); closed by the
+  // destructor once drained.
+  std::shared_ptr<detail::RuntimeLink> link;
 
   mutable std::mutex mu;
   std::condition_variable idle_cv;
@@ -205,6 +223,8 @@ struct Runtime::Impl {
   std::map<std::string, RunDir> run_dirs;
   std::vector<std::shared_ptr<detail::SaveShared>> failed_saves;
   std::vector<std::shared_ptr<detail::RegisterShared>> failed_registers;
+  // async_drain waiters: called (off the lock) with the report when active drops to 0.
+  std::vector<std::function<void(DrainReport)>> idle_waiters;
   RuntimeStats counters;
 
   Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> external)
@@ -212,14 +232,22 @@ struct Runtime::Impl {
         engine(make_runtime_engine(options)),
         pool(options.staging_budget, options.unit_bytes, engine.get()),
         workers(options.copy_threads) {
+    std::function<bool()> on_runtime_thread;
     if (external) {
       ex = asio::make_strand(*external);
+      on_runtime_thread = [outer = *external, strand = ex] {
+        return runs_executor(strand) || runs_executor(outer);
+      };
     } else {
       own_context.emplace(1);
       own_work.emplace(own_context->get_executor());
       ex = own_context->get_executor();
+      on_runtime_thread = [io = own_context->get_executor()] {
+        return io.running_in_this_thread();
+      };
       io_thread = std::thread([this] { own_context->run(); });
     }
+    link = std::make_shared<detail::RuntimeLink>(ex, std::move(on_runtime_thread));
     counters.staging_budget = pool.capacity_chunks() * pool.chunk_bytes();
     counters.engine = std::string(engine->name());
   }
@@ -268,8 +296,50 @@ struct Runtime::Impl {
   }
 
   void end_op() {
-    std::lock_guard lock(mu);
-    if (--active == 0) idle_cv.notify_all();
+    std::vector<std::function<void(DrainReport)>> waiters;
+    DrainReport report;
+    {
+      std::lock_guard lock(mu);
+      if (--active != 0) return;
+      idle_cv.notify_all();
+      if (idle_waiters.empty()) return;
+      waiters.swap(idle_waiters);
+      report = take_failures_locked();
+    }
+    for (auto& w : waiters) w(report);  // they hold no reference to *this
+  }
+
+  // The failures nobody observed since the last report; forgets every failure it saw.
+  DrainReport take_failures_locked() {
+    DrainReport report;
+    for (const auto& s : failed_saves) {
+      if (!s->observed) report.errors.push_back("save " + s->path + ": " + describe_error(s->done.error()));
+    }
+    for (const auto& r : failed_registers) {
+      if (!r->observed) {
+        report.errors.push_back("register " + r->run_dir + "/" + r->suffix + ": " +
+                                describe_error(r->done.error()));
+      }
+    }
+    report.failed = report.errors.size();
+    failed_saves.clear();
+    failed_registers.clear();
+    return report;
+  }
+
+  // The destructor's part before ~Impl: waits for every operation, logs the failures no drain()
+  // reported, and cuts the handles' link to the executor.
+  void shut_down() {
+    DrainReport report;
+    {
+      std::unique_lock lock(mu);
+      idle_cv.wait(lock, [&] { return active == 0; });
+      report = take_failures_locked();
+    }
+    if (!report.ok()) {
+      log().error("runtime shut down with {} failed operation(s) nobody waited for", report.failed);
+    }
+    link->close();
   }
 
   // Runs fn() on the copy pool; the awaiting coroutine resumes on its own executor.
@@ -683,7 +753,7 @@ struct Runtime::Impl {
     }
     op->shared = std::make_shared<detail::SaveShared>();
     op->shared->path = op->final_dir;
-    op->shared->executor = ex;
+    op->shared->runtime = link;
     op->shared->timings.bytes = op->plan.manifest.total_bytes;
     op->shared->timings.stored_bytes = op->plan.manifest.stored_bytes();
     return op;
@@ -800,17 +870,44 @@ Runtime::Runtime(asio::any_io_executor executor, RuntimeOptions options)
     : impl_(std::make_unique<Impl>(options, executor)) {}
 
 Runtime::~Runtime() {
-  DrainReport report = drain();
-  if (!report.ok()) {
-    log().error("runtime shut down with {} failed operation(s) nobody waited for", report.failed);
+  bool here = impl_->link->on_runtime_thread();
+  std::size_t active;
+  {
+    std::lock_guard lock(impl_->mu);
+    active = impl_->active;
   }
+  if (!here || (active == 0 && !impl_->own_context)) {
+    impl_->shut_down();
+    return;  // ~Impl joins the threads
+  }
+  // On the Runtime's own thread, waiting for the operations (or joining that very thread) would
+  // hang: a helper thread drains and tears down once the current handler has returned.
+  if (active > 0) {
+    log().critical(
+        "Runtime destroyed on its own thread with {} operation(s) in flight: they finish on a "
+        "helper thread (the executor must keep running); co_await async_drain() before destroying "
+        "it there",
+        active);
+  }
+  std::thread([impl = std::move(impl_)]() mutable {
+    impl->shut_down();
+    impl.reset();
+  }).detach();
 }
 
 SaveHandle Runtime::save(const std::string& path, const Tree& tree,
                          const boost::json::object& metadata, const SaveOptions& options) {
+  Backpressure policy = options.backpressure.value_or(impl_->options.backpressure);
+  // Staging returns to the pool through that thread: waiting for it there can never end.
+  if (policy == Backpressure::block && impl_->link->on_runtime_thread()) {
+    throw Error(Errc::invalid_argument,
+                "save() with Backpressure::block called on the Runtime's own thread (a plain "
+                "async_wait callback, or a coroutine on its executor) could deadlock: use "
+                "async_save, or Backpressure::skip",
+                path);
+  }
   auto op = impl_->prepare(path, tree, metadata, options);
   std::size_t n = op->plan.units.size();
-  Backpressure policy = options.backpressure.value_or(impl_->options.backpressure);
   StagingPool::Chunks chunks;
   if (policy == Backpressure::skip) {
     auto granted = impl_->pool.try_acquire(n);
@@ -889,7 +986,7 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
   // Published before this returns: from here `ckpt gc` spares the checkpoint to be registered.
   auto protection =
       std::make_shared<Protection>(impl_->lease_for(reg->run_dir), std::string(suffix));
-  reg->executor = impl_->ex;
+  reg->runtime = impl_->link;
   std::string path = clean_checkpoint_dir(reg->run_dir + "/" + suffix);
   std::shared_ptr<detail::SaveShared> save;
   std::shared_ptr<Event> previous;
@@ -944,23 +1041,28 @@ void Runtime::claim_run_dir(const std::string& run_dir) {
 }
 
 DrainReport Runtime::drain() {
-  DrainReport report;
+  if (impl_->link->on_runtime_thread()) {
+    throw Error(Errc::invalid_argument,
+                "drain() called on the Runtime's own thread (a plain async_wait callback, or a "
+                "coroutine on its executor) would deadlock: co_await async_drain() instead");
+  }
   std::unique_lock lock(impl_->mu);
   impl_->idle_cv.wait(lock, [&] { return impl_->active == 0; });
-  for (const auto& s : impl_->failed_saves) {
-    if (!s->observed) report.errors.push_back("save " + s->path + ": " + describe_error(s->done.error()));
-  }
-  for (const auto& r : impl_->failed_registers) {
-    if (!r->observed) {
-      report.errors.push_back("register " + r->run_dir + "/" + r->suffix + ": " +
-                              describe_error(r->done.error()));
-    }
-  }
-  report.failed = report.errors.size();
-  impl_->failed_saves.clear();
-  impl_->failed_registers.clear();
-  return report;
+  return impl_->take_failures_locked();
 }
+
+void Runtime::start_async_drain(std::function<void(DrainReport)> done) {
+  std::unique_lock lock(impl_->mu);
+  if (impl_->active != 0) {
+    impl_->idle_waiters.push_back(std::move(done));
+    return;
+  }
+  DrainReport report = impl_->take_failures_locked();
+  lock.unlock();
+  done(std::move(report));
+}
+
+std::shared_ptr<detail::RuntimeLink> Runtime::link() const { return impl_->link; }
 
 RuntimeStats Runtime::stats() const {
   RuntimeStats s;

@@ -13,11 +13,28 @@
 //    free) the arrays until handle.async_snapshotted() / wait_snapshotted() completes.
 //  - Backpressure: staging in use never exceeds the budget. `block` makes save() wait (async_save
 //    waits asynchronously); `skip` returns a handle in state skipped.
-//  - save() blocks its thread: a coroutine running on the Runtime's own executor must use
-//    async_save instead.
 //  - register_latest() moves `latest` only after the named save committed, in call order per
 //    run directory; if that save failed, `latest` stays and the handle fails with its error.
-//  - Destroying the Runtime drains it: every save in flight completes first.
+//  - Destroying the Runtime drains it: every save in flight completes first. Handles stay valid
+//    after it (runtime/handles.h).
+//
+// Where completions run (docs/design.md, "Handles and waiting"):
+//  - handle.async_wait / async_snapshotted, async_save, async_restore, async_drain: on the
+//    handler's associated executor (use_awaitable: the awaiting coroutine's; bind_executor;
+//    use_future completes its future from the completing thread). A handler without one (a plain
+//    callback, a deferred operation launched with one) runs on the Runtime's own thread (the
+//    Runtime(options) io_context thread, or the strand over the executor given to
+//    Runtime(executor)), and on asio::system_executor once the Runtime is destroyed.
+//  - The Runtime's own thread is that thread, or any thread running the io_context whose executor
+//    was given (detected for io_context executors and strands over them; a thread_pool is not
+//    detected, and one with a single thread can deadlock). Blocking there would wait for work that
+//    needs that thread, so these calls throw Error(invalid_argument) at once instead:
+//    save() with Backpressure::block (use async_save, or Backpressure::skip), drain() (use
+//    co_await async_drain), handle.wait() and wait_snapshotted() on an operation not done (use
+//    async_wait / async_snapshotted). restore() and wait_for() work there but block the thread
+//    (wait_for only times out). Destroying the Runtime there cannot wait: it logs critical when
+//    operations are in flight, and a helper thread drains and tears it down after the current
+//    handler returns (with Runtime(executor), that executor must keep running until then).
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/json/object.hpp>
 #include <chrono>
@@ -118,7 +135,7 @@ class Runtime {
   auto async_save(std::string path, Tree tree, boost::json::object metadata, SaveOptions options,
                   Token&& token) {
     return detail::async_call<void(std::exception_ptr, SaveHandle)>(
-        executor(), std::forward<Token>(token),
+        link(), std::forward<Token>(token),
         [this, path = std::move(path), tree = std::move(tree), metadata = std::move(metadata),
          options = std::move(options)](auto done) mutable {
           start_async_save(std::move(path), std::move(tree), std::move(metadata),
@@ -150,7 +167,7 @@ class Runtime {
   template <typename Token>
   auto async_restore(std::string path, Tree templ, bool partial, Token&& token) {
     return detail::async_call<void(std::exception_ptr, boost::json::object)>(
-        executor(), std::forward<Token>(token),
+        link(), std::forward<Token>(token),
         [this, path = std::move(path), templ = std::move(templ), partial](auto done) mutable {
           start_async_restore(std::move(path), std::move(templ), partial, std::move(done));
         });
@@ -161,11 +178,22 @@ class Runtime {
   // of the state.
   void reserve_staging(std::uint64_t bytes);
 
-  // Waits for every operation in flight; reports failures nobody waited for since the last drain.
+  // Waits for every operation in flight; reports the failures nobody observed (handles.h) since
+  // the last drain. Throws Error(invalid_argument) on the Runtime's own thread: use async_drain.
   DrainReport drain();
+  // drain() for coroutines and callbacks: completes once no operation is in flight, with the same
+  // report. Signature void(DrainReport).
+  template <typename Token>
+  auto async_drain(Token&& token) {
+    return detail::async_call<void(DrainReport)>(
+        link(), std::forward<Token>(token),
+        [this](auto done) { start_async_drain(std::move(done)); });
+  }
 
   RuntimeStats stats() const;
   io::Engine& engine();
+  // The executor the Runtime's coroutines run on. A handler bound to it must not outlive the
+  // Runtime (with Runtime(options) it belongs to the Runtime's own io_context).
   boost::asio::any_io_executor executor() const;
   const RuntimeOptions& options() const;
 
@@ -177,6 +205,8 @@ class Runtime {
                         std::function<void(std::exception_ptr, SaveHandle)> done);
   void start_async_restore(std::string path, Tree templ, bool partial,
                            std::function<void(std::exception_ptr, boost::json::object)> done);
+  void start_async_drain(std::function<void(DrainReport)> done);
+  std::shared_ptr<detail::RuntimeLink> link() const;
 
   std::unique_ptr<Impl> impl_;
 };
