@@ -455,5 +455,125 @@ TEST_CASE("every save that succeeds reads back, and every refused save writes no
   CHECK(refused_metadata > 0);
 }
 
+// ---- the reported reproductions --------------------------------------------------------------
+
+TEST_CASE(
+    "metadata with NaN and infinities round-trips, and user data that looks like the tag stays "
+    "data") {
+  auto engine = threads_engine();
+  TempDir tmp;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  json::object meta{{"loss", nan},
+                    {"x", -inf},
+                    {"y", inf},
+                    {"lr", 1.3927926388013963e-143},  // Boost 1.81's parser reads it 1 ulp off
+                    {"seed", std::uint64_t{1} << 63},
+                    {"fake", json::object{{"$ckpt", "NaN"}}},
+                    {"word", "NaN"}};
+  save_checkpoint(*engine, tmp / "c", Tree(), meta);
+  CHECK(verify_checkpoint(*engine, tmp / "c").ok());
+  json::object back = read_metadata(tmp / "c");
+  CHECK(std::isnan(back.at("loss").as_double()));
+  CHECK(back.at("x").as_double() == -inf);
+  CHECK(back.at("y").as_double() == inf);
+  CHECK(back.at("lr").as_double() == 1.3927926388013963e-143);
+  CHECK(back.at("seed").as_uint64() == std::uint64_t{1} << 63);
+  CHECK(back.at("fake") == json::object{{"$ckpt", "NaN"}});
+  CHECK(back.at("word") == "NaN");
+  CHECK(contains(test::read_file(tmp / "c/metadata.json"), R"("loss":{"$ckpt":"NaN"})"));
+}
+
+TEST_CASE("a tree at the depth limit saves, one level deeper is refused naming the node") {
+  auto engine = threads_engine();
+  TempDir tmp;
+  auto chain = [](std::size_t depth) {
+    Tree root;
+    Tree* at = &root;
+    for (std::size_t d = 1; d < depth; ++d) at = &(*at)["a"];
+    (*at)["w"] = Array::zeros(DType::f32, {2});
+    return root;
+  };
+  save_checkpoint(*engine, tmp / "ok", chain(kMaxTreeDepth), {});
+  CHECK(verify_checkpoint(*engine, tmp / "ok").ok());
+  auto err =
+      catch_error([&] { save_checkpoint(*engine, tmp / "deep", chain(kMaxTreeDepth + 1), {}); });
+  REQUIRE(err);
+  CHECK(err->code() == Errc::invalid_argument);
+  CHECK(contains(err->what(), "tree node 'a/a/a/"));
+  CHECK(contains(err->what(), "512"));
+  CHECK_FALSE(fs::exists(tmp / "deep"));
+}
+
+TEST_CASE("an array of rank 65 is refused naming the leaf, rank 64 saves") {
+  auto engine = threads_engine();
+  TempDir tmp;
+  Tree t;
+  t["ok"] = Array::zeros(DType::u8, Shape(kMaxRank, 1));
+  save_checkpoint(*engine, tmp / "ok", t, {});
+  CHECK(verify_checkpoint(*engine, tmp / "ok").ok());
+  t["params"]["big"] = Array::zeros(DType::u8, Shape(kMaxRank + 1, 1));
+  auto err = catch_error([&] { save_checkpoint(*engine, tmp / "bad", t, {}); });
+  REQUIRE(err);
+  CHECK(err->code() == Errc::invalid_argument);
+  CHECK(contains(err->what(), "leaf 'params/big': rank 65"));
+  CHECK(test::find_tmp_entries(tmp.path()).empty());
+}
+
+TEST_CASE("a tree 100,000 levels deep is copied, walked, refused and destroyed without a crash") {
+  auto engine = threads_engine();
+  TempDir tmp;
+  Tree root;
+  Tree* at = &root;
+  for (int d = 0; d < 100'000; ++d) {
+    if (d % 2 == 0) {
+      at = &(*at)["k"];  // dicts and lists alternate
+    } else {
+      *at = Tree::list();
+      at = &at->push_back(Tree());
+    }
+  }
+  *at = Array::zeros(DType::f32, {1});
+  Tree copy = root;
+  CHECK(copy.leaf_count() == 1);
+  CHECK(copy.flatten().size() == 1);
+  auto err = catch_error([&] { save_checkpoint(*engine, tmp / "c", root, {}); });
+  REQUIRE(err);
+  CHECK(err->code() == Errc::invalid_argument);
+  CHECK(contains(err->what(), "deeper than the readers' limit"));
+  RuntimeOptions ro;
+  ro.engine = io::EngineKind::threads;
+  Runtime runtime(ro);
+  auto async = catch_error([&] { runtime.save(tmp / "d", root, {}).wait(); });
+  REQUIRE(async);
+  CHECK(async->code() == Errc::invalid_argument);
+  CHECK(test::list_dir(tmp.path()).empty());
+  copy = Tree();  // move-assigning over a deep tree takes it apart iteratively too
+}
+
+TEST_CASE(
+    "metadata nested too deep or not UTF-8 is refused at save() naming the key, sync and async") {
+  auto engine = threads_engine();
+  TempDir tmp;
+  json::value deep = 1;
+  for (std::size_t d = 0; d < kMaxJsonDepth; ++d) deep = json::array{deep};
+  json::object too_deep{{"hist", deep}};
+  json::object bad_utf8{{"run", json::object{{"name", "\xff"}}}};
+  RuntimeOptions ro;
+  ro.engine = io::EngineKind::threads;
+  Runtime runtime(ro);
+  for (const auto& [meta, key] : {std::pair{too_deep, "metadata key 'hist"},
+                                  std::pair{bad_utf8, "metadata key 'run.name'"}}) {
+    auto err = catch_error([&] { save_checkpoint(*engine, tmp / "c", Tree(), meta); });
+    REQUIRE(err);
+    CHECK(err->code() == Errc::invalid_argument);
+    CHECK(contains(err->what(), key));
+    auto async = catch_error([&] { runtime.save(tmp / "d", Tree(), meta).wait(); });
+    REQUIRE(async);
+    CHECK(contains(async->what(), key));
+  }
+  CHECK(test::list_dir(tmp.path()).empty());
+}
+
 }  // namespace
 }  // namespace ckpt
