@@ -259,3 +259,18 @@ TEST_CASE("a runtime_cfg overlay merges structs and maps key by key and names un
   CHECK_THROWS_WITH_AS(overlay_config<WideConfig>(saved, json::parse(R"({"inner": {"scal": 1}})")),
                        doctest::Contains("unknown config key 'inner.scal'"), Error);
 }
+
+TEST_CASE("train_loop --seed accepts the whole uint64 range and refuses anything else") {
+  TempDir dir;
+  const std::string run = std::string(CKPT_TRAIN_LOOP_PATH) + " --dir " + dir.path() +
+                          " --save-every 2 --state-mb 1 --engine threads";
+  std::string out;
+  CHECK(test::run_command(run + " --steps 2 --seed 18446744073709551615", &out) == 0);
+  CHECK(test::run_command(run + " --seed 9223372036854775808 --resume --steps 4", &out) == 0);
+  CHECK(test::contains(test::read_file(dir / "general/default/train_loop/step/4/config.json"),
+                       R"("seed":9223372036854775808)"));
+  for (const char* bad : {"-1", "18446744073709551616", "1x"}) {
+    CHECK(test::run_command(run + " --steps 2 --seed " + bad, &out) != 0);
+    CHECK(test::contains(out, "--seed"));
+  }
+}
