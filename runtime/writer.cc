@@ -66,7 +66,7 @@ std::string serialize_metadata(const boost::json::object& metadata) {
 }
 }  // namespace
 
-void check_metadata(const boost::json::object& metadata) { serialize_metadata(metadata); }
+void check_metadata(const boost::json::object& metadata) { encode_json(metadata, "metadata"); }
 
 SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t unit_bytes) {
   SavePlan plan;
