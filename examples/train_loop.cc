@@ -10,12 +10,14 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/describe/class.hpp>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fmt/format.h>
 #include <atomic>
 #include <mutex>
+#include <optional>
 
 #include "io/error.h"
 #include "io/file.h"
@@ -295,6 +297,15 @@ std::unique_ptr<TrainJob> resume_or_start(const ExecutionSpec& spec, const Train
   return std::make_unique<TrainJob>(spec, config_from_json<TrainConfig>(merged));
 }
 
+// --seed takes the whole uint64 range and nothing else: CLI11 2.1's own conversion (strtoull)
+// reads "-1" as 2^64-1 and clamps values above 2^64-1 without a word.
+std::optional<std::uint64_t> parse_seed(const std::string& text) {
+  std::uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -307,12 +318,20 @@ int main(int argc, char** argv) {
   auto* steps = app.add_option("--steps", config.steps, "total training steps");
   auto* every = app.add_option("--save-every", config.save_every, "steps between checkpoints");
   auto* state = app.add_option("--state-mb", config.state_mb, "state size in MiB (padded)");
-  auto* seed = app.add_option("--seed", config.seed, "data and initialisation seed");
+  std::string seed_text;
+  auto* seed = app.add_option("--seed", seed_text, "data and initialisation seed, 0 to 2^64-1")
+                   ->check(CLI::Validator(
+                       [](std::string& text) {
+                         return parse_seed(text) ? std::string()
+                                                 : "not an integer from 0 to 2^64-1: " + text;
+                       },
+                       "UINT64"));
   auto* mode = app.add_option("--mode", config.mode, "sync | overlapped")->check(CLI::IsMember({"sync", "overlapped"}));
   auto* keep = app.add_option("--keep", config.keep, "checkpoints to keep");
   app.add_option("--engine", engine, "auto | uring | threads")->check(CLI::IsMember({"auto", "uring", "threads"}));
   app.add_flag("--resume", resume, "continue from latest");
   CLI11_PARSE(app, argc, argv);
+  if (seed->count()) config.seed = *parse_seed(seed_text);
 
   // Flags given explicitly override the saved config on --resume (a JSON merge patch).
   boost::json::object overrides;

@@ -9,6 +9,7 @@
 #include "io/error.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
+#include "runtime/json.h"
 
 namespace ckpt::jobs {
 
@@ -78,7 +79,7 @@ boost::json::value parse_file(const std::string& dir, const Manifest& m, const s
     throw Error(Errc::not_found, "checkpoint has no " + name + " (not saved by a job?)", path);
   }
   boost::system::error_code ec;
-  boost::json::value v = boost::json::parse(read_checked_file(dir, m, name), ec);
+  boost::json::value v = parse_json(read_checked_file(dir, m, name), ec);  // doubles exact
   if (ec) throw Error(Errc::corrupt, "invalid JSON (" + ec.message() + ")", path);
   return v;
 }

@@ -195,8 +195,9 @@ class RestoreableJob : public CheckpointedJob<C> {
 
 // Rebuilds a job from the checkpoint at rel_path: the class recorded in its job.json (falling
 // back to Job, with a warning, when that key is unknown or not a Job), with the saved config
-// overlaid by runtime_cfg (a JSON merge patch, RFC 7386; unknown keys and wrong types are errors
-// naming the key), then calls restore_from_path(rel_path). resume = true continues the saved run
+// overlaid by runtime_cfg (overlay_config: a merge patch in which null empties an optional member
+// and is an error naming the key for any other; unknown keys and wrong types are errors naming
+// the key), then calls restore_from_path(rel_path). resume = true continues the saved run
 // (its project/group/name, so new checkpoints and `latest` land beside the old ones); false
 // starts a new run under `spec` from the checkpoint's state.
 template <typename Job>
@@ -206,7 +207,8 @@ std::pair<std::unique_ptr<Job>, typename Job::Config> from_checkpoint_path(
   using Config = typename Job::Config;
   std::string path = resolve_rel_path(checkpoints_dir(spec), rel_path);
   detail::SavedJob saved = detail::read_saved_job(path);
-  boost::json::value merged = runtime_cfg ? merge_patch(saved.config, *runtime_cfg) : saved.config;
+  boost::json::value merged =
+      runtime_cfg ? overlay_config<Config>(saved.config, *runtime_cfg) : saved.config;
   Config config = config_from_json<Config>(merged);
   ExecutionSpec job_spec = spec;
   if (resume) {

@@ -18,12 +18,18 @@ struct SavePlan {
   std::vector<Unit> units;  // write units in file order
 };
 
+// Throws Error(invalid_argument), naming the leaf, for a tree no reader would accept
+// (check_writable in runtime/manifest.h); nothing is written before.
 SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t unit_bytes);
 
 // Normalizes a checkpoint directory path; throws Error(invalid_argument) for "", "." or "/".
 std::string clean_checkpoint_dir(const std::string& dir);
 // Checks names of extra JSON files (no '/', no leading '.', not a reserved name).
+// and that each is a JSON object the readers accept.
 void check_extra_files(const std::map<std::string, std::string>& extra_files);
+// Throws Error(invalid_argument) naming the key when metadata.json could not be read back
+// (runtime/json.h: strings that are not UTF-8, nesting deeper than kMaxJsonDepth).
+void check_metadata(const boost::json::object& metadata);
 
 // Creates the parents of final_dir durably and the temporary directory beside it; returns it.
 std::string make_tmp_dir(const std::string& final_dir);

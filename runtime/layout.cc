@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "io/error.h"
 #include "io/file.h"
 #include "runtime/crc32c.h"
+#include "runtime/limits.h"
 
 namespace ckpt {
 
@@ -15,7 +17,15 @@ void plan_extents(const FlatTree& leaves, std::uint64_t extent_bytes, Manifest& 
   m.leaves.reserve(leaves.size());
   std::uint64_t offset = 0;
   std::uint64_t total = 0;
+  std::uint64_t extents = 0;
   for (const auto& [path, array] : leaves) {
+    // Refused before the extents are made: a huge view would otherwise fill memory with them.
+    extents += array.nbytes() / extent_bytes + 2;
+    if (extents > kMaxManifestTables) {
+      throw Error(Errc::invalid_argument,
+                  "leaf '" + path + "': the tree needs more extents than the readers' limit of " +
+                      std::to_string(kMaxManifestTables) + " manifest tables");
+    }
     LeafInfo leaf{path, array.dtype(), array.shape(), array.nbytes(), {}};
     for (std::uint64_t at = 0; at < array.nbytes();) {
       std::uint64_t to_grid = extent_bytes - offset % extent_bytes;
@@ -28,6 +38,11 @@ void plan_extents(const FlatTree& leaves, std::uint64_t extent_bytes, Manifest& 
       offset += e.stored_length;
       at += e.length;
       leaf.extents.push_back(e);
+    }
+    // Offsets are off_t on the way to the kernel.
+    if (offset > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      throw Error(Errc::invalid_argument,
+                  "leaf '" + path + "': the data file would exceed 2^63 bytes");
     }
     total += array.nbytes();
     m.leaves.push_back(std::move(leaf));

@@ -1,6 +1,7 @@
 #include "runtime/manifest.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "io/error.h"
 #include "io/file.h"
 #include "runtime/crc32c.h"
+#include "runtime/limits.h"
 #include "schemas/checkpoint_generated.h"
 
 namespace ckpt {
@@ -17,9 +19,6 @@ namespace {
 
 constexpr std::string_view kTrailerMagic = "CKPTMAN1";
 constexpr std::size_t kTrailerSize = 16;
-// Bounds that keep a hostile manifest from asking for absurd work before checksums are read.
-constexpr std::size_t kMaxRank = 64;
-constexpr std::size_t kMaxDepth = 512;  // code that recurses over trees stays within the stack
 
 void put_u32(char* p, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
@@ -52,28 +51,110 @@ std::uint64_t Manifest::stored_bytes() const {
   return n;
 }
 
-namespace {
-std::uint32_t describe(const Tree& node, Manifest& m, std::uint32_t& next_leaf) {
-  auto index = static_cast<std::uint32_t>(m.nodes.size());
-  m.nodes.emplace_back();
-  NodeInfo info;
-  info.kind = node.kind();
-  if (node.is_leaf()) {
-    info.leaf = next_leaf++;
-  } else {
-    info.keys = node.is_dict() ? node.keys() : std::vector<std::string>{};
-    for (const Tree& child : node.children())
-      info.children.push_back(describe(child, m, next_leaf));
+void describe_structure(const Tree& tree, Manifest& manifest) {
+  // Pre-order, children after their parent (what decode_manifest requires), leaves numbered in
+  // flattening order; iterative, so a tree of any depth can be described (and then refused).
+  auto& nodes = manifest.nodes;
+  nodes.clear();
+  struct Visit {
+    const Tree* node;
+    std::uint32_t parent;  // index in nodes; the root's is unused
+    std::uint32_t slot;    // index among the parent's children
+  };
+  std::vector<Visit> stack{{&tree, 0, 0}};
+  std::uint32_t next_leaf = 0;
+  while (!stack.empty()) {
+    Visit v = stack.back();
+    stack.pop_back();
+    auto index = static_cast<std::uint32_t>(nodes.size());
+    if (v.node != &tree) nodes[v.parent].children[v.slot] = index;
+    NodeInfo& info = nodes.emplace_back();
+    info.kind = v.node->kind();
+    if (v.node->is_leaf()) {
+      info.leaf = next_leaf++;
+      continue;
+    }
+    if (v.node->is_dict()) info.keys = v.node->keys();
+    const auto& children = v.node->children();
+    info.children.assign(children.size(), 0);
+    for (std::size_t i = children.size(); i-- > 0;)
+      stack.push_back({&children[i], index, static_cast<std::uint32_t>(i)});
   }
-  m.nodes[index] = std::move(info);
-  return index;
 }
+
+namespace {
+
+[[noreturn]] void refuse(const std::string& why) { throw Error(Errc::invalid_argument, why); }
+
+// A path for a message: whole when short, else its two ends.
+std::string abbreviate(const std::string& path) {
+  constexpr std::size_t kKeep = 120;
+  if (path.size() <= 2 * kKeep + 3) return path;
+  return path.substr(0, kKeep) + "..." + path.substr(path.size() - kKeep);
+}
+
 }  // namespace
 
-void describe_structure(const Tree& tree, Manifest& manifest) {
-  manifest.nodes.clear();
-  std::uint32_t next_leaf = 0;
-  describe(tree, manifest, next_leaf);
+std::uint64_t manifest_size_bound(const Manifest& m) {
+  // Generous per-item bounds on flatbuffers' encoding: a table's vtable and fields with their
+  // alignment padding, a string's length prefix, terminator and padding, an offset in a vector.
+  std::uint64_t n = 4096 + m.writer.size();
+  for (const auto& node : m.nodes) {
+    n += 128 + 8 * node.children.size();
+    for (const auto& k : node.keys) n += 16 + k.size();
+  }
+  for (const auto& l : m.leaves)
+    n += 128 + l.path.size() + 8 * l.shape.size() + 96 * l.extents.size();
+  for (const auto* files : {&m.data_files, &m.json_files}) {
+    for (const auto& f : *files) n += 64 + f.name.size();
+  }
+  return n;
+}
+
+void check_writable(const Manifest& m) {
+  for (const auto& l : m.leaves) {
+    if (l.shape.size() > kMaxRank) {
+      refuse(fmt::format("leaf '{}': rank {} is above the readers' limit of {}", abbreviate(l.path),
+                         l.shape.size(), kMaxRank));
+    }
+  }
+  // Depth of every node, parents before children (pre-order).
+  struct Up {
+    std::uint32_t parent = 0;
+    std::uint32_t slot = 0;
+    std::size_t depth = 0;
+  };
+  std::vector<Up> up(m.nodes.size());
+  for (std::size_t i = 0; i < m.nodes.size(); ++i) {
+    const NodeInfo& n = m.nodes[i];
+    for (std::size_t k = 0; k < n.children.size(); ++k) {
+      Up& c = up[n.children[k]];
+      c = {static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(k), up[i].depth + 1};
+      if (c.depth <= kMaxTreeDepth) continue;
+      std::vector<std::string> parts;
+      for (std::uint32_t at = n.children[k]; at != 0; at = up[at].parent) {
+        const NodeInfo& p = m.nodes[up[at].parent];
+        parts.push_back(p.kind == Tree::Kind::dict ? p.keys[up[at].slot]
+                                                   : std::to_string(up[at].slot));
+      }
+      std::reverse(parts.begin(), parts.end());
+      refuse(fmt::format("tree node '{}': the tree is deeper than the readers' limit of {} levels",
+                         abbreviate(fmt::format("{}", fmt::join(parts, "/"))), kMaxTreeDepth));
+    }
+  }
+  std::size_t tables =
+      1 + m.nodes.size() + m.leaves.size() + m.data_files.size() + m.json_files.size();
+  for (const auto& l : m.leaves) tables += l.extents.size();
+  if (tables > kMaxManifestTables) {
+    refuse(fmt::format("the tree needs {} manifest tables, above the readers' limit of {}", tables,
+                       kMaxManifestTables));
+  }
+  // Room for the JSON files' entries, which are added when the checkpoint is finished.
+  constexpr std::uint64_t kJsonFilesRoom = 1u << 20;
+  if (manifest_size_bound(m) > kMaxManifestBytes - kJsonFilesRoom) {
+    refuse(fmt::format("the manifest of this tree could exceed the readers' limit of {} bytes",
+                       kMaxManifestBytes));
+  }
 }
 
 std::string encode_manifest(const Manifest& m) {
@@ -197,7 +278,7 @@ void check_structure(const Manifest& m, const std::string& path) {
   while (!stack.empty()) {
     auto [index, prefix, depth] = std::move(stack.back());
     stack.pop_back();
-    if (depth > kMaxDepth) corrupt(path, "tree deeper than " + std::to_string(kMaxDepth));
+    if (depth > kMaxTreeDepth) corrupt(path, "tree deeper than " + std::to_string(kMaxTreeDepth));
     const NodeInfo& n = m.nodes[index];
     if (n.kind == Tree::Kind::leaf) {
       if (m.leaves[n.leaf].path != prefix) {
@@ -270,7 +351,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   std::memcpy(aligned.data(), body.data(), body.size());
   const auto* data = reinterpret_cast<const std::uint8_t*>(aligned.data());
   if (!fb::ManifestBufferHasIdentifier(data)) corrupt(path, "wrong file identifier");
-  flatbuffers::Verifier verifier(data, body.size(), 64, 100'000'000);
+  flatbuffers::Verifier verifier(data, body.size(), kMaxManifestNesting, kMaxManifestTables);
   if (!fb::VerifyManifestBuffer(verifier)) corrupt(path, "flatbuffers verification failed");
   const fb::Manifest* fm = fb::GetManifest(data);
 

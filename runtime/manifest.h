@@ -74,6 +74,15 @@ struct Manifest {
 // Fills `nodes` from the tree's structure; leaf indices follow flattening order.
 void describe_structure(const Tree& tree, Manifest& manifest);
 
+// The writer's half of decode_manifest: throws Error(invalid_argument), naming the leaf or node,
+// when `manifest` (planned: structure, leaves and extents) breaks a limit of runtime/limits.h that
+// decode_manifest enforces (rank, tree depth, table count, manifest size), so that a save is
+// refused before it writes instead of committing what no reader accepts. The other rules of
+// decode_manifest hold by construction (Tree keys, plan_extents).
+void check_writable(const Manifest& manifest);
+// An upper bound on the bytes encode_manifest produces for `manifest`.
+std::uint64_t manifest_size_bound(const Manifest& manifest);
+
 std::string encode_manifest(const Manifest& manifest);
 // `path` names the file in errors. Throws Error(corrupt | unsupported).
 Manifest decode_manifest(std::string_view bytes, const std::string& path);

@@ -2,7 +2,6 @@
 // untrusted: the manifest goes through decode_manifest, every other byte through its CRC32C.
 #include <fmt/format.h>
 
-#include <boost/json/parse.hpp>
 #include <filesystem>
 #include <unordered_map>
 
@@ -11,7 +10,9 @@
 #include "io/file.h"
 #include "runtime/checkpoint.h"
 #include "runtime/crc32c.h"
+#include "runtime/json.h"
 #include "runtime/layout.h"
+#include "runtime/limits.h"
 #include "runtime/template_match.h"
 #include "runtime/unit_pipe.h"
 
@@ -33,7 +34,7 @@ Manifest read_manifest(const std::string& dir) {
   if (!fs::exists(path, ec)) {
     throw Error(Errc::not_found, "not a checkpoint (no manifest.ckpt)", dir);
   }
-  return decode_manifest(io::read_small_file(path, 1u << 30), path);
+  return decode_manifest(io::read_small_file(path, kMaxManifestBytes), path);
 }
 
 std::string read_checked_file(const std::string& dir, const Manifest& m, const std::string& name) {
@@ -54,8 +55,21 @@ namespace {
 
 boost::json::object parse_object(const std::string& text, const std::string& path) {
   boost::system::error_code ec;
-  boost::json::value v = boost::json::parse(text, ec);
+  boost::json::value v = parse_json(text, ec);
   if (ec) throw Error(Errc::corrupt, "invalid JSON (" + ec.message() + ")", path);
+  if (!v.is_object()) throw Error(Errc::corrupt, "JSON is not an object", path);
+  return std::move(v.as_object());
+}
+
+// metadata.json, with the non-finite doubles the writer encoded decoded (runtime/json.h).
+boost::json::object parse_metadata(const std::string& text, const std::string& path) {
+  boost::json::value v;
+  try {
+    v = decode_json(parse_object(text, path), "metadata");
+  } catch (const Error& e) {
+    if (e.code() != Errc::invalid_argument) throw;
+    throw Error(Errc::corrupt, e.what(), path);
+  }
   if (!v.is_object()) throw Error(Errc::corrupt, "JSON is not an object", path);
   return std::move(v.as_object());
 }
@@ -96,15 +110,16 @@ std::uint64_t unit_size(std::uint64_t requested, const Manifest& m) {
 
 boost::json::object read_metadata(const std::string& dir) {
   Manifest m = read_manifest(dir);
-  return parse_object(read_checked_file(dir, m, std::string(kMetadataName)),
-                      dir + "/" + std::string(kMetadataName));
+  return parse_metadata(read_checked_file(dir, m, std::string(kMetadataName)),
+                        dir + "/" + std::string(kMetadataName));
 }
 
 boost::json::object restore_checkpoint(io::Engine& engine, const std::string& dir, Tree& templ,
                                        bool partial, const ReadOptions& options) {
   Manifest m = read_manifest(dir);
-  boost::json::object metadata = parse_object(read_checked_file(dir, m, std::string(kMetadataName)),
-                                              dir + "/" + std::string(kMetadataName));
+  boost::json::object metadata =
+      parse_metadata(read_checked_file(dir, m, std::string(kMetadataName)),
+                     dir + "/" + std::string(kMetadataName));
   TemplateMatch match = match_template(m, templ, partial);
   if (!match.problems.empty()) {
     const auto& problems = match.problems;
@@ -169,7 +184,11 @@ VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
   for (const auto& f : m.json_files) {
     try {
       std::string text = read_checked_file(dir, m, f.name);
-      parse_object(text, dir + "/" + f.name);
+      if (f.name == kMetadataName) {
+        parse_metadata(text, dir + "/" + f.name);
+      } else {
+        parse_object(text, dir + "/" + f.name);
+      }
       report.bytes_checked += text.size();
     } catch (const Error& e) {
       report.problems.push_back(e.what());

@@ -743,6 +743,7 @@ struct Runtime::Impl {
     op->final_dir = clean_checkpoint_dir(path);
     check_checkpoint_dir_name(op->final_dir);
     check_extra_files(options.extra_files);
+    check_metadata(metadata);
     op->plan = plan_save(tree, this->options.unit_bytes, this->options.unit_bytes);
     op->metadata = metadata;
     op->options = options;

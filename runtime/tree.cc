@@ -9,6 +9,54 @@ namespace ckpt {
 
 Tree::Tree(Array array) : kind_(Kind::leaf), array_(std::move(array)) {}
 
+Tree::Tree(const Tree& other) : kind_(other.kind_), keys_(other.keys_), array_(other.array_) {
+  // Each destination's children are sized once, before pointers to them are taken.
+  std::vector<std::pair<const Tree*, Tree*>> work{{&other, this}};
+  while (!work.empty()) {
+    auto [src, dst] = work.back();
+    work.pop_back();
+    dst->children_.resize(src->children_.size());
+    for (std::size_t i = 0; i < src->children_.size(); ++i) {
+      const Tree& s = src->children_[i];
+      Tree& d = dst->children_[i];
+      d.kind_ = s.kind_;
+      d.keys_ = s.keys_;
+      d.array_ = s.array_;
+      if (!s.children_.empty()) work.emplace_back(&s, &d);
+    }
+  }
+}
+
+Tree& Tree::operator=(const Tree& other) {
+  if (this != &other) *this = Tree(other);
+  return *this;
+}
+
+Tree& Tree::operator=(Tree&& other) noexcept {
+  if (this != &other) {
+    // The old value may own `other` (t = std::move(t.at(0))): keep it alive until the end, and
+    // let ~Tree take it apart without recursion.
+    Tree old(std::move(*this));
+    kind_ = other.kind_;
+    keys_ = std::move(other.keys_);
+    children_ = std::move(other.children_);
+    array_ = std::move(other.array_);
+  }
+  return *this;
+}
+
+Tree::~Tree() {
+  if (children_.empty()) return;
+  // Moving a node's children out before it dies leaves every destructor a node without children.
+  std::vector<Tree> pending = std::move(children_);
+  while (!pending.empty()) {
+    Tree node = std::move(pending.back());
+    pending.pop_back();
+    for (Tree& child : node.children_) pending.push_back(std::move(child));
+    node.children_.clear();
+  }
+}
+
 Tree Tree::list() {
   Tree t;
   t.kind_ = Kind::list;
@@ -99,26 +147,38 @@ const Tree* Tree::find(std::string_view path) const {
   return node;
 }
 
-namespace {
-void walk(const Tree& node, std::string& path,
-          const std::function<void(const std::string&, const Array&)>& fn) {
-  if (node.is_leaf()) {
-    fn(path, node.array());
-    return;
-  }
-  for (std::size_t i = 0; i < node.size(); ++i) {
-    std::size_t mark = path.size();
-    if (!path.empty()) path += '/';
-    path += node.is_dict() ? node.keys()[i] : std::to_string(i);
-    walk(node.children()[i], path, fn);
-    path.resize(mark);
-  }
-}
-}  // namespace
-
 void Tree::for_each_leaf(const std::function<void(const std::string&, const Array&)>& fn) const {
   std::string path;
-  walk(*this, path, fn);
+  if (is_leaf()) {
+    fn(path, array_);
+    return;
+  }
+  struct Frame {
+    const Tree* node;
+    std::size_t next;  // the child to visit next
+    std::size_t mark;  // path length before this node's own part
+  };
+  std::vector<Frame> stack{{this, 0, 0}};
+  while (!stack.empty()) {
+    Frame& f = stack.back();
+    if (f.next == f.node->children_.size()) {
+      path.resize(f.mark);
+      stack.pop_back();
+      continue;
+    }
+    const std::size_t i = f.next++;
+    const Tree* node = f.node;
+    const std::size_t mark = path.size();
+    if (!path.empty()) path += '/';
+    path += node->is_dict() ? node->keys_[i] : std::to_string(i);
+    const Tree& child = node->children_[i];
+    if (child.is_leaf()) {
+      fn(path, child.array_);
+      path.resize(mark);
+    } else {
+      stack.push_back({&child, 0, mark});
+    }
+  }
 }
 
 std::vector<std::pair<std::string, Array>> Tree::flatten() const {
@@ -128,9 +188,14 @@ std::vector<std::pair<std::string, Array>> Tree::flatten() const {
 }
 
 std::size_t Tree::leaf_count() const {
-  if (is_leaf()) return 1;
   std::size_t n = 0;
-  for (const auto& c : children_) n += c.leaf_count();
+  std::vector<const Tree*> stack{this};
+  while (!stack.empty()) {
+    const Tree* node = stack.back();
+    stack.pop_back();
+    if (node->is_leaf()) ++n;
+    for (const Tree& c : node->children_) stack.push_back(&c);
+  }
   return n;
 }
 

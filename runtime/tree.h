@@ -2,6 +2,10 @@
 // Tree: the C++ counterpart of a JAX pytree. A node is a dict (string keys, kept sorted, as JAX
 // flattens them), a list, or a leaf holding an Array. Flattening visits leaves depth-first in key
 // and index order and names each by its path, "params/layers/3/w".
+//
+// Nothing here recurses: copying, destroying and walking a tree use explicit stacks, so a tree as
+// deep as a caller can build (a hundred thousand levels) cannot exhaust the thread's stack. (A
+// save refuses trees deeper than kMaxTreeDepth, runtime/limits.h, as readers do.)
 #include <functional>
 #include <string>
 #include <string_view>
@@ -18,6 +22,11 @@ class Tree {
 
   Tree() = default;   // an empty dict
   Tree(Array array);  // NOLINT: a leaf converts implicitly, as in tree["w"] = Array::zeros(...)
+  Tree(const Tree& other);
+  Tree(Tree&& other) noexcept = default;
+  Tree& operator=(const Tree& other);
+  Tree& operator=(Tree&& other) noexcept;
+  ~Tree();
   static Tree dict() { return Tree(); }
   static Tree list();
 

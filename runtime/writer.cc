@@ -7,7 +7,6 @@
 // writer removes; a crash after it leaves a complete checkpoint.
 #include <sys/stat.h>
 
-#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <chrono>
 #include <filesystem>
@@ -20,6 +19,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/commit.h"
 #include "runtime/crc32c.h"
+#include "runtime/json.h"
 #include "runtime/layout.h"
 #include "runtime/unit_pipe.h"
 
@@ -46,14 +46,28 @@ void check_extra_files(const std::map<std::string, std::string>& extra_files) {
         io::is_tmp_name(name)) {
       throw Error(Errc::invalid_argument, "invalid extra file name '" + name + "'");
     }
-    // Readers and `ckpt verify` hold every JSON file of a checkpoint to be a JSON object.
+    // Readers and `ckpt verify` hold every JSON file of a checkpoint to be a JSON object, read
+    // as they read it.
     boost::system::error_code ec;
-    boost::json::value v = boost::json::parse(text, ec);
-    if (ec || !v.is_object()) {
+    boost::json::value v = parse_json(text, ec);
+    if (ec) {
+      throw Error(
+          Errc::invalid_argument,
+          "extra file '" + name + "' is not JSON the readers accept (" + ec.message() + ")");
+    }
+    if (!v.is_object()) {
       throw Error(Errc::invalid_argument, "extra file '" + name + "' is not a JSON object");
     }
   }
 }
+
+namespace {
+std::string serialize_metadata(const boost::json::object& metadata) {
+  return boost::json::serialize(encode_json(metadata, "metadata"));
+}
+}  // namespace
+
+void check_metadata(const boost::json::object& metadata) { encode_json(metadata, "metadata"); }
 
 SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t unit_bytes) {
   SavePlan plan;
@@ -65,6 +79,7 @@ SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t u
   m.writer = "ckpt 0.1.0";
   describe_structure(tree, m);
   plan_extents(plan.leaves, extent_bytes, m);
+  check_writable(m);
   plan.units = plan_units(m, unit_bytes);
   return plan;
 }
@@ -105,7 +120,7 @@ void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Man
                        const std::map<std::string, std::string>& extra_files) {
   m.json_files.clear();
   m.json_files.push_back(
-      write_json_file(tmp, std::string(kMetadataName), boost::json::serialize(metadata)));
+      write_json_file(tmp, std::string(kMetadataName), serialize_metadata(metadata)));
   for (const auto& [name, text] : extra_files)
     m.json_files.push_back(write_json_file(tmp, name, text));
   io::write_new_file(tmp + "/" + std::string(kManifestName), encode_manifest(m));
@@ -131,6 +146,7 @@ void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tre
   const std::string final_dir = clean_checkpoint_dir(dir);
   check_checkpoint_dir_name(final_dir);
   check_extra_files(options.extra_files);
+  check_metadata(metadata);
   SavePlan plan = plan_save(tree, options.extent_bytes, options.unit_bytes);
   const std::string tmp = make_tmp_dir(final_dir);
   try {
