@@ -61,6 +61,22 @@ void check_suffix(std::string_view suffix) {
 void check_checkpoint_dir_name(const std::string& dir) {
   std::string_view name = dir;
   while (name.size() > 1 && name.back() == '/') name.remove_suffix(1);
+  // Above the checkpoint (where its run directory is not known) only what is never right: a
+  // temporary's marker (cleanup would delete the checkpoint) or control characters.
+  for (const auto& part : fs::path(std::string(name)).parent_path()) {
+    const std::string p = part.string();
+    const bool control = std::any_of(p.begin(), p.end(), [](char c) {
+      auto u = static_cast<unsigned char>(c);
+      return u < 0x20 || u == 0x7f;
+    });
+    if (io::is_tmp_name(p) || control) {
+      throw Error(Errc::invalid_argument,
+                  fmt::format("invalid directory '{}' in a checkpoint path (it contains '{}' or "
+                              "control characters)",
+                              escape_name(p), io::kTmpMarker),
+                  escape_name(dir));
+    }
+  }
   if (auto slash = name.rfind('/'); slash != std::string_view::npos) name.remove_prefix(slash + 1);
   if (!is_valid_name_part(name)) {
     throw Error(Errc::invalid_argument,

@@ -35,7 +35,8 @@ void check_suffix(std::string_view suffix);
 // True when `part` (one path component) may be part of a checkpoint name.
 bool is_valid_name_part(std::string_view part) noexcept;
 // Throws Error(invalid_argument) unless the last component of the checkpoint directory `dir` may
-// name a checkpoint (a save without a run directory can only be checked there).
+// name a checkpoint and no component above it holds the temporary marker or a control
+// character (a save without a run directory knows no more of its suffix than that).
 void check_checkpoint_dir_name(const std::string& dir);
 // The suffix of checkpoint directory `dir` (absolute, normal) in `run_dir` (absolute, normal);
 // throws Error(invalid_argument) when dir is not below run_dir or the suffix breaks the rule.

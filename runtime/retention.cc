@@ -2,6 +2,8 @@
 
 #include "runtime/run_lock.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <limits>
@@ -15,6 +17,17 @@ namespace ckpt {
 namespace fs = std::filesystem;
 
 namespace {
+
+// gc refuses to judge a run whose `latest` it cannot read: what it should spare is unknown.
+void check_latest_readable(const std::string& run_dir) {
+  try {
+    read_latest(run_dir);
+  } catch (const Error& e) {
+    throw Error(Errc::corrupt,
+                std::string(e.what()) + "; nothing removed, since what it should name is unknown",
+                run_dir);
+  }
+}
 double metric_of(const CheckpointInfo& c, const RetentionPolicy& p) {
   const double worst = p.best_mode_max ? -std::numeric_limits<double>::infinity()
                                        : std::numeric_limits<double>::infinity();
@@ -55,88 +68,118 @@ std::vector<std::string> select_for_removal(const std::vector<CheckpointInfo>& c
   return remove;
 }
 
-void remove_checkpoint(const std::string& path) {
+std::string doom_checkpoint(const std::string& path) {
   std::string doomed = path + std::string(io::kTmpMarker) + "del-" + io::unique_tag();
   io::note_live_tmp(doomed);
-  struct Forget {
-    const std::string& path;
-    ~Forget() { io::forget_live_tmp(path); }
-  } forget{doomed};
   if (::rename(path.c_str(), doomed.c_str()) != 0) {
-    if (errno == ENOENT) return;  // removed already
-    throw sys_error("rename", path, errno);
+    int err = errno;
+    io::forget_live_tmp(doomed);
+    if (err == ENOENT) return {};  // removed already
+    throw sys_error("rename", path, err);
   }
   fs::path parent = fs::path(path).parent_path();
-  io::fsync_dir(parent.empty() ? "." : parent.string());
-  io::remove_tree(doomed);
+  try {
+    io::fsync_dir(parent.empty() ? "." : parent.string());
+  } catch (...) {
+    bury(doomed);  // renamed away is gone from the listing; finish the removal
+    throw;
+  }
+  return doomed;
 }
 
-std::vector<std::string> apply_retention(const std::string& run_dir, const RetentionPolicy& policy,
-                                         const std::set<std::string>& protect) {
-  std::set<std::string> keep = protect;
+void bury(const std::string& doomed) noexcept {
+  if (doomed.empty()) return;
+  try {
+    io::remove_tree(doomed);
+  } catch (const std::exception& e) {
+    log().error("could not delete {} (a leftover now): {}", doomed, e.what());
+  }
+  try {
+    io::forget_live_tmp(doomed);
+  } catch (...) {
+  }
+}
+
+void remove_checkpoint(const std::string& path) { bury(doom_checkpoint(path)); }
+
+RetentionPass apply_retention(const std::string& run_dir, const RetentionPolicy& policy,
+                              const std::function<std::set<std::string>()>& protect_now,
+                              bool dry_run) {
+  RetentionPass pass;
+  std::vector<CheckpointInfo> listed = list_checkpoints(run_dir);
+  std::set<std::string> keep = protect_now ? protect_now() : std::set<std::string>();
   try {
     if (auto latest = read_latest(run_dir)) keep.insert(*latest);
   } catch (const Error& e) {
     // An unreadable `latest` protects nothing; we then remove nothing either, to be safe.
     log().warn("retention skipped for {}: {}", run_dir, e.what());
-    return {};
+    return pass;
   }
-  std::vector<std::string> removed;
-  for (const auto& suffix : select_for_removal(list_checkpoints(run_dir), policy, keep)) {
-    remove_checkpoint(run_dir + "/" + suffix);
-    log().debug("retention removed {}/{}", run_dir, suffix);
-    removed.push_back(suffix);
+  for (const auto& suffix : select_for_removal(listed, policy, keep)) {
+    if (!dry_run) {
+      std::string doomed = doom_checkpoint(run_dir + "/" + suffix);
+      if (doomed.empty()) continue;
+      pass.doomed.push_back(std::move(doomed));
+      log().debug("retention removed {}/{}", run_dir, suffix);
+    }
+    pass.removed.push_back(suffix);
   }
-  return removed;
+  return pass;
 }
 
 GcReport collect_garbage(const std::string& run_dir, const RetentionPolicy& policy,
                          const GcOptions& options) {
   GcReport report;
+  // What a writer protects, read after listing (see runtime/run_lock.h): only a live lease
+  // holder's publication counts. A dry run takes no lock (it may run on a read-only mount) and
+  // honours any publication found.
+  auto writer_protects = [&](RunLockFile* file) {
+    std::set<std::string> protect;
+    if (file != nullptr && !file->held_elsewhere(RunLockFile::Byte::lease)) return protect;
+    if (auto state = read_writer_state(run_dir)) {
+      report.writer_pid = state->pid;
+      report.writer_protected = state->protect;
+      protect = state->protect;
+    } else if (file != nullptr) {
+      report.writer_pid = 0;
+    }
+    return protect;
+  };
+  if (options.dry_run) {
+    check_latest_readable(run_dir);
+    RetentionPass pass = apply_retention(
+        run_dir, policy, [&] { return writer_protects(nullptr); }, true);
+    report.removed = std::move(pass.removed);
+    report.kept = list_checkpoints(run_dir).size() - report.removed.size();
+    return report;
+  }
   RunLockFile lock_file(run_dir);
-  // Holding the writer lease proves no writer is live, and keeps one from starting meanwhile.
-  const bool no_writer = lock_file.try_lock(RunLockFile::Byte::lease);
-  struct Unlock {
-    RunLockFile& file;
-    bool lease;
-    ~Unlock() {
-      if (lease) file.unlock(RunLockFile::Byte::lease);
-    }
-  } unlock_lease{lock_file, no_writer};
-  lock_file.lock(RunLockFile::Byte::mutation, options.wait, "mutation lock");
-  struct UnlockMutation {
-    RunLockFile& file;
-    ~UnlockMutation() { file.unlock(RunLockFile::Byte::mutation); }
-  } unlock_mutation{lock_file};
-
-  // Listed first, then what the writer protects, then `latest` (see runtime/run_lock.h).
-  std::vector<CheckpointInfo> listed = list_checkpoints(run_dir);
-  std::set<std::string> keep;
-  if (!no_writer) {
-    auto state = read_writer_state(run_dir);
-    report.writer_pid = state ? state->pid : 0;
-    if (state) report.writer_protected = state->protect;
-    keep = report.writer_protected;
+  check_latest_readable(run_dir);
+  RetentionPass pass;
+  {
+    lock_file.lock(RunLockFile::Byte::mutation, options.wait, "mutation lock");
+    struct Unlock {
+      RunLockFile& file;
+      ~Unlock() { file.unlock(RunLockFile::Byte::mutation); }
+    } unlock{lock_file};
+    check_latest_readable(run_dir);
+    pass = apply_retention(run_dir, policy, [&] { return writer_protects(&lock_file); });
   }
-  std::optional<std::string> latest;
-  try {
-    latest = read_latest(run_dir);
-  } catch (const Error& e) {
-    throw Error(Errc::corrupt,
-                std::string(e.what()) + "; nothing removed, since what it should name is unknown",
-                run_dir);
-  }
-  if (latest) keep.insert(*latest);
-  report.removed = select_for_removal(listed, policy, keep);
-  if (!options.dry_run) {
-    for (const auto& suffix : report.removed) {
-      remove_checkpoint(run_dir + "/" + suffix);
-      log().debug("gc removed {}/{}", run_dir, suffix);
-    }
-  }
-  report.kept = listed.size() - report.removed.size();
-  if (options.leftovers && !options.dry_run) {
-    if (no_writer) {
+  for (const auto& doomed : pass.doomed) bury(doomed);  // the lock is released: a writer goes on
+  report.removed = std::move(pass.removed);
+  report.kept = list_checkpoints(run_dir).size();
+  if (options.leftovers) {
+    // Only without a live writer: its temporaries may be saves in flight. Holding the lease
+    // keeps one from starting meanwhile (it waits, told that gc holds it).
+    if (lock_file.try_lock(RunLockFile::Byte::lease)) {
+      struct Release {
+        RunLockFile& file;
+        ~Release() {
+          ::unlink((file.run_dir() + "/" + kWriterFileName).c_str());
+          file.unlock(RunLockFile::Byte::lease);
+        }
+      } release{lock_file};
+      publish_writer_state(run_dir, {}, "ckpt gc");
       report.leftovers_removed = io::remove_leftovers(run_dir);
     } else {
       report.leftovers_refused =

@@ -13,6 +13,7 @@
 // crash mid-removal leaves a temporary that is cleaned up, never half a checkpoint.
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -38,11 +39,21 @@ std::vector<std::string> select_for_removal(const std::vector<CheckpointInfo>& c
                                             const RetentionPolicy& policy,
                                             const std::set<std::string>& protect);
 
-// Applies `policy` to run_dir; returns the removed suffixes. The caller holds the run
-// directory's mutation lock (runtime/run_lock.h), as the Runtime and collect_garbage do. An
-// unreadable `latest` removes nothing (logged).
-std::vector<std::string> apply_retention(const std::string& run_dir, const RetentionPolicy& policy,
-                                         const std::set<std::string>& protect = {});
+// What one retention pass took away: the suffixes, and the renamed directories still to delete.
+struct RetentionPass {
+  std::vector<std::string> removed;
+  std::vector<std::string> doomed;  // `<path>.tmp-del-<tag>`: bury() them, lock released
+};
+
+// Applies `policy` to run_dir. The caller holds the run directory's mutation lock
+// (runtime/run_lock.h). Order: list the checkpoints, then call protect_now() (what writers
+// protect: called after listing, so a checkpoint that committed before the listing is either
+// still protected or was let go), then read `latest`. Doomed checkpoints are renamed away
+// (`doom_checkpoint`) and returned; delete them with bury() after releasing the lock. An
+// unreadable `latest` removes nothing (logged); `dry_run` renames nothing.
+RetentionPass apply_retention(const std::string& run_dir, const RetentionPolicy& policy,
+                              const std::function<std::set<std::string>()>& protect_now,
+                              bool dry_run = false);
 
 struct GcOptions {
   bool dry_run = false;
@@ -70,5 +81,11 @@ GcReport collect_garbage(const std::string& run_dir, const RetentionPolicy& poli
 
 // Durably removes one committed checkpoint (rename to a temporary, fsync, delete).
 void remove_checkpoint(const std::string& path);
+// The first half of remove_checkpoint: renames `path` to `<path>.tmp-del-<tag>` (a live
+// temporary of this process) and fsyncs the parent; returns the new name, or "" when `path` was
+// gone already. From here the checkpoint is not listed; a crash leaves a leftover.
+std::string doom_checkpoint(const std::string& path);
+// The second half: deletes what doom_checkpoint renamed (logs, never throws).
+void bury(const std::string& doomed) noexcept;
 
 }  // namespace ckpt

@@ -45,7 +45,8 @@ struct flock byte_lock(short type, RunLockFile::Byte which) {
 
 RunLockFile::RunLockFile(const std::string& run_dir)
     : run_dir_(normal_dir(run_dir)), path_(run_dir_ + "/" + kLockFileName) {
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // 0666 (less the umask): a lock file made by one user must not lock out the next.
+  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
   if (fd_ < 0) throw sys_error("open the run directory's lock file", path_, errno);
 }
 
@@ -68,9 +69,13 @@ void RunLockFile::lock(Byte which, std::chrono::milliseconds wait, const char* w
   auto pause = std::chrono::microseconds(500);
   while (!try_lock(which)) {
     if (Clock::now() >= deadline) {
+      // Who holds the lease is published; the mutation lock's holder is not known.
+      std::string holder = which == Byte::lease
+                               ? describe_holder(run_dir_)
+                               : "another process (a ckpt gc pass, or the run's writer)";
       throw Error(Errc::busy,
-                  fmt::format("the run directory's {} is held by {} (waited {} ms)", what,
-                              describe_holder(run_dir_), wait.count()),
+                  fmt::format("the run directory's {} is held by {} (waited {} ms)", what, holder,
+                              wait.count()),
                   run_dir_);
     }
     std::this_thread::sleep_for(std::min<std::chrono::microseconds>(
@@ -108,6 +113,9 @@ std::optional<WriterState> read_writer_state(const std::string& run_dir) {
   if (const auto* pid = o.if_contains("pid"); pid != nullptr && pid->is_int64()) {
     state.pid = static_cast<long>(pid->as_int64());
   }
+  if (const auto* holder = o.if_contains("holder"); holder != nullptr && holder->is_string()) {
+    state.holder = std::string(holder->as_string());
+  }
   if (const auto* list = o.if_contains("protect"); list != nullptr && list->is_array()) {
     for (const auto& s : list->as_array()) {
       if (s.is_string()) state.protect.insert(std::string(s.as_string()));
@@ -118,8 +126,9 @@ std::optional<WriterState> read_writer_state(const std::string& run_dir) {
 
 std::string describe_holder(const std::string& run_dir) {
   auto state = read_writer_state(run_dir);
-  if (state && state->pid > 0) return fmt::format("pid {}", state->pid);
-  return "another process";
+  if (!state || state->pid <= 0) return "another process";
+  if (state->holder.empty()) return fmt::format("pid {}", state->pid);
+  return fmt::format("pid {}, {}", state->pid, state->holder);
 }
 
 // ---- RunLease ------------------------------------------------------------------------------
@@ -127,9 +136,16 @@ std::string describe_holder(const std::string& run_dir) {
 namespace {
 // Never destroyed: a Runtime held in a static (the jobs layer's default) releases its leases
 // during static destruction, after function-local statics constructed later are gone.
-std::mutex& leases_mu = *new std::mutex;
-std::unordered_map<std::string, std::weak_ptr<RunLease>>& leases() {
-  static auto* map = new std::unordered_map<std::string, std::weak_ptr<RunLease>>;
+struct LeaseSlot {
+  std::mutex acquiring;  // one thread of this process takes a given run directory's lease
+  std::weak_ptr<RunLease> lease;
+};
+std::mutex& leases_mu() {
+  static auto* mu = new std::mutex;
+  return *mu;
+}
+std::unordered_map<std::string, std::shared_ptr<LeaseSlot>>& leases() {
+  static auto* map = new std::unordered_map<std::string, std::shared_ptr<LeaseSlot>>;
   return *map;
 }
 }  // namespace
@@ -139,8 +155,16 @@ RunLease::RunLease(const std::string& run_dir) : file_(run_dir) {}
 std::shared_ptr<RunLease> RunLease::acquire(const std::string& run_dir,
                                             std::chrono::milliseconds wait) {
   std::string dir = normal_dir(run_dir);
-  std::lock_guard lock(leases_mu);
-  if (auto held = leases()[dir].lock()) return held;
+  std::shared_ptr<LeaseSlot> slot;
+  {
+    std::lock_guard lock(leases_mu());
+    auto& s = leases()[dir];
+    if (!s) s = std::make_shared<LeaseSlot>();
+    slot = s;
+  }
+  // Waiting for another process happens under this run directory's slot only.
+  std::lock_guard acquiring(slot->acquiring);
+  if (auto held = slot->lease.lock()) return held;
   io::make_dirs(dir);
   auto lease = std::make_shared<RunLease>(dir);
   lease->file_.lock(RunLockFile::Byte::lease, wait, "writer lease");
@@ -152,7 +176,7 @@ std::shared_ptr<RunLease> RunLease::acquire(const std::string& run_dir,
     throw;
   }
   lease->held_ = true;
-  leases()[dir] = lease;  // an expired entry is simply replaced
+  slot->lease = lease;
   log().debug("took the writer lease of {}", dir);
   return lease;
 }
@@ -187,17 +211,32 @@ void RunLease::release(const std::string& suffix) noexcept {
   }
 }
 
+std::set<std::string> RunLease::protected_now() {
+  std::lock_guard lock(mu_);
+  std::set<std::string> out;
+  for (const auto& [suffix, count] : protect_) out.insert(suffix);
+  return out;
+}
+
 void RunLease::publish_locked() {
+  std::set<std::string> suffixes;
+  for (const auto& [suffix, count] : protect_) suffixes.insert(suffix);
+  publish_writer_state(run_dir(), suffixes);
+}
+
+void publish_writer_state(const std::string& run_dir, const std::set<std::string>& protect,
+                          const std::string& holder) {
   boost::json::object o;
   o["pid"] = static_cast<std::int64_t>(::getpid());
+  if (!holder.empty()) o["holder"] = holder;
   boost::json::array list;
-  for (const auto& [suffix, count] : protect_) list.emplace_back(suffix);
+  for (const auto& suffix : protect) list.emplace_back(suffix);
   o["protect"] = std::move(list);
   const std::string text = boost::json::serialize(o) + "\n";
-  const std::string path = run_dir() + "/" + kWriterFileName;
+  const std::string path = normal_dir(run_dir) + "/" + kWriterFileName;
   const std::string staged = path + ".new";  // only the lease holder writes it
   {
-    int fd = ::open(staged.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = ::open(staged.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) throw sys_error("open", staged, errno);
     io::File f(fd, staged, false);
     std::size_t done = 0;

@@ -68,13 +68,18 @@ class RunLockFile {
 // What the writer of a run directory has published in .ckpt-writer.
 struct WriterState {
   long pid = 0;
+  std::string holder;  // "" for a Runtime, "ckpt gc" while gc removes leftovers
   std::set<std::string> protect;
 };
 // Reads <run_dir>/.ckpt-writer; nullopt when there is none (or it is unreadable: the holder
 // rewrites it before it can matter).
 std::optional<WriterState> read_writer_state(const std::string& run_dir);
-// "pid 1234" from .ckpt-writer, or "another process" when unknown.
+// "pid 1234" (", ckpt gc") from .ckpt-writer, or "another process" when unknown.
 std::string describe_holder(const std::string& run_dir);
+// Replaces <run_dir>/.ckpt-writer with this process's pid, `holder` and `protect` (write
+// .ckpt-writer.new, rename; no fsync). Only the lease holder calls it.
+void publish_writer_state(const std::string& run_dir, const std::set<std::string>& protect,
+                          const std::string& holder = {});
 
 // This process's writer lease on one run directory, shared by every Runtime of the process.
 class RunLease {
@@ -90,6 +95,8 @@ class RunLease {
   // Counted: a suffix stays published while protect() calls outnumber release() calls.
   void protect(const std::string& suffix);
   void release(const std::string& suffix) noexcept;
+  // What every Runtime of this process protects in the run directory now.
+  std::set<std::string> protected_now();
 
   // The mutation lock, across processes and between this process's threads.
   class Mutation {

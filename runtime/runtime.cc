@@ -606,7 +606,8 @@ struct Runtime::Impl {
 
   // ---- run directories and retention ------------------------------------------------------
 
-  // This Runtime's writer lease on run_dir (taken on first use; blocks up to lock_wait).
+  // This Runtime's writer lease on run_dir (taken on first use; waits up to lock_wait for
+  // another process, but never on the Runtime's own thread, where it fails at once).
   std::shared_ptr<RunLease> lease_for(const std::string& run_dir) {
     {
       std::lock_guard lock(mu);
@@ -614,16 +615,12 @@ struct Runtime::Impl {
         return it->second.lease;
       }
     }
-    auto lease = RunLease::acquire(run_dir, options.lock_wait);
+    auto wait = link->on_runtime_thread() ? std::chrono::milliseconds(0) : options.lock_wait;
+    auto lease = RunLease::acquire(run_dir, wait);
     std::lock_guard lock(mu);
     auto& st = run_dirs[run_dir];
     if (!st.lease) st.lease = std::move(lease);
     return st.lease;
-  }
-
-  void run_dir_op_started(const std::string& run_dir) {
-    std::lock_guard lock(mu);
-    ++run_dirs[run_dir].active;
   }
 
   // A save or registration of run_dir ended. A committed save with a policy asks for a pass;
@@ -635,7 +632,8 @@ struct Runtime::Impl {
     --st.active;
     if (committed_policy != nullptr && committed_policy->active()) st.policy = *committed_policy;
     if (!st.policy) return;
-    if (committed_policy != nullptr || st.active == 0) request_pass_locked(run_dir, st);
+    const bool asked = committed_policy != nullptr && committed_policy->active();
+    if (asked || st.active == 0) request_pass_locked(run_dir, st);
   }
 
   void request_pass_locked(const std::string& run_dir, RunDir& st) {
@@ -661,9 +659,19 @@ struct Runtime::Impl {
         lease = st.lease;
       }
       try {
-        // Under the mutation lock: `ckpt gc` in another process and `latest` moving wait.
-        auto mutation = lease->lock_mutations(options.lock_wait);
-        apply_retention(run_dir, policy, protected_suffixes(run_dir));
+        RetentionPass pass;
+        {
+          // Under the mutation lock: `ckpt gc` in another process and `latest` moving wait.
+          // What to spare is read after the listing (apply_retention): this Runtime's saves
+          // and registrations, and those of every other Runtime sharing the lease.
+          auto mutation = lease->lock_mutations(options.lock_wait);
+          pass = apply_retention(run_dir, policy, [&] {
+            std::set<std::string> protect = protected_suffixes(run_dir);
+            protect.merge(lease->protected_now());
+            return protect;
+          });
+        }
+        for (const auto& doomed : pass.doomed) bury(doomed);  // off the lock
       } catch (const std::exception& e) {
         log().error("retention in {} failed: {}", run_dir, e.what());
       }

@@ -103,8 +103,12 @@ std::string make_tmp_dir(const std::string& final_dir) {
   std::string parent = fs::path(final_dir).parent_path().string();
   if (!parent.empty()) io::make_dirs(parent);
   std::string tmp = final_dir + std::string(io::kTmpMarker) + io::unique_tag();
-  if (::mkdir(tmp.c_str(), 0755) != 0) throw sys_error("mkdir", tmp, errno);
-  io::note_live_tmp(tmp);  // until committed or abandoned: leftover cleanup leaves it alone
+  io::note_live_tmp(tmp);  // before it exists, until committed or abandoned: cleanup spares it
+  if (::mkdir(tmp.c_str(), 0755) != 0) {
+    int err = errno;
+    io::forget_live_tmp(tmp);
+    throw sys_error("mkdir", tmp, err);
+  }
   return tmp;
 }
 

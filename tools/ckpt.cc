@@ -74,7 +74,7 @@ int run(int argc, char** argv) {
                  "Only suffixes starting with this (e.g. step/) count and may be removed");
   gc->add_option("--wait", gc_options.wait_seconds,
                  "Seconds to wait for a live writer's lock before giving up")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   gc->add_option("--best-metric", gc_options.best_metric, "Keep the best by this metadata key");
   gc->add_option("--best-mode", gc_options.best_mode, "min or max")
