@@ -214,7 +214,7 @@ TEST_CASE("from_checkpoint_path applies runtime_cfg as a JSON merge patch") {
   CHECK(merged.optim.lr == doctest::Approx(0.01));
   CHECK(merged.optim.milestones == std::vector<std::int64_t>{10, 20});  // kept
   CHECK(merged.width == 2);
-  CHECK_FALSE(merged.clip.has_value());  // null removed the key: the default (none) applies
+  CHECK_FALSE(merged.clip.has_value());  // null empties an optional
   CHECK(restored->args().name == "patched");
 }
 
@@ -370,4 +370,37 @@ TEST_CASE("running a job again after a failure never deletes its own saves in fl
   REQUIRE(job.in_flight.wait_for(std::chrono::seconds(10)));
   CHECK_NOTHROW(job.in_flight.wait());
   CHECK(FlakyJob::checkpoints(job.spec()) == std::vector<std::string>{"step/1"});
+}
+
+struct ClipConfig {
+  std::optional<double> clip = 1.0;  // a default that is not none
+  std::int64_t width = 2;
+};
+BOOST_DESCRIBE_STRUCT(ClipConfig, (), (clip, width))
+
+class ClipJob : public RestoreableJob<ClipConfig> {
+ public:
+  using RestoreableJob::RestoreableJob;
+  boost::asio::awaitable<void> run() override { co_return; }
+  void restore_from_path(const std::string&) override {}
+};
+CKPT_REGISTER_JOB(ClipJob, "clip_job");
+
+TEST_CASE("from_checkpoint_path: null in runtime_cfg empties an optional and is an error for any other member") {
+  TempDir dir;
+  auto spec = ExecutionSpec::local(dir.path(), "clip");
+  ClipJob job(spec, ClipConfig{});
+  job.set_runtime(test_runtime());
+  Tree state;
+  float x = 1.0f;
+  state["x"] = Array::view(DType::f32, {}, &x);
+  job.save_tree_and_metadata("s", state, step_md(0)).wait();
+  auto none = boost::json::parse(R"({"clip": null})");
+  auto [a, cleared] = from_checkpoint_path<ClipJob>("general/default/clip/s", spec, none);
+  CHECK_FALSE(cleared.clip.has_value());  // None, not the struct default 1.0
+  auto bad = boost::json::parse(R"({"width": null})");
+  auto e = test::catch_error([&] { from_checkpoint_path<ClipJob>("general/default/clip/s", spec, bad); });
+  REQUIRE(e);
+  CHECK(e->code() == Errc::invalid_argument);
+  CHECK(test::contains(e->what(), "width"));
 }
