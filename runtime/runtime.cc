@@ -125,7 +125,10 @@ struct SaveOp {
   // The previous save of the same path, still running when this one was admitted: commits of
   // one path happen in admission order, so the newest save is the one that stays.
   std::shared_ptr<detail::SaveShared> previous;
-  // With SaveOptions::run_dir: the suffix, published as protected from admission to the end.
+  // With SaveOptions::run_dir: the run directory's lease and the suffix in it, published as
+  // protected from before the temporary directory is made until the save ends.
+  std::shared_ptr<RunLease> lease;
+  std::string run_suffix;
   Protection protection;
   bool run_dir_counted = false;  // admitted: counts among run_dir's operations until it ends
 };
@@ -554,6 +557,7 @@ struct Runtime::Impl {
     std::exception_ptr failure;
     const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
     const auto open_files = [op, this] {
+      if (op->lease) op->protection = Protection(op->lease, op->run_suffix);
       op->tmp_dir = make_tmp_dir(op->final_dir);
       op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
                                  options.allow_direct);
@@ -758,7 +762,10 @@ struct Runtime::Impl {
     if (!options.run_dir.empty()) {
       op->options.run_dir = clean_checkpoint_dir(options.run_dir);
       std::string suffix = suffix_in_run_dir(op->options.run_dir, op->final_dir);
-      op->protection = Protection(lease_for(op->options.run_dir), suffix);
+      // The lease now (a second writer fails here, before anything is written); the suffix is
+      // published by the pipeline before its directory exists, off the caller's stall.
+      op->lease = lease_for(op->options.run_dir);
+      op->run_suffix = std::move(suffix);
     }
     op->shared = std::make_shared<detail::SaveShared>();
     op->shared->path = op->final_dir;
