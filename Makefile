@@ -37,7 +37,8 @@ test-asan: setup
 test-tsan: setup
 	cmake -S . -B build-tsan -DCKPT_SANITIZE=thread $(SAN_FLAGS) $(CMAKE_FLAGS) >/dev/null
 	cmake --build build-tsan -j$(JOBS)
-	cd build-tsan && ctest --output-on-failure -j$(JOBS) --timeout 900
+	cd build-tsan && TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp" \
+	  ctest --output-on-failure -j$(JOBS) --timeout 900
 
 # The libFuzzer target over the manifest reader and the restore path (tests/fuzz), built with clang
 # into build-fuzz/ and run for FUZZ_SECONDS on a scratch copy of the seed corpus, so the repository

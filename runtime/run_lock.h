@@ -120,7 +120,7 @@ class RunLease {
   bool held_ = false;  // the lease was taken (and the state published)
   std::mutex mu_;      // guards protect_ and the publication
   std::map<std::string, int> protect_;
-  std::timed_mutex mutation_mu_;
+  std::mutex mutation_mu_;  // this process's threads, before the file lock
 };
 
 }  // namespace ckpt
