@@ -232,14 +232,15 @@ TEST_CASE("ckpt gc in a loop beside a live train_loop never removes what latest 
 
 TEST_CASE("a second train_loop on the same run directory fails at start naming the first one's pid") {
   TempDir dir;
-  pid_t first = spawn_train_loop({"--steps", "100000", "--save-every", "1000", "--state-mb", "1",
+  pid_t first = spawn_train_loop({"--steps", "1000000", "--save-every", "100", "--state-mb", "1",
                                   "--dir", dir.path()},
                                  dir / "first.log");
-  // Wait until the first one holds the run directory (it has written its writer state).
+  // Wait until the first one is past its start-up cleanup: it has registered a checkpoint.
   const std::string run_dir = dir / "general/default/train_loop";
-  for (int i = 0; i < 3000 && !std::filesystem::exists(run_dir + "/.ckpt-writer"); ++i) {
+  for (int i = 0; i < 6000 && !std::filesystem::exists(run_dir + "/latest"); ++i) {
     std::this_thread::sleep_for(5ms);
   }
+  REQUIRE(std::filesystem::exists(run_dir + "/latest"));
   REQUIRE(std::filesystem::exists(run_dir + "/.ckpt-writer"));
   std::filesystem::create_directories(run_dir + "/step/7.tmp-1-1-1");  // a dead writer's leftover
   Outcome second = run_train_loop({"--steps", "20", "--save-every", "10", "--state-mb", "1",
