@@ -40,28 +40,31 @@ std::unordered_map<std::string, int>& live_tmps() {
   static auto* live = new std::unordered_map<std::string, int>;
   return *live;
 }
-std::string live_key(const std::string& path) {
-  std::error_code ec;
-  fs::path abs = fs::absolute(path, ec);
-  return (ec ? fs::path(path) : abs).lexically_normal().string();
-}
 }  // namespace
 
+std::string absolute_normal(const std::string& path) {
+  std::error_code ec;
+  fs::path abs = fs::absolute(path, ec);
+  std::string out = (ec ? fs::path(path) : abs).lexically_normal().string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
 void note_live_tmp(const std::string& path) {
-  std::string key = live_key(path);
+  std::string key = absolute_normal(path);
   std::lock_guard lock(live_mu);
   ++live_tmps()[key];
 }
 
 void forget_live_tmp(const std::string& path) {
-  std::string key = live_key(path);
+  std::string key = absolute_normal(path);
   std::lock_guard lock(live_mu);
   auto it = live_tmps().find(key);
   if (it != live_tmps().end() && --it->second == 0) live_tmps().erase(it);
 }
 
 bool is_live_tmp(const std::string& path) {
-  std::string key = live_key(path);
+  std::string key = absolute_normal(path);
   std::lock_guard lock(live_mu);
   return live_tmps().contains(key);
 }
@@ -106,15 +109,7 @@ void make_dirs(const std::string& dir) {
 
 void write_new_file(const std::string& path, std::string_view content) {
   File f = open_buffered(path, OpenMode::write_new);
-  std::size_t done = 0;
-  while (done < content.size()) {
-    ssize_t n = ::write(f.fd(), content.data() + done, content.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw sys_error("write", path, errno);
-    }
-    done += static_cast<std::size_t>(n);
-  }
+  f.write_all(content);
   f.sync();
   f.close();
 }

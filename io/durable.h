@@ -26,6 +26,10 @@ std::string unique_tag();
 
 bool is_tmp_name(std::string_view name) noexcept;
 
+// `path` made absolute (against the current directory; left relative if that fails) and
+// lexically normal, without a trailing '/': one spelling per path, for comparing paths as keys.
+std::string absolute_normal(const std::string& path);
+
 void fsync_dir(const std::string& dir);
 
 // Creates `dir` and missing parents, durably. Existing directories are fine.

@@ -53,6 +53,18 @@ void File::truncate(std::uint64_t size) {
   if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) throw sys_error("ftruncate", path_, errno);
 }
 
+void File::write_all(std::string_view data) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd_, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw sys_error("write", path_, errno);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+}
+
 void File::sync() {
   if (::fsync(fd_) != 0) throw sys_error("fsync", path_, errno);
 }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 
 namespace ckpt::io {
 
@@ -38,6 +39,7 @@ class File {
 
   std::uint64_t size() const;         // fstat; throws Error
   void truncate(std::uint64_t size);  // ftruncate; throws Error
+  void write_all(std::string_view data);  // write at the file offset until done; throws Error
   void sync();                        // fsync; throws Error (never retry: the pages may be gone)
   void close();                       // close, reporting errors; the destructor only logs them
 

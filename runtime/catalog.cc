@@ -14,22 +14,26 @@ namespace ckpt {
 
 namespace fs = std::filesystem;
 
+namespace {
+bool is_control(char c) noexcept {
+  auto u = static_cast<unsigned char>(c);
+  return u < 0x20 || u == 0x7f;
+}
+bool has_control(std::string_view s) noexcept {
+  return std::any_of(s.begin(), s.end(), is_control);
+}
+}  // namespace
+
 bool is_valid_name_part(std::string_view part) noexcept {
-  if (part.empty() || part.front() == '.' || part == kLatestName || io::is_tmp_name(part)) {
-    return false;
-  }
-  return std::none_of(part.begin(), part.end(), [](char c) {
-    auto u = static_cast<unsigned char>(c);
-    return u < 0x20 || u == 0x7f;
-  });
+  return !part.empty() && part.front() != '.' && part != kLatestName && !io::is_tmp_name(part) &&
+         !has_control(part);
 }
 
 std::string escape_name(std::string_view name) {
   std::string out;
   for (char c : name) {
-    auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f || c == '\\') {
-      out += fmt::format("\\x{:02x}", u);
+    if (is_control(c) || c == '\\') {
+      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(c));
     } else {
       out += c;
     }
@@ -65,11 +69,7 @@ void check_checkpoint_dir_name(const std::string& dir) {
   // temporary's marker (cleanup would delete the checkpoint) or control characters.
   for (const auto& part : fs::path(std::string(name)).parent_path()) {
     const std::string p = part.string();
-    const bool control = std::any_of(p.begin(), p.end(), [](char c) {
-      auto u = static_cast<unsigned char>(c);
-      return u < 0x20 || u == 0x7f;
-    });
-    if (io::is_tmp_name(p) || control) {
+    if (io::is_tmp_name(p) || has_control(p)) {
       throw Error(Errc::invalid_argument,
                   fmt::format("invalid directory '{}' in a checkpoint path (it contains '{}' or "
                               "control characters)",
@@ -106,8 +106,7 @@ void require_committed_checkpoint(const std::string& run_dir, const std::string&
     std::error_code ec;
     fs::file_status st = fs::symlink_status(at, ec);
     if (fs::is_symlink(st)) {
-      throw Error(Errc::path_escape, "checkpoint path goes through a symbolic link",
-                  at.string());
+      throw Error(Errc::path_escape, "checkpoint path goes through a symbolic link", at.string());
     }
     if (!fs::exists(st)) break;
   }

@@ -1,7 +1,5 @@
 #include "runtime/retention.h"
 
-#include "runtime/run_lock.h"
-
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +9,7 @@
 #include "io/durable.h"
 #include "io/error.h"
 #include "io/log.h"
+#include "runtime/run_lock.h"
 
 namespace ckpt {
 
@@ -19,14 +18,13 @@ namespace fs = std::filesystem;
 namespace {
 
 // gc refuses to judge a run whose `latest` it cannot read: what it should spare is unknown.
-void check_latest_readable(const std::string& run_dir) {
-  try {
-    read_latest(run_dir);
-  } catch (const Error& e) {
+RetentionPass judged(RetentionPass pass, const std::string& run_dir) {
+  if (!pass.latest_error.empty()) {
     throw Error(Errc::corrupt,
-                std::string(e.what()) + "; nothing removed, since what it should name is unknown",
+                pass.latest_error + "; nothing removed, since what it should name is unknown",
                 run_dir);
   }
+  return pass;
 }
 double metric_of(const CheckpointInfo& c, const RetentionPolicy& p) {
   const double worst = p.best_mode_max ? -std::numeric_limits<double>::infinity()
@@ -107,12 +105,13 @@ RetentionPass apply_retention(const std::string& run_dir, const RetentionPolicy&
                               bool dry_run) {
   RetentionPass pass;
   std::vector<CheckpointInfo> listed = list_checkpoints(run_dir);
+  pass.listed = listed.size();
   std::set<std::string> keep = protect_now ? protect_now() : std::set<std::string>();
   try {
     if (auto latest = read_latest(run_dir)) keep.insert(*latest);
   } catch (const Error& e) {
     // An unreadable `latest` protects nothing; we then remove nothing either, to be safe.
-    log().warn("retention skipped for {}: {}", run_dir, e.what());
+    pass.latest_error = e.what();
     return pass;
   }
   for (const auto& suffix : select_for_removal(listed, policy, keep)) {
@@ -146,15 +145,15 @@ GcReport collect_garbage(const std::string& run_dir, const RetentionPolicy& poli
     return protect;
   };
   if (options.dry_run) {
-    check_latest_readable(run_dir);
-    RetentionPass pass = apply_retention(
-        run_dir, policy, [&] { return writer_protects(nullptr); }, true);
+    RetentionPass pass =
+        judged(apply_retention(
+                   run_dir, policy, [&] { return writer_protects(nullptr); }, true),
+               run_dir);
     report.removed = std::move(pass.removed);
-    report.kept = list_checkpoints(run_dir).size() - report.removed.size();
+    report.kept = pass.listed - report.removed.size();
     return report;
   }
   RunLockFile lock_file(run_dir);
-  check_latest_readable(run_dir);
   RetentionPass pass;
   {
     lock_file.lock(RunLockFile::Byte::mutation, options.wait, "mutation lock");
@@ -162,12 +161,12 @@ GcReport collect_garbage(const std::string& run_dir, const RetentionPolicy& poli
       RunLockFile& file;
       ~Unlock() { file.unlock(RunLockFile::Byte::mutation); }
     } unlock{lock_file};
-    check_latest_readable(run_dir);
-    pass = apply_retention(run_dir, policy, [&] { return writer_protects(&lock_file); });
+    pass = judged(apply_retention(run_dir, policy, [&] { return writer_protects(&lock_file); }),
+                  run_dir);
   }
   for (const auto& doomed : pass.doomed) bury(doomed);  // the lock is released: a writer goes on
   report.removed = std::move(pass.removed);
-  report.kept = list_checkpoints(run_dir).size();
+  report.kept = pass.listed - report.removed.size();
   if (options.leftovers) {
     // Only without a live writer: its temporaries may be saves in flight. Holding the lease
     // keeps one from starting meanwhile (it waits, told that gc holds it).
@@ -182,9 +181,9 @@ GcReport collect_garbage(const std::string& run_dir, const RetentionPolicy& poli
       publish_writer_state(run_dir, {}, "ckpt gc");
       report.leftovers_removed = io::remove_leftovers(run_dir);
     } else {
-      report.leftovers_refused =
-          "leftovers left alone: a writer is live in the run directory (" +
-          describe_holder(run_dir) + "); its temporaries may be saves in flight";
+      report.leftovers_refused = "leftovers left alone: a writer is live in the run directory (" +
+                                 describe_holder(run_dir) +
+                                 "); its temporaries may be saves in flight";
     }
   }
   return report;

@@ -41,8 +41,10 @@ std::vector<std::string> select_for_removal(const std::vector<CheckpointInfo>& c
 
 // What one retention pass took away: the suffixes, and the renamed directories still to delete.
 struct RetentionPass {
+  std::size_t listed = 0;           // committed checkpoints found
   std::vector<std::string> removed;
   std::vector<std::string> doomed;  // `<path>.tmp-del-<tag>`: bury() them, lock released
+  std::string latest_error;         // why `latest` could not be read (then nothing is removed)
 };
 
 // Applies `policy` to run_dir. The caller holds the run directory's mutation lock
@@ -50,7 +52,7 @@ struct RetentionPass {
 // protect: called after listing, so a checkpoint that committed before the listing is either
 // still protected or was let go), then read `latest`. Doomed checkpoints are renamed away
 // (`doom_checkpoint`) and returned; delete them with bury() after releasing the lock. An
-// unreadable `latest` removes nothing (logged); `dry_run` renames nothing.
+// unreadable `latest` removes nothing (the pass says why); `dry_run` renames nothing.
 RetentionPass apply_retention(const std::string& run_dir, const RetentionPolicy& policy,
                               const std::function<std::set<std::string>()>& protect_now,
                               bool dry_run = false);

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
-#include <filesystem>
 #include <thread>
 #include <unordered_map>
 
@@ -18,17 +17,25 @@
 
 namespace ckpt {
 
-namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string normal_dir(const std::string& dir) {
-  std::error_code ec;
-  fs::path abs = fs::absolute(dir, ec);
-  std::string out = (ec ? fs::path(dir) : abs).lexically_normal().string();
-  while (out.size() > 1 && out.back() == '/') out.pop_back();
-  return out;
+// Calls try_once() until it returns true, sleeping with backoff (from `pause` up to `max_pause`)
+// in between; false once `wait` has passed without success.
+template <typename TryOnce>
+bool poll_until(std::chrono::milliseconds wait, std::chrono::microseconds pause,
+                std::chrono::microseconds max_pause, const TryOnce& try_once) {
+  const auto deadline = Clock::now() + wait;
+  while (!try_once()) {
+    const auto now = Clock::now();
+    if (now >= deadline) return false;
+    std::this_thread::sleep_for(std::min<std::chrono::microseconds>(
+        pause, std::chrono::duration_cast<std::chrono::microseconds>(deadline - now) +
+                   std::chrono::microseconds(1)));
+    pause = std::min(pause * 2, max_pause);
+  }
+  return true;
 }
 
 struct flock byte_lock(short type, RunLockFile::Byte which) {
@@ -44,7 +51,7 @@ struct flock byte_lock(short type, RunLockFile::Byte which) {
 }  // namespace
 
 RunLockFile::RunLockFile(const std::string& run_dir)
-    : run_dir_(normal_dir(run_dir)), path_(run_dir_ + "/" + kLockFileName) {
+    : run_dir_(io::absolute_normal(run_dir)), path_(run_dir_ + "/" + kLockFileName) {
   // 0666 (less the umask): a lock file made by one user must not lock out the next.
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
   if (fd_ < 0) throw sys_error("open the run directory's lock file", path_, errno);
@@ -65,24 +72,18 @@ bool RunLockFile::try_lock(Byte which) {
 }
 
 void RunLockFile::lock(Byte which, std::chrono::milliseconds wait, const char* what) {
-  const auto deadline = Clock::now() + wait;
-  auto pause = std::chrono::microseconds(500);
-  while (!try_lock(which)) {
-    if (Clock::now() >= deadline) {
-      // Who holds the lease is published; the mutation lock's holder is not known.
-      std::string holder = which == Byte::lease
-                               ? describe_holder(run_dir_)
-                               : "another process (a ckpt gc pass, or the run's writer)";
-      throw Error(Errc::busy,
-                  fmt::format("the run directory's {} is held by {} (waited {} ms)", what, holder,
-                              wait.count()),
-                  run_dir_);
-    }
-    std::this_thread::sleep_for(std::min<std::chrono::microseconds>(
-        pause, std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()) +
-                   std::chrono::microseconds(1)));
-    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(50));
+  if (poll_until(wait, std::chrono::microseconds(500), std::chrono::milliseconds(50),
+                 [&] { return try_lock(which); })) {
+    return;
   }
+  // Who holds the lease is published; the mutation lock's holder is not known.
+  std::string holder = which == Byte::lease
+                           ? describe_holder(run_dir_)
+                           : "another process (a ckpt gc pass, or the run's writer)";
+  throw Error(Errc::busy,
+              fmt::format("the run directory's {} is held by {} (waited {} ms)", what, holder,
+                          wait.count()),
+              run_dir_);
 }
 
 void RunLockFile::unlock(Byte which) noexcept {
@@ -98,7 +99,7 @@ bool RunLockFile::held_elsewhere(Byte which) {
 }
 
 std::optional<WriterState> read_writer_state(const std::string& run_dir) {
-  std::string path = normal_dir(run_dir) + "/" + kWriterFileName;
+  std::string path = io::absolute_normal(run_dir) + "/" + kWriterFileName;
   std::string text;
   try {
     text = io::read_small_file(path, 1u << 26);
@@ -154,7 +155,7 @@ RunLease::RunLease(const std::string& run_dir) : file_(run_dir) {}
 
 std::shared_ptr<RunLease> RunLease::acquire(const std::string& run_dir,
                                             std::chrono::milliseconds wait) {
-  std::string dir = normal_dir(run_dir);
+  std::string dir = io::absolute_normal(run_dir);
   std::shared_ptr<LeaseSlot> slot;
   {
     std::lock_guard lock(leases_mu());
@@ -213,16 +214,16 @@ void RunLease::release(const std::string& suffix) noexcept {
 
 std::set<std::string> RunLease::protected_now() {
   std::lock_guard lock(mu_);
+  return protected_locked();
+}
+
+std::set<std::string> RunLease::protected_locked() const {
   std::set<std::string> out;
   for (const auto& [suffix, count] : protect_) out.insert(suffix);
   return out;
 }
 
-void RunLease::publish_locked() {
-  std::set<std::string> suffixes;
-  for (const auto& [suffix, count] : protect_) suffixes.insert(suffix);
-  publish_writer_state(run_dir(), suffixes);
-}
+void RunLease::publish_locked() { publish_writer_state(run_dir(), protected_locked()); }
 
 void publish_writer_state(const std::string& run_dir, const std::set<std::string>& protect,
                           const std::string& holder) {
@@ -233,19 +234,13 @@ void publish_writer_state(const std::string& run_dir, const std::set<std::string
   for (const auto& suffix : protect) list.emplace_back(suffix);
   o["protect"] = std::move(list);
   const std::string text = boost::json::serialize(o) + "\n";
-  const std::string path = normal_dir(run_dir) + "/" + kWriterFileName;
+  const std::string path = io::absolute_normal(run_dir) + "/" + kWriterFileName;
   const std::string staged = path + ".new";  // only the lease holder writes it
   {
     int fd = ::open(staged.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) throw sys_error("open", staged, errno);
     io::File f(fd, staged, false);
-    std::size_t done = 0;
-    while (done < text.size()) {
-      ssize_t n = ::write(f.fd(), text.data() + done, text.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw sys_error("write", staged, errno);
-      done += static_cast<std::size_t>(n);
-    }
+    f.write_all(text);
     f.close();
   }
   if (::rename(staged.c_str(), path.c_str()) != 0) throw sys_error("rename", path, errno);
@@ -255,17 +250,13 @@ RunLease::Mutation RunLease::lock_mutations(std::chrono::milliseconds wait) {
   // Polled rather than std::timed_mutex: libstdc++ implements its timed wait with
   // pthread_mutex_clocklock, which ThreadSanitizer (g++ 12) does not see.
   const auto start = Clock::now();
-  auto pause = std::chrono::microseconds(100);
-  while (!mutation_mu_.try_lock()) {
-    if (Clock::now() - start >= wait) {
-      throw Error(Errc::busy,
-                  fmt::format("the run directory's mutation lock is held by another thread of "
-                              "this process (waited {} ms)",
-                              wait.count()),
-                  run_dir());
-    }
-    std::this_thread::sleep_for(pause);
-    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(5));
+  if (!poll_until(wait, std::chrono::microseconds(100), std::chrono::milliseconds(5),
+                  [&] { return mutation_mu_.try_lock(); })) {
+    throw Error(Errc::busy,
+                fmt::format("the run directory's mutation lock is held by another thread of "
+                            "this process (waited {} ms)",
+                            wait.count()),
+                run_dir());
   }
   try {
     auto left = wait - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);

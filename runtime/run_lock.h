@@ -114,6 +114,7 @@ class RunLease {
   explicit RunLease(const std::string& run_dir);  // use acquire()
 
  private:
+  std::set<std::string> protected_locked() const;
   void publish_locked();
 
   RunLockFile file_;

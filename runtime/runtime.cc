@@ -86,24 +86,31 @@ std::unique_ptr<io::Engine> make_runtime_engine(const RuntimeOptions& o) {
   return engine;
 }
 
-// A suffix published as protected in a run directory's .ckpt-writer while it lives.
+// A suffix of a run directory, under that directory's writer lease: once publish()ed it stays
+// protected in .ckpt-writer until reset() or destruction.
 struct Protection {
   std::shared_ptr<RunLease> lease;
   std::string suffix;
+  bool published = false;
   Protection() = default;
-  Protection(std::shared_ptr<RunLease> l, std::string s) : lease(std::move(l)), suffix(std::move(s)) {
-    lease->protect(suffix);
-  }
-  Protection(Protection&& o) noexcept = default;
+  Protection(std::shared_ptr<RunLease> l, std::string s) : lease(std::move(l)), suffix(std::move(s)) {}
+  Protection(const Protection&) = delete;
   Protection& operator=(Protection&& o) noexcept {
     reset();
     lease = std::move(o.lease);
     suffix = std::move(o.suffix);
+    published = std::exchange(o.published, false);
     return *this;
   }
   ~Protection() { reset(); }
+  void publish() {
+    if (!lease || published) return;
+    lease->protect(suffix);
+    published = true;
+  }
   void reset() noexcept {
-    if (lease) lease->release(suffix);
+    if (published) lease->release(suffix);
+    published = false;
     lease.reset();
   }
 };
@@ -125,10 +132,8 @@ struct SaveOp {
   // The previous save of the same path, still running when this one was admitted: commits of
   // one path happen in admission order, so the newest save is the one that stays.
   std::shared_ptr<detail::SaveShared> previous;
-  // With SaveOptions::run_dir: the run directory's lease and the suffix in it, published as
-  // protected from before the temporary directory is made until the save ends.
-  std::shared_ptr<RunLease> lease;
-  std::string run_suffix;
+  // With SaveOptions::run_dir: the suffix in the run directory, published as protected from
+  // before the temporary directory is made until the save ends.
   Protection protection;
   bool run_dir_counted = false;  // admitted: counts among run_dir's operations until it ends
 };
@@ -557,7 +562,7 @@ struct Runtime::Impl {
     std::exception_ptr failure;
     const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
     const auto open_files = [op, this] {
-      if (op->lease) op->protection = Protection(op->lease, op->run_suffix);
+      op->protection.publish();
       op->tmp_dir = make_tmp_dir(op->final_dir);
       op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
                                  options.allow_direct);
@@ -634,10 +639,9 @@ struct Runtime::Impl {
     std::lock_guard lock(mu);
     auto& st = run_dirs[run_dir];
     --st.active;
-    if (committed_policy != nullptr && committed_policy->active()) st.policy = *committed_policy;
-    if (!st.policy) return;
     const bool asked = committed_policy != nullptr && committed_policy->active();
-    if (asked || st.active == 0) request_pass_locked(run_dir, st);
+    if (asked) st.policy = *committed_policy;
+    if (st.policy && (asked || st.active == 0)) request_pass_locked(run_dir, st);
   }
 
   void request_pass_locked(const std::string& run_dir, RunDir& st) {
@@ -674,6 +678,9 @@ struct Runtime::Impl {
             protect.merge(lease->protected_now());
             return protect;
           });
+        }
+        if (!pass.latest_error.empty()) {
+          log().warn("retention skipped for {}: {}", run_dir, pass.latest_error);
         }
         for (const auto& doomed : pass.doomed) bury(doomed);  // off the lock
       } catch (const std::exception& e) {
@@ -764,8 +771,7 @@ struct Runtime::Impl {
       std::string suffix = suffix_in_run_dir(op->options.run_dir, op->final_dir);
       // The lease now (a second writer fails here, before anything is written); the suffix is
       // published by the pipeline before its directory exists, off the caller's stall.
-      op->lease = lease_for(op->options.run_dir);
-      op->run_suffix = std::move(suffix);
+      op->protection = Protection(lease_for(op->options.run_dir), std::move(suffix));
     }
     op->shared = std::make_shared<detail::SaveShared>();
     op->shared->path = op->final_dir;
@@ -1002,6 +1008,7 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
   // Published before this returns: from here `ckpt gc` spares the checkpoint to be registered.
   auto protection =
       std::make_shared<Protection>(impl_->lease_for(reg->run_dir), std::string(suffix));
+  protection->publish();
   reg->runtime = impl_->link;
   std::string path = clean_checkpoint_dir(reg->run_dir + "/" + suffix);
   std::shared_ptr<detail::SaveShared> save;
