@@ -163,4 +163,13 @@ int run_command(const std::string& command, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_in_faults(
+    io::FaultEngine** out) {
+  return [out](std::unique_ptr<io::Engine> inner) {
+    auto f = std::make_unique<io::FaultEngine>(std::move(inner));
+    *out = f.get();
+    return std::unique_ptr<io::Engine>(std::move(f));
+  };
+}
+
 }  // namespace ckpt::test

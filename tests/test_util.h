@@ -1,12 +1,16 @@
 #pragma once
 // Shared test helpers: scratch directories and deterministic trees.
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "io/engine.h"
 #include "io/error.h"
+#include "io/fault_engine.h"
 #include "runtime/tree.h"
 
 namespace ckpt::test {
@@ -65,6 +69,11 @@ std::optional<Error> catch_error(Fn&& fn) {
   }
   return std::nullopt;
 }
+
+// A RuntimeOptions::wrap_engine that wraps the Runtime's engine in an io::FaultEngine and stores
+// it in *out for the test to arm (`out` must outlive the Runtime's construction).
+std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_in_faults(
+    io::FaultEngine** out);
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& command, std::string* output = nullptr);

@@ -335,11 +335,7 @@ TEST_CASE("running a job again after a failure never deletes its own saves in fl
   o.engine = io::EngineKind::threads;
   o.staging_budget = 16u << 20;
   o.unit_bytes = 1u << 20;
-  o.wrap_engine = [&](std::unique_ptr<io::Engine> inner) {
-    auto f = std::make_unique<io::FaultEngine>(std::move(inner));
-    faults = f.get();
-    return std::unique_ptr<io::Engine>(std::move(f));
-  };
+  o.wrap_engine = test::wrap_in_faults(&faults);
   auto rt = std::make_shared<Runtime>(o);
   io::FaultSpec hang;
   hang.op = io::Request::Op::fsync;

@@ -56,11 +56,7 @@ struct Faulty {
   io::FaultEngine* faults = nullptr;
   std::unique_ptr<Runtime> rt;
   explicit Faulty(RuntimeOptions o = small_options()) {
-    o.wrap_engine = [this](std::unique_ptr<io::Engine> inner) {
-      auto f = std::make_unique<io::FaultEngine>(std::move(inner));
-      faults = f.get();
-      return std::unique_ptr<io::Engine>(std::move(f));
-    };
+    o.wrap_engine = test::wrap_in_faults(&faults);
     rt = std::make_unique<Runtime>(o);
   }
 };
@@ -344,11 +340,7 @@ TEST_CASE("the IO timeout also fires when the Runtime runs on the caller's io_co
     auto o = small_options();
     o.io_timeout = 100ms;
     io::FaultEngine* faults = nullptr;
-    o.wrap_engine = [&faults](std::unique_ptr<io::Engine> inner) {
-      auto f = std::make_unique<io::FaultEngine>(std::move(inner));
-      faults = f.get();
-      return std::unique_ptr<io::Engine>(std::move(f));
-    };
+    o.wrap_engine = test::wrap_in_faults(&faults);
     Runtime rt(ctx.get_executor(), o);
     faults->arm({io::Request::Op::write, 1, io::FaultKind::hang});
     Tree tree = make_tree(2, 100'000, 12);

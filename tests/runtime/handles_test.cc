@@ -77,11 +77,7 @@ struct Faulty {
   std::unique_ptr<Runtime> rt;
   Faulty() {
     RuntimeOptions o = small_options();
-    o.wrap_engine = [this](std::unique_ptr<io::Engine> inner) {
-      auto f = std::make_unique<io::FaultEngine>(std::move(inner));
-      faults = f.get();
-      return std::unique_ptr<io::Engine>(std::move(f));
-    };
+    o.wrap_engine = test::wrap_in_faults(&faults);
     rt = std::make_unique<Runtime>(o);
   }
   // The save's write is held: it cannot end before fail_held_save().

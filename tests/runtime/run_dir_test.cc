@@ -272,11 +272,7 @@ TEST_CASE("cleaning the run directory again never removes this process's saves i
   const std::string run = dir / "run";
   io::FaultEngine* faults = nullptr;
   RuntimeOptions o = small_options();
-  o.wrap_engine = [&](std::unique_ptr<io::Engine> inner) {
-    auto f = std::make_unique<io::FaultEngine>(std::move(inner));
-    faults = f.get();
-    return std::unique_ptr<io::Engine>(std::move(f));
-  };
+  o.wrap_engine = test::wrap_in_faults(&faults);
   Runtime rt(o);
   REQUIRE(faults != nullptr);
   io::FaultSpec hang;
