@@ -9,20 +9,6 @@
 
 namespace ckpt::tools {
 
-std::string human_bytes(std::uint64_t bytes) {
-  static constexpr std::array<std::string_view, 6> kUnits = {"KiB", "MiB", "GiB",
-                                                             "TiB", "PiB", "EiB"};
-  if (bytes < 1024) return fmt::format("{} B", bytes);
-  double value = static_cast<double>(bytes) / 1024.0;
-  std::size_t unit = 0;
-  // Move up a unit before rounding would print "1024.00".
-  while (value >= 1023.995 && unit + 1 < kUnits.size()) {
-    value /= 1024.0;
-    ++unit;
-  }
-  return fmt::format("{:.2f} {}", value, kUnits[unit]);
-}
-
 std::string local_time_iso8601(std::int64_t unix_ns) {
   if (unix_ns == 0) return "unknown";
   // Floor division, so that times before 1970 do not round towards the epoch.

@@ -6,10 +6,9 @@
 #include <string_view>
 #include <vector>
 
-namespace ckpt::tools {
+#include "runtime/byte_size.h"  // human_bytes
 
-// "512 B", "1.50 KiB", "1.00 GiB" (binary units, two decimals above bytes).
-std::string human_bytes(std::uint64_t bytes);
+namespace ckpt::tools {
 
 // Local time as ISO-8601 with the UTC offset, "2024-05-01T12:34:56+02:00"; "unknown" for 0.
 std::string local_time_iso8601(std::int64_t unix_ns);
