@@ -1,5 +1,6 @@
 #include "io/fault_engine.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "io/file.h"
@@ -11,7 +12,10 @@ FaultEngine::FaultEngine(std::unique_ptr<Engine> inner) : inner_(std::move(inner
 FaultEngine::~FaultEngine() {
   std::vector<Held> hung;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    released_.wait(lock, [&] {
+      return std::none_of(hung_.begin(), hung_.end(), [](const Held& h) { return h.stuck; });
+    });
     hung.swap(hung_);
   }
   for (auto& h : hung) h.done(-ECANCELED);
@@ -29,8 +33,8 @@ void FaultEngine::submit(const Request& request, Completion done) {
       ++injected_;
       fault = spec_.kind;
       error = spec_.error;
-      if (*fault == FaultKind::hang) {
-        hung_.push_back(Held{request, std::move(done)});
+      if (*fault == FaultKind::hang || *fault == FaultKind::stuck) {
+        hung_.push_back(Held{request, std::move(done), *fault == FaultKind::stuck});
         return;
       }
     }
@@ -74,6 +78,7 @@ std::size_t FaultEngine::release_hung() {
     std::lock_guard lock(mu_);
     hung.swap(hung_);
   }
+  released_.notify_all();
   for (auto& h : hung) inner_->submit(h.request, std::move(h.done));
   return hung.size();
 }

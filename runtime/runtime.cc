@@ -38,6 +38,7 @@
 #include "io/error.h"
 #include "io/file.h"
 #include "io/log.h"
+#include "io/tracking_engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/commit.h"
@@ -80,10 +81,10 @@ bool runs_executor(const asio::any_io_executor& e) {
   return false;
 }
 
-std::unique_ptr<io::Engine> make_runtime_engine(const RuntimeOptions& o) {
+std::unique_ptr<io::TrackingEngine> make_runtime_engine(const RuntimeOptions& o) {
   auto engine = io::make_engine({o.engine, o.queue_depth, o.io_threads});
   if (o.wrap_engine) engine = o.wrap_engine(std::move(engine));
-  return engine;
+  return std::make_unique<io::TrackingEngine>(std::move(engine));
 }
 
 // A suffix of a run directory, under that directory's writer lease: once publish()ed it stays
@@ -197,7 +198,7 @@ struct Sweep {
 
 struct Runtime::Impl {
   RuntimeOptions options;
-  std::unique_ptr<io::Engine> engine;
+  std::unique_ptr<io::TrackingEngine> engine;  // knows its requests in flight: bounded shutdown
   StagingPool pool;  // after the engine: it unregisters its slabs from it on destruction
   std::shared_ptr<PoolGate> gate = std::make_shared<PoolGate>(&pool);
   asio::thread_pool workers;
@@ -278,6 +279,28 @@ struct Runtime::Impl {
       own_work.reset();
       io_thread.join();
     }
+    abandon_stuck_io();
+  }
+
+  // Bounded shutdown (docs/design.md): every save has ended, so with an io_timeout a request
+  // still in the engine is one the watchdog gave up on. Rather than block in the engine's
+  // destructor for a device that may never answer, give it a short grace, then log what is
+  // abandoned and keep the engine and the staging memory alive for the rest of the process.
+  void abandon_stuck_io() {
+    if (options.io_timeout.count() <= 0) return;  // no deadline asked for: the engine waits
+    auto grace = std::min<Clock::duration>(options.io_timeout, std::chrono::milliseconds(100));
+    if (engine->wait_idle(Clock::now() + grace)) return;
+    auto stuck = engine->describe_in_flight();
+    std::uint64_t kept = pool.abandon();
+    log().error(
+        "Runtime shut down with {} IO request(s) stuck past the IO timeout of {} ms: abandoning "
+        "them with the engine and {} bytes of staging memory, which stay allocated until the "
+        "process exits",
+        stuck.size(), options.io_timeout.count(), kept);
+    constexpr std::size_t kShown = 16;
+    for (std::size_t i = 0; i < stuck.size() && i < kShown; ++i) log().error("abandoned: {}", stuck[i]);
+    if (stuck.size() > kShown) log().error("abandoned: {} more", stuck.size() - kShown);
+    io::abandon_engine(std::move(engine));
   }
 
   // Restores read through pre-faulted staging chunks when the pool has them free (a fresh mapping
@@ -542,6 +565,7 @@ struct Runtime::Impl {
   asio::awaitable<void> fsync_data(const std::shared_ptr<SaveOp>& op) {
     return detail::async_call<void(std::exception_ptr)>(
         ex, asio::use_awaitable, [this, op](auto done) {
+          if (io::fsync_dropped("data_file")) return done(std::exception_ptr());  // test switch
           auto stage = std::make_shared<IoStage>();
           stage->done = done;
           watch(stage, op, "data fsync", nullptr);
