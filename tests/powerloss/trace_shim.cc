@@ -213,30 +213,31 @@ void record_rename(int olddirfd, const char* oldpath, int newdirfd, const char* 
 
 extern "C" {
 
+// The mode argument of a variadic open call, present only when the flags ask for one.
+#define READ_MODE(flags, mode)                           \
+  do {                                                   \
+    if ((flags) & (O_CREAT | O_TMPFILE)) {               \
+      va_list ap;                                        \
+      va_start(ap, flags);                               \
+      mode = static_cast<mode_t>(va_arg(ap, int));       \
+      va_end(ap);                                        \
+    }                                                    \
+  } while (0)
+
 void ckpt_trace_mark(const char* text) {
   if (ready) emit(std::string("K ") + text + "\n");
 }
 
 int open(const char* path, int flags, ...) {
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = static_cast<mode_t>(va_arg(ap, int));
-    va_end(ap);
-  }
+  READ_MODE(flags, mode);
   return do_open(AT_FDCWD, path, flags, mode, call_openat);
 }
 int open64(const char* path, int flags, ...) __attribute__((alias("open")));
 
 int openat(int dirfd, const char* path, int flags, ...) {
   mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = static_cast<mode_t>(va_arg(ap, int));
-    va_end(ap);
-  }
+  READ_MODE(flags, mode);
   return do_open(dirfd, path, flags, mode, call_openat);
 }
 int openat64(int dirfd, const char* path, int flags, ...) __attribute__((alias("openat")));
