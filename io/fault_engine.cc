@@ -73,14 +73,17 @@ void FaultEngine::disarm() {
 }
 
 std::size_t FaultEngine::release_hung() {
-  std::vector<Held> hung;
+  std::size_t n;
   {
+    // Forwarded under the lock, so that a destructor waiting for stuck requests cannot destroy
+    // inner_ before they reach it (the drivers' submit() never runs a completion inline).
     std::lock_guard lock(mu_);
-    hung.swap(hung_);
+    n = hung_.size();
+    for (auto& h : hung_) inner_->submit(h.request, std::move(h.done));
+    hung_.clear();
   }
   released_.notify_all();
-  for (auto& h : hung) inner_->submit(h.request, std::move(h.done));
-  return hung.size();
+  return n;
 }
 
 std::size_t FaultEngine::hung() const {
