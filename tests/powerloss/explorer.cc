@@ -150,7 +150,12 @@ Outcome explore(const Args& args, std::string_view scenario, io::Engine& engine)
         for (std::size_t u = 0; u < units.size(); ++u) {
           if (persisted[u]) continue;
           if (shown++ < 8) {
-            lost += "\n      lost: " + describe(rec, rec.ops[units[u].op]);
+            const Op& op = rec.ops[units[u].op];
+            lost += "\n      lost: " + (op.kind == OpKind::write
+                                             ? "write " + rec.base[op.node].name + " bytes [" +
+                                                   std::to_string(units[u].begin) + ", " +
+                                                   std::to_string(units[u].end) + ")"
+                                             : describe(rec, op));
           } else {
             ++more;
           }
