@@ -77,12 +77,13 @@ std::size_t FaultEngine::release_hung() {
   {
     // Forwarded under the lock, so that a destructor waiting for stuck requests cannot destroy
     // inner_ before they reach it (the drivers' submit() never runs a completion inline).
+    // Notified under the lock too: once it is released, this call touches nothing of *this.
     std::lock_guard lock(mu_);
     n = hung_.size();
     for (auto& h : hung_) inner_->submit(h.request, std::move(h.done));
     hung_.clear();
+    released_.notify_all();
   }
-  released_.notify_all();
   return n;
 }
 
