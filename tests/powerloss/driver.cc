@@ -20,6 +20,7 @@
 #include "io/durable.h"
 #include "io/file.h"
 #include "runtime/catalog.h"
+#include "runtime/checkpoint.h"
 #include "runtime/runtime.h"
 #include "tests/powerloss/scenario.h"
 
@@ -77,7 +78,7 @@ struct Driver {
 };
 
 void setup(Driver& d, std::string_view scenario) {
-  int committed = scenario == "overlapped" ? 1
+  int committed = scenario == "overlapped" || scenario == "sync_api" ? 1
                   : scenario == "register" ? 2
                   : scenario == "retention" ? 3
                   : scenario == "gc"        ? 4
@@ -111,6 +112,21 @@ void run(Driver& d, std::string_view scenario) {
     d.acked(rb, "step/3");
   } else if (scenario == "register") {
     d.register_and_wait("step/2");
+  } else if (scenario == "sync_api") {
+    // The synchronous writer (save_checkpoint) and write_latest, without the Runtime.
+    auto engine = io::make_engine({io::EngineKind::threads, 4, 2});
+    WriteOptions o;
+    o.extent_bytes = o.unit_bytes = 8192;
+    o.queue_depth = 2;
+    boost::json::object md;
+    md["step"] = 2;
+    md["seed"] = 30;
+    mark("call save step/2 30");
+    save_checkpoint(*engine, d.run_dir + "/step/2", powerloss::make_state(30), md, o);
+    mark("ack save step/2 30");
+    mark("call register step/2");
+    write_latest(d.run_dir, "step/2");
+    mark("ack register step/2");
   } else if (scenario == "retention") {
     RetentionPolicy keep2;
     keep2.max_to_keep = 2;

@@ -51,6 +51,7 @@ inline constexpr Scenario kScenarios[] = {
     {"register", "register_latest moves latest from step/1 to step/2"},
     {"retention", "a save with max_to_keep 2 removes the two oldest of three checkpoints"},
     {"gc", "ckpt gc --keep 1 --leftovers removes three checkpoints and a leftover"},
+    {"sync_api", "the synchronous writer (save_checkpoint) and write_latest, no Runtime"},
 };
 
 }  // namespace ckpt::powerloss
