@@ -1,0 +1,167 @@
+"""SaveHandle / RegisterHandle: asyncio, blocking waits, callbacks, overlapped mode, failures."""
+import asyncio
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ckpt
+
+
+def state(mb=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"w": rng.standard_normal(mb << 17).astype(np.float64), "step": seed}
+
+
+def test_saves_awaited_concurrently_with_gather(rt, tmp_path):
+    async def main():
+        handles = [rt.save(tmp_path / f"c{i}", state(1, i), {"i": i}) for i in range(4)]
+        return await asyncio.gather(*handles)
+
+    timings = asyncio.run(main())
+    assert [t.state for t in timings] == ["committed"] * 4
+    assert all(t.durable >= t.snapshot >= 0 and t.bytes > 0 for t in timings)
+    for i in range(4):
+        back, meta = rt.restore(tmp_path / f"c{i}")
+        assert meta == {"i": i} and back["step"] == i
+
+
+def test_await_raises_the_save_error(rt, tmp_path):
+    (tmp_path / "file").write_text("x")
+
+    async def main():
+        await rt.save(tmp_path / "file" / "c", state(1))
+
+    with pytest.raises(ckpt.CheckpointError) as e:
+        asyncio.run(main())
+    assert "file" in str(e.value)
+    assert rt.drain().ok  # observed by the await: not reported again
+
+
+def test_result_done_and_timeout(rt, tmp_path):
+    h = rt.save(tmp_path / "c", state(1))
+    t = h.result(timeout=30)
+    assert h.done() and t.state == "committed" and h.state == "committed"
+    assert t.stall > 0 and t.durable >= t.stall
+    reg = rt.register(tmp_path, "c")
+    assert reg.result(timeout=30) == "c"
+    assert (tmp_path / "latest").read_text().strip() == "c"
+
+
+def test_result_timeout_raises_timeout_error(rt, tmp_path):
+    # 64 MiB to copy, write and fsync: not durable microseconds after an overlapped save starts.
+    h = rt.save(tmp_path / "c", {"w": np.ones(8 << 20)}, mode="overlapped")
+    with pytest.raises(TimeoutError, match="not finished after 0 s"):
+        h.result(timeout=0)
+    assert h.result(timeout=60).state == "committed"
+
+
+def test_add_done_callback_runs_with_the_handle(rt, tmp_path):
+    got = []
+    ev = threading.Event()
+    h = rt.save(tmp_path / "c", state(1))
+    h.add_done_callback(lambda handle: (got.append(handle.state), ev.set()))
+    assert ev.wait(30)
+    assert got == ["committed"]
+
+
+def test_overlapped_save_returns_before_the_copy_and_snapshotted_gates_mutation(rt, tmp_path):
+    s = state(8)
+    expected = s["w"].copy()
+    h = rt.save(tmp_path / "c", s, mode="overlapped")
+    h.wait_snapshotted()
+    s["w"][:] = -1  # allowed from here on
+    h.result(timeout=30)
+    back, _ = rt.restore(tmp_path / "c")
+    assert np.array_equal(back["w"], expected)
+
+    async def main():
+        h2 = rt.save(tmp_path / "d", s, mode="overlapped")
+        await h2.snapshotted()
+        return await h2
+
+    assert asyncio.run(main()).state == "committed"
+
+
+def test_overlapped_save_keeps_the_arrays_alive_when_dropped(rt, tmp_path):
+    rt.save(tmp_path / "c", {"w": np.full(1 << 20, 3.0)}, mode="overlapped")  # handle dropped
+    import gc
+    gc.collect()
+    assert rt.drain().ok
+    back, _ = rt.restore(tmp_path / "c")
+    assert (back["w"] == 3.0).all()
+
+
+def test_fire_and_forget_failures_are_logged_and_reported_by_drain(rt, tmp_path, caplog):
+    (tmp_path / "file").write_text("x")
+    with caplog.at_level(logging.WARNING, logger="ckpt"):
+        rt.save(tmp_path / "file" / "c", state(1))  # dropped
+        report = rt.drain()
+    assert not report.ok and report.failed == 1 and "file" in report.errors[0]
+    assert any(r.name == "ckpt" and r.levelno >= logging.ERROR and "file" in r.getMessage()
+               for r in caplog.records)
+    assert rt.drain().ok  # reported once
+
+
+def test_register_of_a_failed_save_fails_and_latest_stays(rt, tmp_path):
+    rt.save(tmp_path / "good", state(1)).result()
+    rt.register(tmp_path, "good").result()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x").write_text("")  # bad/x exists as a file: bad/x/c cannot be made
+    h = rt.save(tmp_path / "bad" / "x" / "c", state(1), run_dir=tmp_path)
+    reg = rt.register(tmp_path, "bad/x/c")
+    with pytest.raises(ckpt.CheckpointError):
+        reg.result(timeout=30)
+    with pytest.raises(ckpt.CheckpointError):
+        h.result()
+    assert (tmp_path / "latest").read_text().strip() == "good"
+
+
+def test_path_escape_and_bad_suffix_raise_at_once(rt, tmp_path):
+    with pytest.raises(ckpt.CheckpointError) as e:
+        rt.register(tmp_path, "../x")
+    assert e.value.code in ("path_escape", "invalid_argument")
+
+
+def test_the_gil_is_released_while_a_save_copies_and_waits(rt, tmp_path):
+    ticks = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks.append(1)
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        big = {"w": np.ones(48 << 17)}  # 48 MiB: the copy and the write take a while
+        n0 = len(ticks)
+        h = rt.save(tmp_path / "c", big)
+        h.result(timeout=60)
+        n1 = len(ticks)
+    finally:
+        stop.set()
+        t.join()
+    assert n1 - n0 > 3, "the other thread made no progress while the save copied and waited"
+
+
+def test_skip_backpressure_gives_a_skipped_state(tmp_path):
+    with ckpt.Runtime(staging_budget=4 << 20, backpressure="skip") as rt:
+        s = state(3)
+        h1 = rt.save(tmp_path / "a", s, mode="overlapped")
+        h2 = rt.save(tmp_path / "b", s, mode="overlapped")  # h1 still holds 3 of the 4 MiB
+        assert h2.result(timeout=30).state == "skipped"
+        assert h1.result(timeout=30).state == "committed"
+        assert not (tmp_path / "b").exists()
+
+
+def test_closed_runtime_refuses_work(tmp_path):
+    rt = ckpt.Runtime()
+    rt.close()
+    rt.close()
+    with pytest.raises(ckpt.InvalidArgumentError, match="closed"):
+        rt.save(tmp_path / "c", {"a": np.ones(1)})
