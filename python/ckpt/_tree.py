@@ -8,10 +8,12 @@ JSON file saved beside metadata.json, keyed by tree path (the root is ""):
   {"format": "ckpt.pytree", "version": 1, "nodes": {
       "optim/state": {"type": "dict", "keys": [0, 1]},   # key types and insertion order
       "model": {"type": "odict", "meta": {...}},          # an OrderedDict and its _metadata
-      "optim/param_groups/0/betas": {"type": "tuple"},
-      "optim/state/0/momentum_buffer": {"type": "none"},  # stored as an empty dict
-      "step": {"type": "int"},                            # a Python int as an int64 0-d array
-      "model/fc.weight": {"type": "torch"}}}
+      "optim/param_groups/0/betas": "tuple",
+      "optim/state/0/momentum_buffer": "none",            # stored as an empty dict
+      "step": "int",                                      # a Python int as an int64 0-d array
+      "model/fc.weight": "torch"}}
+
+An entry is the node's type, or an object with "type" and the dict's "keys" / "meta".
 
 A node without an entry is a plain dict with str keys in sorted order, a list, or a numpy array:
 exactly what a C++ checkpoint holds, so C++ checkpoints restore as dicts of numpy arrays.
@@ -70,6 +72,9 @@ def _torch():
     return sys.modules.get("torch")
 
 
+_torch_codes: Dict[Any, int] = {}  # torch.dtype -> code, filled once torch is imported
+
+
 def _is_tensor(obj) -> bool:
     torch = _torch()
     return torch is not None and isinstance(obj, torch.Tensor)
@@ -88,40 +93,63 @@ def _tree_key(key, path: str) -> str:
                            "be saved (keys must be str or int)")
 
 
+_np_codes: Dict[Any, Optional[int]] = {}  # numpy dtype -> code (None: not storable)
+
+
+def _numpy_code(dt) -> Optional[int]:
+    code = _np_codes.get(dt, -1)
+    if code == -1:
+        code = DTYPE_CODE.get(dt.name) if dt.isnative and dt.fields is None else None
+        _np_codes[dt] = code
+    return code
+
+
 def _numpy_leaf(arr: np.ndarray, path: str, for_restore: bool) -> Tuple[int, tuple, int, bool]:
-    dt = arr.dtype
-    code = DTYPE_CODE.get(dt.name) if dt.isnative and dt.fields is None else None
+    code = _numpy_code(arr.dtype)
     if code is None:
+        dt = arr.dtype
         raise UnsupportedError(f"{_where(path)}: numpy dtype {dt.str} ({dt.name}) is not supported "
                                f"(ckpt stores {', '.join(_DTYPE_NAMES)}; native byte order)")
-    if not arr.flags.c_contiguous:
+    flags = arr.flags
+    if not flags.c_contiguous:
         raise InvalidArgumentError(f"{_where(path)}: the numpy array is not C-contiguous (pass "
                                    "numpy.ascontiguousarray(x))")
-    if for_restore and not arr.flags.writeable:
+    if for_restore and not flags.writeable:
         raise InvalidArgumentError(f"{_where(path)}: the numpy array is read-only and cannot be "
                                    "restored into")
-    return (code, arr.shape, arr.__array_interface__["data"][0], bool(arr.flags.writeable))
+    return (code, arr.shape, arr.__array_interface__["data"][0], flags.writeable)
 
 
 def _tensor_leaf(t, path: str) -> Tuple[int, tuple, int, bool]:
+    if not _torch_codes:
+        torch = _torch()
+        for name, code in DTYPE_CODE.items():
+            tdt = getattr(torch, name, None)
+            if isinstance(tdt, torch.dtype):
+                _torch_codes[tdt] = code
+    code = _torch_codes.get(t.dtype)
+    if (code is None or not t.is_cpu or t.layout is not _torch().strided or not t.is_contiguous()
+            or t.is_neg()):
+        _tensor_problem(t, path)
+    return (code, tuple(t.shape), t.data_ptr(), True)
+
+
+def _tensor_problem(t, path: str) -> None:
+    """Raises what makes `t` unfit to be read in place (the checks of _tensor_leaf, spelled out)."""
     if t.device.type != "cpu":
         raise UnsupportedError(f"{_where(path)}: a {t.device.type} tensor cannot be read in place "
                                "(move it to the CPU first: tensor.cpu())")
     if t.layout is not _torch().strided:
         raise UnsupportedError(f"{_where(path)}: a tensor with layout {t.layout} is not supported "
                                "(only dense, strided tensors)")
-    name = str(t.dtype).replace("torch.", "")
-    code = DTYPE_CODE.get(name)
-    if code is None:
+    if t.dtype not in _torch_codes:
         raise UnsupportedError(f"{_where(path)}: torch dtype {t.dtype} is not supported (ckpt "
                                f"stores {', '.join(_DTYPE_NAMES)})")
     if not t.is_contiguous():
         raise InvalidArgumentError(f"{_where(path)}: the tensor is not contiguous (pass "
                                    "tensor.contiguous())")
-    if t.is_conj() or t.is_neg():
-        raise UnsupportedError(f"{_where(path)}: a tensor with a lazy conjugate or negation bit "
-                               "(call resolve_conj() / resolve_neg())")
-    return (code, tuple(t.shape), t.data_ptr(), True)
+    raise UnsupportedError(f"{_where(path)}: a tensor with a lazy negation bit (call "
+                           "resolve_neg())")
 
 
 # --- saving -----------------------------------------------------------------------------------
@@ -222,10 +250,10 @@ def flatten(tree: Any) -> Flattened:
             node_list = [walk(x, _join(path, str(i)), depth + 1) for i, x in enumerate(obj)]
             active.discard(id(obj))
             if t is tuple:
-                out.nodes[path] = {"type": "tuple"}
+                out.nodes[path] = "tuple"
             return node_list
         if obj is None:
-            out.nodes[path] = {"type": "none"}
+            out.nodes[path] = "none"
             return {}
         if isinstance(obj, np.ndarray):
             leaf = _numpy_leaf(obj, path, False)
@@ -234,18 +262,16 @@ def flatten(tree: Any) -> Flattened:
         if _is_tensor(obj):
             leaf = _tensor_leaf(obj, path)
             out.keep.append(obj)
-            out.nodes[path] = {"type": "torch"}
+            out.nodes[path] = "torch"
             return leaf
         arr, kind = _scalar_array(obj, path)
         if arr.dtype.name not in DTYPE_CODE:
             raise UnsupportedError(f"{_where(path)}: numpy scalar of dtype {arr.dtype} is not "
                                    "supported")
         out.keep.append(arr)
-        out.nodes[path] = {"type": kind}
+        out.nodes[path] = kind
         return (DTYPE_CODE[arr.dtype.name], arr.shape, arr.__array_interface__["data"][0], False)
 
-    if isinstance(tree, (dict, list, tuple)) and type(tree) not in (dict, OrderedDict, list, tuple):
-        raise UnsupportedError(f"(root): container type {type(tree).__qualname__} is not supported")
     out.tree = walk(tree, "", 0)
     return out
 
@@ -304,6 +330,8 @@ def from_structure(structure, nodes: Dict[str, Any]):
 
     def walk(s, path: str):
         entry = nodes.get(path)
+        if isinstance(entry, str):
+            entry = {"type": entry}
         kind = entry.get("type") if entry else None
         if isinstance(s, dict):
             if kind == "none":

@@ -17,10 +17,10 @@ namespace {
 
 class Dispatcher {
  public:
-  // False when the dispatcher has stopped (the item is dropped).
+  // False once shutdown() began (the item is dropped, never run).
   bool push(std::function<void()> fn) {
     std::lock_guard lock(mu_);
-    if (stopped_) return false;
+    if (stopping_ || stopped_) return false;
     if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
     queue_.push_back(std::move(fn));
     ++pushed_;

@@ -165,3 +165,60 @@ def test_closed_runtime_refuses_work(tmp_path):
     rt.close()
     with pytest.raises(ckpt.InvalidArgumentError, match="closed"):
         rt.save(tmp_path / "c", {"a": np.ones(1)})
+
+
+def test_every_errc_maps_to_its_class():
+    from ckpt import errors
+    expected = {"io": errors.CheckpointIOError, "no_space": errors.NoSpaceError,
+                "not_found": errors.NotFoundError, "corrupt": errors.CorruptError,
+                "unsupported": errors.UnsupportedError,
+                "invalid_argument": errors.InvalidArgumentError,
+                "mismatch": errors.MismatchError, "path_escape": errors.PathEscapeError,
+                "timeout": errors.IOTimeoutError, "cancelled": errors.CancelledError,
+                "skipped": errors.SkippedError, "busy": errors.BusyError}
+    for code, cls in expected.items():
+        e = errors._make(code, "m", "/p", 5)
+        assert type(e) is cls and e.code == code and e.path == "/p" and e.errno == 5
+        assert isinstance(e, ckpt.CheckpointError)
+    assert isinstance(errors._make("timeout", "m"), TimeoutError)
+    assert isinstance(errors._make("no_space", "m"), ckpt.CheckpointIOError)
+
+
+def test_a_run_directory_held_by_another_process_raises_busy_naming_its_pid(tmp_path):
+    import subprocess
+    import sys
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import ckpt, sys, time\n"
+         "rt = ckpt.Runtime(); rt.claim_run_dir(sys.argv[1]); print('held', flush=True)\n"
+         "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with ckpt.Runtime(lock_wait=0.1) as rt:
+            with pytest.raises(ckpt.BusyError, match=str(holder.pid)):
+                rt.claim_run_dir(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+
+
+def test_the_gil_is_released_while_a_restore_reads(rt, tmp_path):
+    rt.save(tmp_path / "c", {"w": np.ones(48 << 17)}).result()
+    ticks = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks.append(1)
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        n0 = len(ticks)
+        rt.restore(tmp_path / "c", {"w": np.zeros(48 << 17)})
+        n1 = len(ticks)
+    finally:
+        stop.set()
+        t.join()
+    assert n1 - n0 > 3, "the other thread made no progress while the restore read"

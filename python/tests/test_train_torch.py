@@ -60,4 +60,5 @@ def test_killed_at_random_and_resumed_it_prints_the_uninterrupted_digest(tmp_pat
         kills += 1
     assert hits >= 2, f"only {hits} of {kills} kills hit a running job"
     resumed = final(run_to_end("--dir", d, "--resume", *ARGS))
+    print(f"kills={kills} hits={hits} digest={resumed[1]} uninterrupted={straight[1]}")
     assert resumed == straight, (resumed, straight)
