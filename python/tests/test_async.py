@@ -126,26 +126,32 @@ def test_path_escape_and_bad_suffix_raise_at_once(rt, tmp_path):
     assert e.value.code in ("path_escape", "invalid_argument")
 
 
-def test_the_gil_is_released_while_a_save_copies_and_waits(rt, tmp_path):
-    ticks = []
-    stop = threading.Event()
+class Spinner:
+    """A Python thread counting ticks: it only advances while nobody holds the GIL long."""
 
-    def spin():
-        while not stop.is_set():
-            ticks.append(1)
+    def __enter__(self):
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin)
+        self._thread.start()
+        return self
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.ticks += 1
             time.sleep(0.0005)
 
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
-        big = {"w": np.ones(48 << 17)}  # 48 MiB: the copy and the write take a while
-        n0 = len(ticks)
-        h = rt.save(tmp_path / "c", big)
-        h.result(timeout=60)
-        n1 = len(ticks)
-    finally:
-        stop.set()
-        t.join()
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_the_gil_is_released_while_a_save_copies_and_waits(rt, tmp_path):
+    big = {"w": np.ones(48 << 17)}  # 48 MiB: the copy and the write take a while
+    with Spinner() as s:
+        n0 = s.ticks
+        rt.save(tmp_path / "c", big).result(timeout=60)
+        n1 = s.ticks
     assert n1 - n0 > 3, "the other thread made no progress while the save copied and waited"
 
 
@@ -204,21 +210,8 @@ def test_a_run_directory_held_by_another_process_raises_busy_naming_its_pid(tmp_
 
 def test_the_gil_is_released_while_a_restore_reads(rt, tmp_path):
     rt.save(tmp_path / "c", {"w": np.ones(48 << 17)}).result()
-    ticks = []
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set():
-            ticks.append(1)
-            time.sleep(0.0005)
-
-    t = threading.Thread(target=spin)
-    t.start()
-    try:
-        n0 = len(ticks)
+    with Spinner() as s:
+        n0 = s.ticks
         rt.restore(tmp_path / "c", {"w": np.zeros(48 << 17)})
-        n1 = len(ticks)
-    finally:
-        stop.set()
-        t.join()
+        n1 = s.ticks
     assert n1 - n0 > 3, "the other thread made no progress while the restore read"
