@@ -6,6 +6,7 @@
 // records reach Python through the dispatcher thread (bind.h), never from the Runtime's threads.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "io/error.h"
@@ -28,6 +29,8 @@ nanoseconds to_ns(double seconds) {
   return duration_cast<nanoseconds>(duration<double>(std::min(seconds, 1e9)));
 }
 double seconds(nanoseconds ns) { return duration<double>(ns).count(); }
+// How often a blocking wait lets Python run its signal handlers (KeyboardInterrupt).
+constexpr double kSignalCheck = 0.1;
 
 Backpressure parse_backpressure(const std::string& s) {
   if (s == "block") return Backpressure::block;
@@ -50,14 +53,28 @@ class PyHandle {
  public:
   explicit PyHandle(Handle h) : h_(std::move(h)) {}
   bool done() const { return h_.done(); }
+  // Blocks until done and rethrows the failure; Ctrl-C (any signal handler that raises)
+  // interrupts the wait.
   void wait() const {
+    while (!wait_for(kSignalCheck)) {
+    }
     py::gil_scoped_release nogil;
     h_.wait();
   }
+  // Waits in slices with the GIL released, running Python's signal handlers between them.
   bool wait_for(double timeout) const {
-    auto ns = to_ns(timeout);
-    py::gil_scoped_release nogil;
-    return h_.wait_for(ns);
+    const auto deadline = steady_clock::now() + to_ns(timeout);
+    for (;;) {
+      const auto left = deadline - steady_clock::now();
+      bool done = false;
+      {
+        py::gil_scoped_release nogil;
+        done = h_.wait_for(std::clamp<nanoseconds>(left, nanoseconds(0), to_ns(kSignalCheck)));
+      }
+      if (done) return true;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (steady_clock::now() >= deadline) return false;
+    }
   }
   py::object error() const {
     std::exception_ptr e = h_.error();
