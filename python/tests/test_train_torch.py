@@ -38,6 +38,8 @@ def test_killed_at_random_and_resumed_it_prints_the_uninterrupted_digest(tmp_pat
                      "--save-every", "0")
     straight = final(out)
     assert straight[0] == "60"
+    steps_per_s = float(re.search(r"throughput steps_per_s=([0-9.]+)", out).group(1))
+    train_s = 60 / steps_per_s  # how long training lasts here, start-up aside
     assert os.listdir(tmp_path / "straight" / "general" / "default" / "train_torch" / "step") == \
         ["60"]
 
@@ -47,11 +49,12 @@ def test_killed_at_random_and_resumed_it_prints_the_uninterrupted_digest(tmp_pat
     while kills < 3:
         p = subprocess.Popen([sys.executable, script(), "--dir", d, "--resume", *ARGS],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # Kill once training runs (imports take seconds), at a random moment after it starts.
+        # Kill once training runs (imports take seconds), at a random moment in the first half of
+        # an uninterrupted run's training time.
         for line in p.stdout:
             if line.startswith("train_torch:"):
                 break
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.5 * train_s))
         if p.poll() is None:
             hits += 1
         p.send_signal(signal.SIGKILL)
