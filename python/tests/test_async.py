@@ -215,3 +215,10 @@ def test_the_gil_is_released_while_a_restore_reads(rt, tmp_path):
         rt.restore(tmp_path / "c", {"w": np.zeros(48 << 17)})
         n1 = s.ticks
     assert n1 - n0 > 3, "the other thread made no progress while the restore read"
+
+
+def test_unknown_runtime_options_are_refused():
+    with pytest.raises(ckpt.InvalidArgumentError, match="unknown Runtime option 'bogus'"):
+        ckpt.Runtime(bogus=1)
+    with pytest.raises(ckpt.InvalidArgumentError, match="backpressure"):
+        ckpt.Runtime(backpressure="maybe")

@@ -212,3 +212,21 @@ def test_cpp_checkpoints_are_listed_inspected_and_restored_by_python_and_back(tm
         assert digest(out) == straight
     finally:
         ckpt.set_default_runtime(None)
+
+
+class AsyncCounter(Counter, key="test_async_counter"):
+    async def run(self):
+        while self.step < self.args.steps:
+            self.step += 1
+            self.w += 1
+            suffix = f"step/{self.step}"
+            await self.save_tree_and_metadata(suffix, self.state(), {"step": self.step})
+            await self.register(suffix)
+        self.finish()
+
+
+def test_an_async_run_awaits_its_saves_and_registrations(spec):
+    job = AsyncCounter(spec, CounterConfig(steps=2))
+    ckpt.job.run(job)
+    assert job.done() and AsyncCounter.latest(spec) == "step/2"
+    assert job.get_metadata("step/2") == {"step": 2}
