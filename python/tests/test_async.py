@@ -209,12 +209,13 @@ def test_a_run_directory_held_by_another_process_raises_busy_naming_its_pid(tmp_
 
 
 def test_the_gil_is_released_while_a_restore_reads(rt, tmp_path):
-    rt.save(tmp_path / "c", {"w": np.ones(48 << 17)}).result()
+    rt.save(tmp_path / "c", {"w": np.ones(96 << 17)}).result()
     with Spinner() as s:
         n0 = s.ticks
-        rt.restore(tmp_path / "c", {"w": np.zeros(48 << 17)})
+        rt.restore(tmp_path / "c", {"w": np.zeros(96 << 17)})
         n1 = s.ticks
-    assert n1 - n0 > 3, "the other thread made no progress while the restore read"
+    # Held through the read, the GIL would let the spinner tick at most once at the boundary.
+    assert n1 - n0 >= 3, "the other thread made no progress while the restore read"
 
 
 def test_unknown_runtime_options_are_refused():
