@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _ckpt
 from ._handles import RegisterHandle, SaveHandle
-from ._tree import PYTREE_FILE, flatten, from_structure, from_template
+from ._tree import PYTREE_FILE, from_structure, from_template
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -55,14 +55,12 @@ class Runtime:
              retention: Optional[Dict[str, Any]] = None) -> SaveHandle:
         """Starts a save of `tree` and `metadata` (a JSON-able dict) as the checkpoint
         directory `path`. Errors in the tree are raised here, before anything is written."""
-        flat = flatten(tree)
-        files = dict(extra_files or {})
-        files[PYTREE_FILE] = flat.pytree_json()
-        c = self._c.save(os.fspath(path), flat.tree, metadata if metadata is not None else {}, mode,
-                         backpressure, files, os.fspath(run_dir), retention or {})
+        c, keep = self._c.save(os.fspath(path), tree, metadata if metadata is not None else {},
+                               mode, backpressure, dict(extra_files or {}), os.fspath(run_dir),
+                               retention or {})
         if mode == "sync":
             return SaveHandle(c)
-        handle = SaveHandle(c, flat.keep)
+        handle = SaveHandle(c, keep)
         with self._mu:
             self._prune()
             self._pending.append(handle)

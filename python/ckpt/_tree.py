@@ -18,9 +18,12 @@ An entry is the node's type, or an object with "type" and the dict's "keys" / "m
 A node without an entry is a plain dict with str keys in sorted order, a list, or a numpy array:
 exactly what a C++ checkpoint holds, so C++ checkpoints restore as dicts of numpy arrays.
 
-Saving reads array memory in place: the leaves handed to C++ are (dtype, shape, address), so the
-runtime's snapshot copy is the only copy. Everything that cannot be saved exactly is refused,
-naming the path, before anything is written.
+Saving walks the tree in C++ (python/src/flatten.cc), which builds views of the leaves' own
+memory, so the runtime's snapshot copy is the only copy; for anything but the accepted shapes it
+calls the helpers below (_tree_key, _numpy_leaf, _tensor_problem, _scalar_array), which raise the
+error naming the path, so that both sides word errors alike. Everything that cannot be saved
+exactly is refused before anything is written. Restoring (from_structure, from_template) is
+here.
 """
 
 from __future__ import annotations
@@ -152,8 +155,6 @@ def _tensor_problem(t, path: str) -> None:
                            "resolve_neg())")
 
 
-# --- saving -----------------------------------------------------------------------------------
-
 def _scalar_array(obj, path: str) -> Tuple[np.ndarray, str]:
     t = type(obj)
     if t is bool:
@@ -179,101 +180,6 @@ def _scalar_array(obj, path: str) -> Tuple[np.ndarray, str]:
     raise UnsupportedError(f"{_where(path)}: a {t.__module__}.{t.__qualname__} cannot be saved "
                            "(leaves are numpy arrays, CPU torch tensors and scalars; containers "
                            "are dict, OrderedDict, list, tuple and None)")
-
-
-class Flattened:
-    """A pytree prepared for the C++ runtime: ``tree`` (dict / list / leaf tuples), ``nodes``
-    (pytree.json's entries) and ``keep`` (every object whose memory the leaves point into)."""
-
-    def __init__(self) -> None:
-        self.nodes: Dict[str, Any] = {}
-        self.keep: List[Any] = []
-        self.tree: Any = None
-
-    def pytree_json(self) -> str:
-        return _ckpt.dumps({"format": "ckpt.pytree", "version": 1, "nodes": self.nodes},
-                           "pytree.json")
-
-
-def _container_entry(obj, path: str, keys: List[str], original: list) -> Optional[dict]:
-    entry: Dict[str, Any] = {}
-    if type(obj) is OrderedDict:
-        entry["type"] = "odict"
-        meta = getattr(obj, "_metadata", None)
-        if meta is not None:
-            try:
-                _ckpt.dumps({"m": meta}, "pytree.json")
-                entry["meta"] = meta
-            except Exception:
-                pass  # metadata that is not JSON is not kept (torch's is)
-    if any(type(k) is not str for k in original) or keys != sorted(keys):
-        entry["keys"] = original
-    if entry:
-        entry.setdefault("type", "dict")
-        return entry
-    return None
-
-
-def flatten(tree: Any) -> Flattened:
-    """Prepares `tree` for saving; raises (naming the path) what cannot be saved exactly."""
-    out = Flattened()
-    active: set = set()
-
-    def walk(obj, path: str, depth: int):
-        if depth > MAX_DEPTH:
-            raise InvalidArgumentError(f"{_where(path)[:200]}...: the tree nests deeper than "
-                                       f"{MAX_DEPTH} levels")
-        t = type(obj)
-        if t is dict or t is OrderedDict:
-            if id(obj) in active:
-                raise InvalidArgumentError(f"{_where(path)}: the tree contains a cycle (this dict "
-                                           "contains itself)")
-            active.add(id(obj))
-            node: Dict[str, Any] = {}
-            original = list(obj.keys())
-            for k in original:
-                tk = _tree_key(k, path)
-                if tk in node:
-                    raise InvalidArgumentError(f"{_where(path)}: keys {tk!r} and {int(tk)} collide "
-                                               "(a dict may not hold both)")
-                node[tk] = walk(obj[k], _join(path, tk), depth + 1)
-            active.discard(id(obj))
-            entry = _container_entry(obj, path, list(node), original)
-            if entry is not None:
-                out.nodes[path] = entry
-            return node
-        if t is list or t is tuple:
-            if id(obj) in active:
-                raise InvalidArgumentError(f"{_where(path)}: the tree contains a cycle (this list "
-                                           "contains itself)")
-            active.add(id(obj))
-            node_list = [walk(x, _join(path, str(i)), depth + 1) for i, x in enumerate(obj)]
-            active.discard(id(obj))
-            if t is tuple:
-                out.nodes[path] = "tuple"
-            return node_list
-        if obj is None:
-            out.nodes[path] = "none"
-            return {}
-        if isinstance(obj, np.ndarray):
-            leaf = _numpy_leaf(obj, path, False)
-            out.keep.append(obj)
-            return leaf
-        if _is_tensor(obj):
-            leaf = _tensor_leaf(obj, path)
-            out.keep.append(obj)
-            out.nodes[path] = "torch"
-            return leaf
-        arr, kind = _scalar_array(obj, path)
-        if arr.dtype.name not in DTYPE_CODE:
-            raise UnsupportedError(f"{_where(path)}: numpy scalar of dtype {arr.dtype} is not "
-                                   "supported")
-        out.keep.append(arr)
-        out.nodes[path] = kind
-        return (DTYPE_CODE[arr.dtype.name], arr.shape, arr.__array_interface__["data"][0], False)
-
-    out.tree = walk(tree, "", 0)
-    return out
 
 
 # --- restoring --------------------------------------------------------------------------------

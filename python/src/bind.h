@@ -48,8 +48,20 @@ class PyCallback {
   PyObject* fn_;
 };
 
+// --- flatten.cc ------------------------------------------------------------------------------
+// A pytree prepared for a save: the tree of views into the leaves' memory (Python scalars get
+// small owned arrays), pytree.json (ckpt/_tree.py describes it) and every object whose memory
+// the tree points into. Raises (ckpt.errors, naming the path) what cannot be saved exactly.
+inline constexpr const char* kPytreeFile = "pytree.json";
+struct Flattened {
+  Tree tree;
+  std::string pytree_json;
+  py::list keep;
+};
+Flattened flatten_pytree(py::handle root);
+
 // --- convert.cc ------------------------------------------------------------------------------
-// A normalized tree from ckpt/_tree.py: dict (str keys), list, or leaf tuple
+// A normalized restore template from ckpt/_tree.py: dict (str keys), list, or leaf tuple
 // (dtype code, shape tuple, data address, writable).
 Tree to_tree(py::handle node, std::size_t depth = 0);
 // The checkpoint's structure from its manifest: dict, list, leaf tuple (dtype name, shape).

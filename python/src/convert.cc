@@ -1,4 +1,5 @@
 // Conversions between Python objects and ckpt trees, JSON and errors (bind.h).
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -55,10 +56,17 @@ Tree to_tree(py::handle node, std::size_t depth) {
                 "tree nests deeper than " + std::to_string(kMaxTreeDepth) + " levels");
   }
   if (PyDict_Check(node.ptr())) {
-    Tree t;
+    // Inserted in key order, so that each insertion appends (Tree keeps keys sorted; a
+    // state_dict's insertion order would make each one shift the keys after it).
+    std::vector<std::pair<std::string, py::handle>> items;
+    items.reserve(PyDict_Size(node.ptr()));
     for (auto [key, child] : py::reinterpret_borrow<py::dict>(node)) {
-      t[key.cast<std::string>()] = to_tree(child, depth + 1);
+      items.emplace_back(key.cast<std::string>(), child);
     }
+    std::sort(items.begin(), items.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    Tree t;
+    for (auto& [key, child] : items) t[key] = to_tree(child, depth + 1);
     return t;
   }
   if (PyList_Check(node.ptr())) {

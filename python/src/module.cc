@@ -1,6 +1,7 @@
 // ckpt._ckpt: the pybind11 binding of ckpt::Runtime, its handles and the jobs layer's path and
-// catalog rules. The Python package (python/ckpt) builds the public API on it: pytrees are
-// normalized there (ckpt/_tree.py) and arrive here as dict/list/leaf tuples of raw addresses.
+// catalog rules. The Python package (python/ckpt) builds the public API on it. A pytree to save
+// is walked here (flatten.cc); a restore template arrives normalized by ckpt/_tree.py as
+// dict/list/leaf tuples of raw addresses.
 //
 // The GIL is released around everything that copies, waits, reads or drains. Completions and log
 // records reach Python through the dispatcher thread (bind.h), never from the Runtime's threads.
@@ -149,7 +150,8 @@ class PyRuntime {
   }
   bool closed() const { return rt_ == nullptr; }
 
-  PySaveHandle save(const std::string& path, py::handle tree, py::handle metadata,
+  // Returns (handle, the objects whose memory the save reads).
+  py::tuple save(const std::string& path, py::handle tree, py::handle metadata,
                     const std::string& mode, py::object backpressure,
                     std::map<std::string, std::string> extra_files, const std::string& run_dir,
                     py::dict retention) {
@@ -172,9 +174,18 @@ class PyRuntime {
     }
     boost::json::value meta = to_json(metadata, "metadata");
     if (!meta.is_object()) throw Error(Errc::invalid_argument, "metadata must be a dict");
-    Tree t = to_tree(tree);
-    py::gil_scoped_release nogil;
-    return PySaveHandle(rt.save(path, t, meta.get_object(), o));
+    if (o.extra_files.count(kPytreeFile) != 0) {
+      throw Error(Errc::invalid_argument, std::string("extra file name '") + kPytreeFile +
+                                              "' is reserved for the tree's Python types");
+    }
+    Flattened flat = flatten_pytree(tree);
+    o.extra_files[kPytreeFile] = std::move(flat.pytree_json);
+    SaveHandle h;
+    {
+      py::gil_scoped_release nogil;
+      h = rt.save(path, flat.tree, meta.get_object(), o);
+    }
+    return py::make_tuple(PySaveHandle(std::move(h)), std::move(flat.keep));
   }
 
   PyRegisterHandle register_latest(const std::string& run_dir, const std::string& suffix) {
