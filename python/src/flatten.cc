@@ -127,7 +127,12 @@ class Walker {
       if (PyUnicode_CheckExact(key)) {
         Py_ssize_t size = 0;
         const char* s = PyUnicode_AsUTF8AndSize(key, &size);
-        if (s == nullptr) throw py::error_already_set();
+        if (s == nullptr) {
+          PyErr_Clear();
+          throw Error(Errc::invalid_argument,
+                      where(path) + ": dict key " + py::repr(key).cast<std::string>() +
+                          " is not valid Unicode");
+        }
         tk.assign(s, static_cast<std::size_t>(size));
         if (tk.empty() || tk.find('/') != std::string::npos) python_key_error(key, path);
         original.emplace_back(tk);

@@ -67,6 +67,9 @@ def test_a_bare_array_is_a_tree(rt, tmp_path):
     ({"a": {1: 1, "1": 2}}, "a", "collide"),
     ({"a": [set()]}, "a/0", "set"),
     ({"a": 1 << 70}, "a", "64 bits"),
+    ({"a": {"b": "\ud800"}}, "a/b", "Unicode"),
+    ({"a": {"\ud800": 1}}, "a", "Unicode"),
+    ({"a": (1, frozenset())}, "a/1", "frozenset"),
 ])
 def test_bad_trees_are_refused_naming_the_path_before_anything_is_written(rt, tmp_path, bad, where,
                                                                           words):
