@@ -7,7 +7,7 @@ ifeq ($(CI),true)
 CMAKE_FLAGS += -DCKPT_WERROR=ON
 endif
 
-.PHONY: all setup build demo test test-asan test-tsan test-fuzz clean
+.PHONY: all setup build demo test install test-install test-asan test-tsan test-fuzz clean
 
 all: build
 
@@ -26,9 +26,19 @@ demo: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 600
 
-# Sanitizer builds of the whole suite (run by .ci/run), at -O1 without full debug info to keep
-# CI within its time budget.
-SAN_FLAGS = -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1"
+# The C++ libraries, headers, CMake package (find_package(ckpt CONFIG) -> ckpt::ckpt), the `ckpt`
+# tool and the Python package, under PREFIX.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+# Installs into a temporary prefix and builds a consumer project against it (run by .ci/run).
+test-install: build
+	bash scripts/test_install.sh $(BUILD)
+
+# Sanitizer builds of the whole suite (run by .ci/run), at -O1 without full debug info and without
+# the benchmarks, to keep CI within its time budget.
+SAN_FLAGS = -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1" -DCKPT_BENCH=OFF
 test-asan: setup
 	cmake -S . -B build-asan -DCKPT_SANITIZE=address $(SAN_FLAGS) $(CMAKE_FLAGS) >/dev/null
 	cmake --build build-asan -j$(JOBS)
