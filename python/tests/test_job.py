@@ -155,7 +155,7 @@ def test_paths_that_escape_are_refused(spec):
 # --- C++ train_loop <-> Python -----------------------------------------------------------------
 
 @dataclass
-class TrainConfig:  # examples/train_loop.cc's TrainConfig
+class TrainConfig:  # examples/train_loop.cc's TrainConfig, member for member (configs are strict)
     steps: int = 2000
     save_every: int = 200
     state_mb: int = 64
@@ -166,6 +166,7 @@ class TrainConfig:  # examples/train_loop.cc's TrainConfig
     momentum: float = 0.9
     hidden: int = 64
     batch: int = 64
+    sweep: bool = False
 
 
 class TrainLoop(RestoreableJob[TrainConfig], key="train_loop"):
