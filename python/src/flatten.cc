@@ -202,20 +202,35 @@ class Walker {
     return Array::view(static_cast<DType>(code), std::move(shape), arr.data());
   }
 
+  // t.<name> and t.<name>() through the interned names.
+  static py::object get(py::handle t, const py::str& name) { return t.attr(name); }
+  static py::object call(py::handle t, const py::str& name) {
+    return py::reinterpret_steal<py::object>(
+        check(PyObject_CallMethodNoArgs(t.ptr(), name.ptr())));
+  }
+  static PyObject* check(PyObject* result) {
+    if (result == nullptr) throw py::error_already_set();
+    return result;
+  }
+
   Tree tensor_leaf(py::handle t, const std::string& path) {
-    py::object dtype = t.attr("dtype");
+    py::object dtype = get(t, s_dtype_);
     int code = -1;
     for (const auto& [dt, c] : torch_codes_) {
       if (dt.is(dtype)) code = c;
     }
-    if (code < 0 || t.attr("is_cpu").ptr() != Py_True || !strided_.is(t.attr("layout")) ||
-        t.attr("is_contiguous")().ptr() != Py_True || t.attr("is_neg")().ptr() != Py_False) {
+    if (code < 0 || get(t, s_is_cpu_).ptr() != Py_True || !strided_.is(get(t, s_layout_)) ||
+        call(t, s_is_contiguous_).ptr() != Py_True || call(t, s_is_neg_).ptr() != Py_False) {
       tree_py_.attr("_tensor_problem")(t, path);  // raises, naming the path
       throw Error(Errc::unsupported, where(path) + ": unsupported tensor");
     }
     Shape shape;
-    for (py::handle d : t.attr("shape")) shape.push_back(d.cast<std::uint64_t>());
-    void* data = PyLong_AsVoidPtr(t.attr("data_ptr")().ptr());
+    py::object size = get(t, s_shape_);  // torch.Size, a tuple
+    const Py_ssize_t rank = PyTuple_Size(size.ptr());
+    for (Py_ssize_t i = 0; i < rank; ++i) {
+      shape.push_back(PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(size.ptr(), i)));
+    }
+    void* data = PyLong_AsVoidPtr(call(t, s_data_ptr_).ptr());
     keep_.append(t);
     nodes_[path] = "torch";
     return Array::view(static_cast<DType>(code), std::move(shape), data);
@@ -269,6 +284,9 @@ class Walker {
     return leaf;
   }
 
+  const py::str s_dtype_{"dtype"}, s_is_cpu_{"is_cpu"}, s_layout_{"layout"},
+      s_is_contiguous_{"is_contiguous"}, s_is_neg_{"is_neg"}, s_shape_{"shape"},
+      s_data_ptr_{"data_ptr"};
   py::module_ tree_py_;
   py::object odict_;
   py::object tensor_type_;
