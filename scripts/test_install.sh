@@ -15,8 +15,18 @@ cmake --build "$tmp/consumer" -j"$(nproc)" >/dev/null
 "$tmp/prefix/bin/ckpt" verify "$tmp/run/step/42" >/dev/null
 pkg=$(find "$tmp/prefix" -path '*dist-packages/ckpt/__init__.py' -print -quit)
 if [[ -n "$pkg" ]]; then
-  PYTHONPATH=$(dirname "$(dirname "$pkg")") /usr/bin/python3 -c \
-    "import ckpt, sys; sys.exit(0 if ckpt.__file__.startswith('$tmp') else 1)"
-  echo "install: python package imports from $(dirname "$pkg")"
+  PYTHONPATH=$(dirname "$(dirname "$pkg")") /usr/bin/python3 - "$tmp" <<'PY'
+import sys
+import numpy as np
+import ckpt
+tmp = sys.argv[1]
+assert ckpt.__file__.startswith(tmp), f"imported {ckpt.__file__}, not the installed package"
+w = np.arange(1000, dtype=np.float32)
+with ckpt.Runtime() as rt:
+    rt.save(f"{tmp}/py/step/1", {"w": w, "step": 1}).result()
+    tree, _ = rt.restore(f"{tmp}/py/step/1")
+assert tree["step"] == 1 and np.array_equal(tree["w"], w), "restored tree differs"
+PY
+  echo "install: python package imports, saves and restores from $(dirname "$pkg")"
 fi
 echo "install: consumer built with find_package(ckpt) and ran against $tmp/prefix"
