@@ -3,7 +3,7 @@
 overhead against the same loop with no checkpoints, runs interleaved in one sitting.
 
     bench/overhead.py --dir /tmp/overhead --workload train_loop --state-mb 512
-    PYTHONPATH=build/python bench/overhead.py --dir /tmp/overhead --workload torch
+    bench/overhead.py --dir /tmp/overhead --workload torch      # PYTHONPATH: build/python
     bench/overhead.py --dir /tmp/overhead --workload train_loop --pin 0,1   # loop / ckpt CPUs
 
 Variants, each run ROUNDS times in an order shuffled per round (a fixed seed), so drift of the
@@ -76,7 +76,10 @@ def run_one(args, workload, v, scratch):
     times_path = os.path.join(scratch, "steps.txt")
     cmd = command(args, workload, v, run_dir, times_path)
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ)
+    env.setdefault("PYTHONPATH", os.path.join(ROOT, "build", "python"))
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env)
     wall = time.perf_counter() - t0
     shutil.rmtree(run_dir, ignore_errors=True)
     if done.returncode != 0:

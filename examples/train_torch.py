@@ -13,8 +13,12 @@ the run that was never interrupted.
     PYTHONPATH=build/python python3 examples/train_torch.py --dir ./checkpoints --resume --steps 100
 
 The last two lines are `throughput steps_per_s=X` (training steps of this process over the time
-spent in them, save stalls included, start-up and the final durable wait excluded) and
+spent in them, periodic save stalls included; start-up and the final save excluded) and
 `final step=N digest=HEX` (SHA-256 over every parameter, buffer and optimizer tensor).
+
+For bench/overhead.py: --step-times FILE writes each step's duration in ms; --saver torch saves
+with torch.save + fsync of the file and its directory on the loop's thread instead of ckpt (no
+registration, no resume); --pin LOOP,CKPT runs the loop on one CPU and ckpt's threads on another.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -86,7 +91,8 @@ class TrainTorch(RestoreableJob[TrainTorchConfig], key="train_torch"):
         torch.manual_seed(c.seed + 1)  # dropout's stream, saved with every checkpoint
         self.set_retention(max_to_keep=max(c.keep, 1), prefix="step/")
         self.failed_saves = 0
-        self.steps_per_s = 0.0
+        self.step_ms = []  # each training step of this process, in ms
+        self.saver = "ckpt"  # or "torch": torch.save + fsync, for comparison (bench/overhead.py)
 
     def state(self):
         return {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
@@ -122,12 +128,37 @@ class TrainTorch(RestoreableJob[TrainTorchConfig], key="train_torch"):
             self.failed_saves += 1
             say(f"save {handle.path} FAILED")
 
+    @property
+    def steps_per_s(self) -> float:
+        total = sum(self.step_ms)
+        return len(self.step_ms) * 1e3 / total if total > 0 else 0.0
+
+    def torch_save(self, suffix):
+        """torch.save of the same state, durable: a new file, fsynced, renamed, directory fsynced."""
+        d = os.path.join(ckpt.job.run_dir(self.spec), "torch")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, suffix.replace("/", "-") + ".pt")
+        with open(path + ".tmp", "wb") as f:
+            torch.save(self.state(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._torch_last and self._torch_last != path:
+            os.remove(self._torch_last)  # keep one, as retention would
+        self._torch_last = path
+
     def run(self):
         c = self.config
         pending = None  # overlapped: the save whose copy must finish before the next update
-        start_step, t0 = self.step, time.perf_counter()
         final = last_reg = None
+        self._torch_last = None
         while self.step < c.steps:
+            t_step = time.perf_counter()
             self.model.train()
             x, y = self.batch(self.step)
             self.opt.zero_grad(set_to_none=True)
@@ -139,7 +170,12 @@ class TrainTorch(RestoreableJob[TrainTorchConfig], key="train_torch"):
             self.opt.step()
             self.step += 1
             last = self.step == c.steps
-            if (c.save_every and self.step % c.save_every == 0) or last:
+            if last:  # the final save is not a training step
+                self.step_ms.append((time.perf_counter() - t_step) * 1e3)
+            if self.saver == "torch":
+                if c.save_every and self.step % c.save_every == 0:
+                    self.torch_save(f"step/{self.step}")
+            elif (c.save_every and self.step % c.save_every == 0) or last:
                 suffix = f"step/{self.step}"
                 h = self.save_tree_and_metadata(suffix, self.state(),
                                                 {"step": self.step, "loss": loss.item()},
@@ -153,8 +189,8 @@ class TrainTorch(RestoreableJob[TrainTorchConfig], key="train_torch"):
                     h.add_done_callback(self._report)  # fire and forget
                     if c.mode == "overlapped":
                         pending = h
-        elapsed = time.perf_counter() - t0
-        self.steps_per_s = (self.step - start_step) / elapsed if elapsed > 0 else 0.0
+            if not last:
+                self.step_ms.append((time.perf_counter() - t_step) * 1e3)
         if final is not None:
             t = final.result()  # the final save: wait until durable
             last_reg.result()
@@ -217,7 +253,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it)")
     p.add_argument("--engine", default="auto", choices=["auto", "uring", "threads"])
     p.add_argument("--resume", action="store_true", help="continue from latest")
+    p.add_argument("--saver", default="ckpt", choices=["ckpt", "torch"],
+                   help="torch: torch.save + fsync every --save-every steps (no resume)")
+    p.add_argument("--step-times", help="write each step's duration in ms to this file")
+    p.add_argument("--pin", help="LOOP_CPU,CKPT_CPU: the loop on one CPU, ckpt's threads on another")
     a = p.parse_args(argv)
+    if a.saver == "torch" and a.resume:
+        p.error("--saver torch cannot --resume (it saves for comparison only)")
+    pin = [int(x) for x in a.pin.split(",")] if a.pin else None
+    if pin is not None and len(pin) != 2:
+        p.error("--pin takes LOOP_CPU,CKPT_CPU")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     torch.set_num_threads(a.threads)
     torch.use_deterministic_algorithms(True)
@@ -227,10 +272,15 @@ def main(argv=None) -> int:
                                        batch=a.batch, keep=a.keep, width=a.width).items()
                  if v is not None}
     try:
+        if pin:
+            os.sched_setaffinity(0, {pin[1]})  # the Runtime's threads inherit this CPU
         rt = ckpt.Runtime(engine=a.engine)
+        if pin:
+            os.sched_setaffinity(0, {pin[0]})  # and the training loop runs on this one
         ckpt.set_default_runtime(rt)
         spec = ExecutionSpec.local(a.dir, "train_torch")
         job = resume_or_start(spec, TrainTorchConfig(), overrides, a.resume)
+        job.saver = a.saver
         c = job.config
         nbytes = sum(t.numel() * t.element_size() for t in job.model.state_dict().values())
         rt.reserve_staging(3 * nbytes + (1 << 20))
@@ -243,6 +293,9 @@ def main(argv=None) -> int:
             for e in report.errors:
                 print(f"train_torch: {e}", file=sys.stderr)
             return 1
+        if a.step_times:
+            with open(a.step_times, "w") as f:
+                f.writelines(f"{m:.4f}\n" for m in job.step_ms)
         say(f"throughput steps_per_s={job.steps_per_s:.3f}")
         say(f"final step={job.step} digest={job.digest()}")
         if job.failed_saves:
