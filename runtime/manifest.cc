@@ -108,6 +108,7 @@ std::uint64_t manifest_size_bound(const Manifest& m) {
   for (const auto* files : {&m.data_files, &m.json_files}) {
     for (const auto& f : *files) n += 64 + f.name.size();
   }
+  n += 64 * m.blocks.size();
   return n;
 }
 
@@ -142,8 +143,8 @@ void check_writable(const Manifest& m) {
                          abbreviate(fmt::format("{}", fmt::join(parts, "/"))), kMaxTreeDepth));
     }
   }
-  std::size_t tables =
-      1 + m.nodes.size() + m.leaves.size() + m.data_files.size() + m.json_files.size();
+  std::size_t tables = 1 + m.nodes.size() + m.leaves.size() + m.data_files.size() +
+                       m.json_files.size() + m.blocks.size();
   for (const auto& l : m.leaves) tables += l.extents.size();
   if (tables > kMaxManifestTables) {
     refuse(fmt::format("the tree needs {} manifest tables, above the readers' limit of {}", tables,
@@ -187,6 +188,14 @@ std::string encode_manifest(const Manifest& m) {
       out.push_back(fb::CreateFileEntry(b, b.CreateString(f.name), f.size, f.crc32c));
     return b.CreateVector(out);
   };
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Block>>> blocks;
+  if (m.format_version != kFormatVersion1) {
+    std::vector<flatbuffers::Offset<fb::Block>> out;
+    out.reserve(m.blocks.size());
+    for (const auto& k : m.blocks)
+      out.push_back(fb::CreateBlock(b, k.file, k.offset, k.length, k.crc32c));
+    blocks = b.CreateVector(out);
+  }
   auto data_files = files(m.data_files);
   auto json_files = files(m.json_files);
   auto writer = b.CreateString(m.writer);
@@ -194,7 +203,7 @@ std::string encode_manifest(const Manifest& m) {
   auto leaf_vec = b.CreateVector(leaves);
   auto root =
       fb::CreateManifest(b, m.format_version, m.alignment, m.created_unix_ns, writer, m.total_bytes,
-                         node_vec, leaf_vec, data_files, json_files, m.process_count);
+                         node_vec, leaf_vec, data_files, json_files, m.process_count, blocks);
   fb::FinishManifestBuffer(b, root);
 
   std::string out(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
@@ -223,8 +232,13 @@ void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
     if (e.file >= m.data_files.size()) fail("extent names a missing data file");
     if (e.leaf_offset != expect) fail("extents do not tile the leaf");
     if (e.length == 0 || e.length > l.nbytes - e.leaf_offset) fail("extent length out of range");
-    if (e.stored_length != io::align_up(e.length, m.alignment)) fail("stored length is not padded");
-    if (e.offset % m.alignment != 0) fail("extent offset is not aligned");
+    if (m.format_version == kFormatVersion1) {
+      if (e.stored_length != io::align_up(e.length, m.alignment))
+        fail("stored length is not padded");
+      if (e.offset % m.alignment != 0) fail("extent offset is not aligned");
+    } else if (e.stored_length != e.length || e.crc32c != 0) {
+      fail("extent has a stored length or checksum of its own");
+    }
     std::uint64_t size = m.data_files[e.file].size;
     if (e.offset > size || e.stored_length > size - e.offset) {
       fail(fmt::format("extent at offset {} runs past the end of {}", e.offset,
@@ -293,25 +307,58 @@ void check_structure(const Manifest& m, const std::string& path) {
   }
 }
 
-// Every byte of every data file must belong to exactly one extent, so that the extents' checksums
-// cover the files completely.
-void check_tiling(const Manifest& m, const std::string& path) {
-  std::vector<std::vector<std::pair<std::uint64_t, std::uint64_t>>> spans(m.data_files.size());
+// Version 1: every byte of every data file must belong to exactly one extent, so that the
+// extents' checksums cover the files completely; each extent becomes a block.
+void blocks_from_extents(Manifest& m, const std::string& path) {
+  m.blocks.clear();
   for (const auto& l : m.leaves) {
-    for (const auto& e : l.extents) spans[e.file].emplace_back(e.offset, e.stored_length);
+    for (const auto& e : l.extents)
+      m.blocks.push_back({e.file, e.offset, e.stored_length, e.crc32c});
   }
-  for (std::size_t f = 0; f < spans.size(); ++f) {
-    std::sort(spans[f].begin(), spans[f].end());
-    std::uint64_t at = 0;
-    for (auto [offset, len] : spans[f]) {
-      if (offset != at)
-        corrupt(path, "extents of " + m.data_files[f].name + " overlap or leave gaps");
-      at += len;
+  std::sort(m.blocks.begin(), m.blocks.end(), [](const BlockInfo& a, const BlockInfo& b) {
+    return a.file != b.file ? a.file < b.file : a.offset < b.offset;
+  });
+  std::vector<std::uint64_t> at(m.data_files.size(), 0);
+  for (const auto& b : m.blocks) {
+    if (b.offset != at[b.file]) {
+      corrupt(path, "extents of " + m.data_files[b.file].name + " overlap or leave gaps");
     }
-    if (at != m.data_files[f].size) {
+    at[b.file] += b.length;
+  }
+  for (std::size_t f = 0; f < at.size(); ++f) {
+    if (at[f] != m.data_files[f].size)
       corrupt(path, "extents do not cover " + m.data_files[f].name);
-    }
   }
+}
+
+// Version 2: the blocks tile every data file in file order, each aligned, so that their
+// checksums cover the files completely.
+void check_blocks(const Manifest& m, const std::string& path) {
+  std::uint32_t file = 0;
+  std::uint64_t at = 0;
+  auto close_file = [&](std::uint32_t next) {
+    for (; file < next; ++file, at = 0) {
+      if (at != m.data_files[file].size)
+        corrupt(path, "blocks do not cover " + m.data_files[file].name);
+    }
+  };
+  for (const auto& b : m.blocks) {
+    if (b.file >= m.data_files.size()) corrupt(path, "block names a missing data file");
+    if (b.file < file) corrupt(path, "blocks are not in file order");
+    close_file(b.file);
+    if (b.length == 0 || b.length % m.alignment != 0 || b.offset % m.alignment != 0) {
+      corrupt(path, fmt::format("block at offset {} of {} is not aligned", b.offset,
+                                m.data_files[b.file].name));
+    }
+    if (b.length > kMaxBlockBytes) {
+      corrupt(path, fmt::format("block at offset {} of {} is longer than {} bytes", b.offset,
+                                m.data_files[b.file].name, kMaxBlockBytes));
+    }
+    if (b.offset != at)
+      corrupt(path, "blocks of " + m.data_files[b.file].name + " overlap or leave gaps");
+    at += b.length;
+  }
+  close_file(static_cast<std::uint32_t>(m.data_files.size()));
 }
 
 std::vector<FileInfo> read_files(const flatbuffers::Vector<flatbuffers::Offset<fb::FileEntry>>* v) {
@@ -357,11 +404,12 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
 
   Manifest m;
   m.format_version = fm->format_version();
-  if (m.format_version != kFormatVersion) {
-    throw Error(Errc::unsupported,
-                fmt::format("manifest format version {} is not supported (this build reads {})",
-                            m.format_version, kFormatVersion),
-                path);
+  if (m.format_version != kFormatVersion && m.format_version != kFormatVersion1) {
+    throw Error(
+        Errc::unsupported,
+        fmt::format("manifest format version {} is not supported (this build reads {} and {})",
+                    m.format_version, kFormatVersion1, kFormatVersion),
+        path);
   }
   m.alignment = fm->alignment();
   if (m.alignment == 0 || m.alignment > (1u << 24) || (m.alignment & (m.alignment - 1)) != 0) {
@@ -451,7 +499,17 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   }
   if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
   check_structure(m, path);
-  check_tiling(m, path);
+  if (m.format_version == kFormatVersion1) {
+    if (fm->blocks() && fm->blocks()->size() > 0) corrupt(path, "blocks in a version 1 manifest");
+    blocks_from_extents(m, path);
+  } else {
+    if (fm->blocks()) {
+      m.blocks.reserve(fm->blocks()->size());
+      for (const auto* b : *fm->blocks())
+        m.blocks.push_back({b->file(), b->offset(), b->length(), b->crc32c()});
+    }
+    check_blocks(m, path);
+  }
   return m;
 }
 

@@ -3,19 +3,26 @@
 
 namespace ckpt {
 
+// Transactional (docs/design.md, section 6): blocks are read into staging chunks, verified on the
+// copy threads, and scattered into the template only once all verified. The chunks are borrowed
+// from the pool when it has them free (pre-faulted: no page faults); otherwise the reader maps
+// its own staging up to the budget, or reads twice.
 boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ, bool partial) {
-  ReadOptions ro{options.unit_bytes, options.queue_depth, options.allow_direct, {}};
-  std::size_t want = std::min<std::size_t>({options.queue_depth, 16, pool.capacity_chunks() / 2});
-  if (want > 0) {
-    if (auto chunks = pool.try_acquire(want)) ro.buffers = std::move(*chunks);
-  }
-  struct Return {
-    StagingPool& pool;
-    const std::vector<std::byte*>& chunks;
-    ~Return() {
-      if (!chunks.empty()) pool.release(chunks);
+  ReadOptions ro;
+  ro.unit_bytes = options.unit_bytes;
+  ro.queue_depth = options.queue_depth;
+  ro.allow_direct = options.allow_direct;
+  ro.staging_bytes = options.staging_budget;
+  ro.threads = options.copy_threads;
+  ro.borrow = [this](std::size_t n, std::uint64_t each) {
+    std::vector<std::byte*> out;
+    if (each <= pool.chunk_bytes() && n <= pool.capacity_chunks()) {
+      if (auto chunks = pool.try_acquire(n)) out = std::move(*chunks);
     }
-  } give_back{pool, ro.buffers};
+    return out;
+  };
+  ro.give_back = [this](const std::vector<std::byte*>& chunks) { pool.release(chunks); };
+  ro.spawn = [this](std::function<void()> fn) { asio::post(workers, std::move(fn)); };
   return restore_checkpoint(*engine, path, templ, partial, ro);
 }
 

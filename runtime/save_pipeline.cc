@@ -27,7 +27,7 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
       std::size_t i = sweep->next.fetch_add(1);
       if (i >= sweep->total) return;
       try {
-        copy_unit(op->plan.units[i], op->plan.leaves, op->chunks[i], op->plan.manifest);
+        copy_unit(op->plan.units[i], op->plan.leaves, op->chunks[i]);
       } catch (...) {
         std::lock_guard lock(sweep->mu);
         if (!sweep->error) sweep->error = std::current_exception();

@@ -5,7 +5,8 @@
 // them, so every seed verifies and restores in the fuzzer.
 //   build/tests/make_corpus tests/fuzz/corpus
 // Built with the tests, run by hand; commit what it writes. The corpus's regress_* files are
-// inputs that found bugs, kept by hand.
+// inputs that found bugs, and its v1_* files the same seeds written by the format version 1
+// writer (before format version 2), so that the version 1 reader stays fuzzed; both kept by hand.
 #include <boost/json/object.hpp>
 #include <cstdio>
 #include <filesystem>
