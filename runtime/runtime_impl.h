@@ -68,6 +68,8 @@ struct Protection {
   }
 };
 
+struct Writes;
+
 struct SaveOp {
   std::shared_ptr<detail::SaveShared> shared;
   SavePlan plan;
@@ -82,6 +84,7 @@ struct SaveOp {
   // Set when an IO stage timed out with requests still in the engine: their completions own
   // the chunks they write from and, through this op, the data file (RuntimeOptions::io_timeout).
   std::atomic<bool> io_abandoned{false};
+  std::shared_ptr<Writes> writes;  // from admission
   // The previous save of the same path, still running when this one was admitted: commits of
   // one path happen in admission order, so the newest save is the one that stays.
   std::shared_ptr<detail::SaveShared> previous;
@@ -113,7 +116,7 @@ struct IoStage : std::enable_shared_from_this<IoStage> {
   // The watchdog, touched only on the strand. Dropped when the stage ends: a completion that
   // comes much later (even after the Runtime and its io_context are gone) must not own it.
   std::shared_ptr<asio::steady_timer> timer;
-  asio::any_io_executor ex;
+  asio::any_io_executor ex;  // under mu: set by the watchdog, which may start after the requests
 
   void submitted() { ++in_flight; }
   void completed() {
@@ -129,10 +132,53 @@ struct IoStage : std::enable_shared_from_this<IoStage> {
     return !done;
   }
   void end(std::exception_ptr e) {
-    auto f = take();
+    std::function<void(std::exception_ptr)> f;
+    asio::any_io_executor watchdog;
+    {
+      std::lock_guard lock(mu);
+      f = std::exchange(done, nullptr);
+      watchdog = ex;
+    }
     if (!f) return;
-    if (ex) asio::post(ex, [self = shared_from_this()] { self->timer.reset(); });
+    if (watchdog) asio::post(watchdog, [self = shared_from_this()] { self->timer.reset(); });
     f(e);
+  }
+};
+
+// The data writes of one save, started when it is admitted (docs/design.md, section 5): the
+// data file is opened on a copy thread while the copy runs, and each unit is written as soon as
+// it is copied and the file is open, its CRC32C computed meanwhile on the copy threads. The
+// stage ends once the file was opened (or failed to) and every unit was written and checksummed
+// (or skipped after a failure).
+struct Writes {
+  std::mutex mu;
+  bool file_ready = false;           // the open ended (opened or failed)
+  std::vector<std::size_t> pending;  // units copied before that
+  std::exception_ptr error;          // the first failure: later units are skipped
+  // Per unit: the parts still to do (its write, its checksum); at 0 the chunk returns.
+  std::unique_ptr<std::atomic<int>[]> parts;
+  std::atomic<std::size_t> remaining{0};  // units not finished, plus 1 for the open
+  std::atomic<std::size_t> writes_done{0};
+  std::shared_ptr<IoStage> stage = std::make_shared<IoStage>();
+  std::shared_ptr<Event> done = std::make_shared<Event>();
+
+  bool failed() {
+    std::lock_guard lock(mu);
+    return error != nullptr;
+  }
+  void fail(std::exception_ptr e) {
+    std::lock_guard lock(mu);
+    if (!error) error = e;
+  }
+  // One part of the open or of a unit ended.
+  void finish_one() {
+    if (remaining.fetch_sub(1) != 1) return;
+    std::exception_ptr e;
+    {
+      std::lock_guard lock(mu);
+      e = error;
+    }
+    stage->end(e);
   }
 };
 
@@ -153,6 +199,7 @@ using detail::PoolGate;
 using detail::Protection;
 using detail::SaveOp;
 using detail::Sweep;
+using detail::Writes;
 
 struct Runtime::Impl {
   RuntimeOptions options;
@@ -243,16 +290,6 @@ struct Runtime::Impl {
 
   // ---- writes ----------------------------------------------------------------------------
 
-  struct WriteState {
-    std::atomic<std::size_t> next{0};
-    std::atomic<std::size_t> remaining{0};
-    std::mutex mu;
-    int error = 0;
-    bool short_write = false;
-    std::uint64_t error_offset = 0;
-    std::atomic<std::size_t> writes_done{0};
-  };
-
   void release_chunk(SaveOp& op, std::size_t i);
 
   void release_all(SaveOp& op);
@@ -267,9 +304,16 @@ struct Runtime::Impl {
   void rearm_watchdog(std::shared_ptr<IoStage> stage, std::shared_ptr<SaveOp> op, std::string what,
                       std::function<void()> on_timeout);
 
-  // Checksums and writes every unit; completes when every write has completed (or was skipped
-  // after a failure) and every chunk is back in the pool, or when the watchdog gives up on them.
-  asio::awaitable<void> write_units(const std::shared_ptr<SaveOp>& op);
+  // Starts the data writes of an admitted save, before its copy (detail::Writes): the data file
+  // opens on a copy thread, and units go out as unit_copied() reports them.
+  void start_writes(const std::shared_ptr<SaveOp>& op);
+  void open_data_file(const std::shared_ptr<SaveOp>& op);
+  // Unit i is in its chunk: written now if the data file is open, else once it is.
+  void unit_copied(const std::shared_ptr<SaveOp>& op, std::size_t i);
+  void issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i);
+  // Completes when every unit was written and checksummed (or skipped after a failure) and every
+  // chunk is back in the pool, or when the watchdog gives up on the writes in flight.
+  asio::awaitable<void> await_writes(const std::shared_ptr<SaveOp>& op);
 
   asio::awaitable<void> fsync_data(const std::shared_ptr<SaveOp>& op);
 

@@ -1,19 +1,20 @@
 // The asynchronous save pipeline. Per save:
 //
-//   caller:      plan layout ─► admit (staging chunks, block/skip) ─► [sync: parallel copy]
-//                ─► return SaveHandle
-//   background:  [overlapped: parallel copy ─► snapshotted]
-//                ─► make <dir>.tmp-<tag>/, open data file (O_DIRECT)
-//                ─► per unit, on the copy threads: CRC32C, then the engine write; each chunk
-//                   returns to the staging pool as its write completes
-//                ─► fsync data ─► metadata.json, extra files, manifest.ckpt ─► fsync dir
-//                ─► rename to <dir>, fsync parent (commit) ─► handle completes ─► retention
+//   caller:      plan layout ─► admit (staging chunks, block/skip) ─► start the writes
+//                ─► [sync: parallel copy] ─► return SaveHandle
+//   copy pool:   make <dir>.tmp-<tag>/, open the data file (O_DIRECT), sized   } at once,
+//                [overlapped: parallel copy ─► snapshotted]                      } overlapped
+//                per unit, as soon as it is copied and the file is open: engine write, and
+//                CRC32C on a copy thread; its chunk returns to the pool when both are done
+//   background:  every unit written ─► fsync data ─► metadata.json, extra files, manifest.ckpt
+//                ─► fsync dir ─► rename to <dir>, fsync parent (commit) ─► handle completes
+//                ─► retention
 //
-// Threads: the coroutines run on one strand (the Runtime's io_context thread, or a strand over
-// the executor it was given) and only orchestrate; copies, checksums and blocking file-system
-// calls run on the copy pool; IO completions arrive on the engine's thread and touch only atomic
-// counters and the staging pool. Unit i of a save always uses staging chunk i.
-#include "runtime/runtime.h"
+// So time to durable approaches max(copy, write) rather than copy + write. Threads: the
+// coroutines run on one strand (the Runtime's io_context thread, or a strand over the executor it
+// was given) and only orchestrate; copies, checksums and blocking file-system calls run on the
+// copy pool; IO completions arrive on the engine's thread and touch only atomic counters, the
+// Writes state and the staging pool. Unit i of a save always uses staging chunk i.
 #include "runtime/runtime_impl.h"
 
 namespace ckpt {
@@ -22,7 +23,7 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
                                std::function<void(std::exception_ptr)> on_done, bool caller_joins) {
   auto sweep = std::make_shared<Sweep>();
   sweep->total = op->plan.units.size();
-  auto work = [op, sweep, on_done]() {
+  auto work = [this, op, sweep, on_done]() {
     for (;;) {
       std::size_t i = sweep->next.fetch_add(1);
       if (i >= sweep->total) return;
@@ -31,7 +32,9 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
       } catch (...) {
         std::lock_guard lock(sweep->mu);
         if (!sweep->error) sweep->error = std::current_exception();
+        op->writes->fail(sweep->error);  // the unit is skipped, not written
       }
+      unit_copied(op, i);
       if (sweep->finished.fetch_add(1) + 1 == sweep->total) {
         std::exception_ptr e;
         {
@@ -68,7 +71,11 @@ void Runtime::Impl::release_all(SaveOp& op) {
 void Runtime::Impl::watch(const std::shared_ptr<IoStage>& stage, const std::shared_ptr<SaveOp>& op,
                           std::string what, std::function<void()> on_timeout) {
   if (options.io_timeout.count() <= 0) return;
-  stage->ex = ex;
+  {
+    std::lock_guard lock(stage->mu);
+    if (!stage->done) return;  // ended already (the writes may finish before it is watched)
+    stage->ex = ex;
+  }
   stage->timer = std::make_shared<asio::steady_timer>(ex);
   rearm_watchdog(stage, op, std::move(what), std::move(on_timeout));
 }
@@ -97,73 +104,95 @@ void Runtime::Impl::rearm_watchdog(std::shared_ptr<IoStage> stage, std::shared_p
   });
 }
 
-asio::awaitable<void> Runtime::Impl::write_units(const std::shared_ptr<SaveOp>& op) {
-  return detail::async_call<void(std::exception_ptr)>(
-      ex, asio::use_awaitable, [this, op](auto done) {
-        auto st = std::make_shared<WriteState>();
-        std::size_t n = op->plan.units.size();
-        st->remaining = n;
-        if (n == 0) {
-          done(std::exception_ptr());
-          return;
-        }
-        auto stage = std::make_shared<IoStage>();
-        stage->done = done;
-        watch(stage, op, "data write", [st] {
-          std::lock_guard lock(st->mu);  // units not yet submitted are skipped
-          if (st->error == 0 && !st->short_write) st->error = ETIMEDOUT;
-        });
-        auto finish_one = [op, st, stage]() {
-          if (st->remaining.fetch_sub(1) != 1) return;
-          std::exception_ptr e;
-          if (st->error != 0) {
-            e = std::make_exception_ptr(sys_error("write", op->data.path(), st->error));
-          } else if (st->short_write) {
-            e = std::make_exception_ptr(
-                Error(Errc::io, "short write at offset " + std::to_string(st->error_offset),
-                      op->data.path()));
-          }
-          stage->end(e);
-        };
-        auto work = [this, op, st, stage, finish_one, gate = gate]() {
-          for (;;) {
-            std::size_t i = st->next.fetch_add(1);
-            if (i >= op->plan.units.size()) return;
-            bool failed;
-            {
-              std::lock_guard lock(st->mu);
-              failed = st->error != 0 || st->short_write;
-            }
-            if (failed) {
-              release_chunk(*op, i);
-              finish_one();
-              continue;
-            }
-            const Unit& u = op->plan.units[i];
-            checksum_unit(u, op->chunks[i], op->plan.manifest);
-            io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
-            stage->submitted();
-            engine->submit(r, [gate, op, st, stage, i, finish_one, len = u.length,
-                               off = u.offset](std::int64_t res) {
-              stage->completed();
-              if (res < 0 || static_cast<std::uint64_t>(res) != len) {
-                std::lock_guard lock(st->mu);
-                if (st->error == 0 && !st->short_write) {
-                  st->error = res < 0 ? static_cast<int>(-res) : 0;
-                  st->short_write = res >= 0;
-                  st->error_offset = off;
-                }
-              } else if (st->writes_done.fetch_add(1) == 0) {
-                CKPT_CRASH_POINT("mid_write");
-              }
-              gate->release(*op, i);
-              finish_one();
-            });
-          }
-        };
-        unsigned threads = static_cast<unsigned>(std::min<std::size_t>(options.copy_threads, n));
-        for (unsigned t = 0; t < threads; ++t) asio::post(workers, work);
-      });
+void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
+  auto w = std::make_shared<Writes>();
+  std::size_t n = op->plan.units.size();
+  w->parts = std::make_unique<std::atomic<int>[]>(n);
+  for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
+  w->remaining = n + 1;                                 // and the open
+  w->stage->done = [done = w->done](std::exception_ptr e) { done->complete(e); };
+  op->writes = w;
+  asio::post(workers, [this, op] { open_data_file(op); });
+}
+
+void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
+  Writes& w = *op->writes;
+  try {
+    op->protection.publish();
+    op->tmp_dir = make_tmp_dir(op->final_dir);
+    op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
+                               options.allow_direct);
+    // Sized before the writes: ext4 serializes direct writes that extend a file.
+    op->data.truncate(op->plan.manifest.data_files[0].size);
+  } catch (...) {
+    w.fail(std::current_exception());
+  }
+  std::vector<std::size_t> pending;
+  {
+    std::lock_guard lock(w.mu);
+    w.file_ready = true;
+    pending.swap(w.pending);
+  }
+  for (std::size_t i : pending) issue_unit(op, i);
+  w.finish_one();
+}
+
+void Runtime::Impl::unit_copied(const std::shared_ptr<SaveOp>& op, std::size_t i) {
+  {
+    std::lock_guard lock(op->writes->mu);
+    if (!op->writes->file_ready) {
+      op->writes->pending.push_back(i);
+      return;
+    }
+  }
+  issue_unit(op, i);
+}
+
+void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i) {
+  // Completions may come after a timed-out save ended and the Runtime is gone: they reach the
+  // pool only through the gate, and the op and its Writes through their own references.
+  auto part_done = [op, gate = gate, w = op->writes, i] {
+    if (w->parts[i].fetch_sub(1) != 1) return;
+    gate->release(*op, i);
+    w->finish_one();
+  };
+  if (op->writes->failed()) {
+    part_done();
+    part_done();
+    return;
+  }
+  const Unit& u = op->plan.units[i];
+  // The checksum on a copy thread: in a sync save the caller and the helpers are still copying,
+  // and the write needs no checksum to start.
+  asio::post(workers, [op, i, part_done] {
+    checksum_unit(op->plan.units[i], op->chunks[i], op->plan.manifest);
+    part_done();
+  });
+  io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
+  op->writes->stage->submitted();
+  engine->submit(r, [op, w = op->writes, part_done, len = u.length,
+                     off = u.offset](std::int64_t res) {
+    w->stage->completed();
+    if (res < 0) {
+      w->fail(std::make_exception_ptr(sys_error("write", op->data.path(), static_cast<int>(-res))));
+    } else if (static_cast<std::uint64_t>(res) != len) {
+      w->fail(std::make_exception_ptr(
+          Error(Errc::io, "short write at offset " + std::to_string(off), op->data.path())));
+    } else if (w->writes_done.fetch_add(1) == 0) {
+      CKPT_CRASH_POINT("mid_write");
+    }
+    part_done();
+  });
+}
+
+asio::awaitable<void> Runtime::Impl::await_writes(const std::shared_ptr<SaveOp>& op) {
+  std::shared_ptr<Writes> w = op->writes;
+  watch(w->stage, op, "data write", [w, op] {
+    // Units not yet issued are skipped.
+    w->fail(std::make_exception_ptr(Error(Errc::timeout, "data write timed out", op->data.path())));
+  });
+  auto [e] = co_await async_wait_event(w->done, ex, asio::as_tuple(asio::use_awaitable));
+  if (e) std::rethrow_exception(e);
 }
 
 asio::awaitable<void> Runtime::Impl::fsync_data(const std::shared_ptr<SaveOp>& op) {
@@ -186,14 +215,6 @@ asio::awaitable<void> Runtime::Impl::fsync_data(const std::shared_ptr<SaveOp>& o
 asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   std::exception_ptr failure;
   const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
-  const auto open_files = [op, this] {
-    op->protection.publish();
-    op->tmp_dir = make_tmp_dir(op->final_dir);
-    op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
-                               options.allow_direct);
-    // Sized before the writes: ext4 serializes direct writes that extend a file.
-    op->data.truncate(op->plan.manifest.data_files[0].size);
-  };
   const auto commit = [op] {
     op->data.close();
     finish_checkpoint(op->tmp_dir, op->final_dir, op->plan.manifest, op->metadata,
@@ -210,8 +231,7 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
                                                             copy_in_background);
       mark_snapshotted(*op);
     }
-    co_await on_workers(open_files);
-    co_await write_units(op);
+    co_await await_writes(op);
     co_await fsync_data(op);
     CKPT_FAULT_POINT("after_data_fsync", op->data.path());
     if (op->previous) {
@@ -222,6 +242,10 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
     co_await on_workers(commit);
   } catch (...) {
     failure = std::current_exception();
+  }
+  if (failure && !op->io_abandoned && !op->writes->done->done()) {
+    // A failed copy or open: the units still in flight hold their chunks (and the file).
+    co_await async_wait_event(op->writes->done, ex, asio::as_tuple(asio::use_awaitable));
   }
   if (!op->io_abandoned) release_all(*op);  // else the engine's completions return them
   if (failure) {
@@ -382,6 +406,7 @@ SaveHandle Runtime::save(const std::string& path, const Tree& tree,
     chunks = impl_->pool.acquire(n);
   }
   impl_->admitted(op, std::move(chunks));
+  impl_->start_writes(op);
   if (options.mode == SnapshotMode::sync) {
     impl_->start_copy(op, nullptr, true);
     impl_->mark_snapshotted(*op);
@@ -404,6 +429,7 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
   Impl* impl = impl_.get();
   auto on_granted = [impl, op, done](StagingPool::Chunks chunks) {
     impl->admitted(op, std::move(chunks));
+    impl->start_writes(op);
     if (op->options.mode == SnapshotMode::overlapped) {
       impl->stall_done(op);
       impl->launch(op);
