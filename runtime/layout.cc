@@ -164,19 +164,26 @@ std::vector<Unit> plan_units(const Manifest& m, std::uint64_t max_unit,
   return units;
 }
 
-void copy_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst) {
+std::vector<const std::byte*> leaf_sources(const FlatTree& leaves) {
+  std::vector<const std::byte*> out;
+  out.reserve(leaves.size());
+  for (const auto& [path, array] : leaves) out.push_back(array.data());
+  return out;
+}
+
+void copy_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst) {
   std::uint64_t at = 0;
   for (const Segment& s : unit.segments) {
     if (s.unit_offset > at) std::memset(dst + at, 0, s.unit_offset - at);
-    std::memcpy(dst + s.unit_offset, leaves[s.leaf].second.data() + s.leaf_offset, s.len);
+    std::memcpy(dst + s.unit_offset, sources[s.leaf] + s.leaf_offset, s.len);
     at = s.unit_offset + s.len;
   }
   if (at < unit.length) std::memset(dst + at, 0, unit.length - at);
 }
 
-void stage_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, Manifest& m,
-                std::vector<std::uint32_t>& crc) {
-  copy_unit(unit, leaves, dst);
+void stage_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst,
+                Manifest& m, std::vector<std::uint32_t>& crc) {
+  copy_unit(unit, sources, dst);
   const std::byte* in = dst;
   for (const Piece& p : unit.pieces) {
     crc[p.block] = crc32c(in, p.len, p.start == 0 ? 0 : crc[p.block]);
@@ -185,10 +192,10 @@ void stage_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, Manife
   }
 }
 
-void checksum_unit(const Unit& unit, const std::byte* src, Manifest& m) {
+void checksum_unit(const Unit& unit, const std::byte* src, std::vector<std::uint32_t>& block_crc) {
   const std::byte* in = src;
   for (const Piece& p : unit.pieces) {
-    m.blocks[p.block].crc32c = crc32c(in, p.len);
+    block_crc[p.block] = crc32c(in, p.len);
     in += p.len;
   }
 }

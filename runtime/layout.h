@@ -74,17 +74,20 @@ std::vector<Unit> plan_units(const Manifest& manifest, std::uint64_t max_unit,
 // Number of blocks across the manifest (the size of per-block CRC state).
 std::uint32_t extent_slots(const Manifest& manifest);
 
-// Write side: copies the unit's leaf bytes from `leaves` into dst (zeros between them) and chains
-// each piece's CRC into crc[block]; when a piece ends its block, stores the CRC in the manifest.
-// `dst` holds unit.length bytes.
-void stage_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, Manifest& manifest,
-                std::vector<std::uint32_t>& crc);
+// Where each leaf's bytes are, in flattening order (what copy_unit reads).
+std::vector<const std::byte*> leaf_sources(const FlatTree& leaves);
+
+// Write side: copies the unit's leaf bytes from `sources` into dst (zeros between them) and
+// chains each piece's CRC into crc[block]; when a piece ends its block, stores the CRC in the
+// manifest. `dst` holds unit.length bytes.
+void stage_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst,
+                Manifest& manifest, std::vector<std::uint32_t>& crc);
 
 // The two halves of stage_unit, for the asynchronous pipeline where the copy is the caller's
 // stall and the checksum runs in the background. checksum_unit requires units made of whole
-// blocks (every piece starts and ends its block).
-void copy_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst);
-void checksum_unit(const Unit& unit, const std::byte* src, Manifest& manifest);
+// blocks (every piece starts and ends its block); it stores each block's CRC in block_crc.
+void copy_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst);
+void checksum_unit(const Unit& unit, const std::byte* src, std::vector<std::uint32_t>& block_crc);
 
 // Read side: chains each piece's CRC into crc[block]; returns the pieces whose block ended with a
 // CRC mismatch.

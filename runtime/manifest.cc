@@ -159,7 +159,18 @@ void check_writable(const Manifest& m) {
 }
 
 std::string encode_manifest(const Manifest& m) {
-  flatbuffers::FlatBufferBuilder b(1024 + m.leaves.size() * 256);
+  std::string out;
+  encode_manifest(m, out);
+  return out;
+}
+
+void encode_manifest(const Manifest& m, std::string& out) {
+  constexpr std::size_t kKeep = std::size_t{64} << 20;
+  thread_local flatbuffers::FlatBufferBuilder kept;
+  flatbuffers::FlatBufferBuilder fresh(1024 + m.leaves.size() * 256);
+  const bool reuse = manifest_size_bound(m) <= kKeep;
+  flatbuffers::FlatBufferBuilder& b = reuse ? kept : fresh;
+  b.Clear();
   namespace fb = ckpt::fb;
   std::vector<flatbuffers::Offset<fb::Node>> nodes;
   nodes.reserve(m.nodes.size());
@@ -206,13 +217,13 @@ std::string encode_manifest(const Manifest& m) {
                          node_vec, leaf_vec, data_files, json_files, m.process_count, blocks);
   fb::FinishManifestBuffer(b, root);
 
-  std::string out(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+  out.reserve(b.GetSize() + kTrailerSize);
+  out.assign(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
   char trailer[kTrailerSize];
   std::memcpy(trailer, kTrailerMagic.data(), 8);
   put_u32(trailer + 8, static_cast<std::uint32_t>(b.GetSize()));
   put_u32(trailer + 12, crc32c(out));
   out.append(trailer, kTrailerSize);
-  return out;
 }
 
 namespace {

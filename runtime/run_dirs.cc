@@ -95,7 +95,8 @@ std::set<std::string> Runtime::Impl::protected_suffixes(const std::string& run_d
 asio::awaitable<void> Runtime::Impl::run_register(std::shared_ptr<detail::RegisterShared> reg,
                                                   std::shared_ptr<detail::SaveShared> save,
                                                   std::shared_ptr<Event> previous,
-                                                  std::shared_ptr<Protection> protection) {
+                                                  std::shared_ptr<Protection> protection,
+                                                  std::exception_ptr unpublished) {
   std::exception_ptr failure;
   if (previous) {
     co_await async_wait_event(previous, ex, asio::as_tuple(asio::use_awaitable));
@@ -111,6 +112,7 @@ asio::awaitable<void> Runtime::Impl::run_register(std::shared_ptr<detail::Regist
           Error(Errc::skipped, "cannot register a skipped save", save->path));
     }
   }
+  if (!failure) failure = unpublished;  // no protection, no move: the save's own error first
   const auto move_latest = [this, reg, protection] {
     // Checked and written under the mutation lock: no gc or retention pass removes the
     // checkpoint in between.
@@ -152,7 +154,14 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
   // Published before this returns: from here `ckpt gc` spares the checkpoint to be registered.
   auto protection =
       std::make_shared<Protection>(impl_->lease_for(reg->run_dir), std::string(suffix));
-  protection->publish();
+  // A failure to publish (a full disk: the saves in flight are filling it) fails the handle, like
+  // every other failure of the registration, rather than this call.
+  std::exception_ptr unpublished;
+  try {
+    protection->publish();
+  } catch (...) {
+    unpublished = std::current_exception();
+  }
   reg->runtime = impl_->link;
   std::string path = clean_checkpoint_dir(reg->run_dir + "/" + suffix);
   std::shared_ptr<detail::SaveShared> save;
@@ -173,7 +182,7 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
     ++impl_->active;
     ++impl_->run_dirs[reg->run_dir].active;
   }
-  asio::co_spawn(impl_->ex, impl_->run_register(reg, save, previous, protection),
+  asio::co_spawn(impl_->ex, impl_->run_register(reg, save, previous, protection, unpublished),
                  [](std::exception_ptr e) {
                    if (e) log().critical("register pipeline ended abnormally");
                  });

@@ -26,6 +26,7 @@
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/commit.h"
+#include "runtime/plan_cache.h"
 #include "runtime/run_lock.h"
 #include "runtime/runtime.h"
 #include "runtime/staging_pool.h"
@@ -72,7 +73,11 @@ struct Writes;
 
 struct SaveOp {
   std::shared_ptr<detail::SaveShared> shared;
-  SavePlan plan;
+  std::shared_ptr<const PlanSkeleton> plan;  // shared with other saves of the same structure
+  std::vector<const std::byte*> sources;     // each leaf's bytes, flattening order
+  std::vector<std::shared_ptr<std::byte[]>> owners;  // owned arrays, alive until the op ends
+  std::vector<std::uint32_t> block_crc;              // this save's checksums, per block
+  std::int64_t created_unix_ns = 0;
   std::string final_dir;
   boost::json::object metadata;
   SaveOptions options;
@@ -206,6 +211,7 @@ struct Runtime::Impl {
   std::unique_ptr<io::Engine> engine;
   StagingPool pool;  // after the engine: it unregisters its slabs from it on destruction
   std::shared_ptr<PoolGate> gate = std::make_shared<PoolGate>(&pool);
+  PlanCache plan_cache;
   asio::thread_pool workers;
   std::optional<asio::io_context> own_context;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> own_work;
@@ -369,7 +375,8 @@ struct Runtime::Impl {
   asio::awaitable<void> run_register(std::shared_ptr<detail::RegisterShared> reg,
                                      std::shared_ptr<detail::SaveShared> save,
                                      std::shared_ptr<Event> previous,
-                                     std::shared_ptr<Protection> protection);
+                                     std::shared_ptr<Protection> protection,
+                                     std::exception_ptr unpublished);
 };
 
 }  // namespace ckpt

@@ -22,13 +22,13 @@ namespace ckpt {
 void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
                                std::function<void(std::exception_ptr)> on_done, bool caller_joins) {
   auto sweep = std::make_shared<Sweep>();
-  sweep->total = op->plan.units.size();
+  sweep->total = op->plan->units.size();
   auto work = [this, op, sweep, on_done]() {
     for (;;) {
       std::size_t i = sweep->next.fetch_add(1);
       if (i >= sweep->total) return;
       try {
-        copy_unit(op->plan.units[i], op->plan.leaves, op->chunks[i]);
+        copy_unit(op->plan->units[i], op->sources, op->chunks[i]);
       } catch (...) {
         std::lock_guard lock(sweep->mu);
         if (!sweep->error) sweep->error = std::current_exception();
@@ -106,7 +106,7 @@ void Runtime::Impl::rearm_watchdog(std::shared_ptr<IoStage> stage, std::shared_p
 
 void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
   auto w = std::make_shared<Writes>();
-  std::size_t n = op->plan.units.size();
+  std::size_t n = op->plan->units.size();
   w->parts = std::make_unique<std::atomic<int>[]>(n);
   for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
   w->remaining = n + 1;                                 // and the open
@@ -123,7 +123,7 @@ void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
     op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
                                options.allow_direct);
     // Sized before the writes: ext4 serializes direct writes that extend a file.
-    op->data.truncate(op->plan.manifest.data_files[0].size);
+    op->data.truncate(op->plan->manifest.data_files[0].size);
   } catch (...) {
     w.fail(std::current_exception());
   }
@@ -161,11 +161,11 @@ void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i)
     part_done();
     return;
   }
-  const Unit& u = op->plan.units[i];
+  const Unit& u = op->plan->units[i];
   // The checksum on a copy thread: in a sync save the caller and the helpers are still copying,
   // and the write needs no checksum to start.
   asio::post(workers, [op, i, part_done] {
-    checksum_unit(op->plan.units[i], op->chunks[i], op->plan.manifest);
+    checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
     part_done();
   });
   io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
@@ -217,8 +217,12 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
   const auto commit = [op] {
     op->data.close();
-    finish_checkpoint(op->tmp_dir, op->final_dir, op->plan.manifest, op->metadata,
-                      op->options.extra_files);
+    // The shared skeleton, completed with this save's own parts.
+    Manifest manifest = op->plan->manifest;
+    manifest.created_unix_ns = op->created_unix_ns;
+    for (std::size_t b = 0; b < manifest.blocks.size(); ++b)
+      manifest.blocks[b].crc32c = op->block_crc[b];
+    finish_checkpoint(op->tmp_dir, op->final_dir, manifest, op->metadata, op->options.extra_files);
   };
   const auto clean_up = [op] {
     // Requests the watchdog gave up on may still use the descriptor: it closes with the op.
@@ -313,7 +317,18 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   check_checkpoint_dir_name(op->final_dir);
   check_extra_files(options.extra_files);
   check_metadata(metadata);
-  op->plan = plan_save(tree, this->options.unit_bytes, this->options.unit_bytes);
+  PlannedSave planned = plan_cache.plan(tree, this->options.unit_bytes);
+  op->plan = std::move(planned.plan);
+  op->sources = std::move(planned.sources);
+  op->owners = std::move(planned.owners);
+  op->block_crc.assign(op->plan->manifest.blocks.size(), 0);
+  op->created_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+  {
+    std::lock_guard lock(mu);
+    ++(planned.reused ? counters.plans_reused : counters.plans_built);
+  }
   op->metadata = metadata;
   op->options = options;
   if (!options.run_dir.empty()) {
@@ -326,8 +341,8 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   op->shared = std::make_shared<detail::SaveShared>();
   op->shared->path = op->final_dir;
   op->shared->runtime = link;
-  op->shared->timings.bytes = op->plan.manifest.total_bytes;
-  op->shared->timings.stored_bytes = op->plan.manifest.stored_bytes();
+  op->shared->timings.bytes = op->plan->manifest.total_bytes;
+  op->shared->timings.stored_bytes = op->plan->manifest.stored_bytes();
   return op;
 }
 
@@ -392,7 +407,7 @@ SaveHandle Runtime::save(const std::string& path, const Tree& tree,
                 path);
   }
   auto op = impl_->prepare(path, tree, metadata, options);
-  std::size_t n = op->plan.units.size();
+  std::size_t n = op->plan->units.size();
   StagingPool::Chunks chunks;
   if (policy == Backpressure::skip) {
     auto granted = impl_->pool.try_acquire(n);
@@ -446,7 +461,7 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
         },
         false);
   };
-  std::size_t n = op->plan.units.size();
+  std::size_t n = op->plan->units.size();
   try {
     if (options.backpressure.value_or(impl_->options.backpressure) == Backpressure::skip) {
       auto granted = impl_->pool.try_acquire(n);

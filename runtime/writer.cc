@@ -127,7 +127,11 @@ void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Man
       write_json_file(tmp, std::string(kMetadataName), serialize_metadata(metadata)));
   for (const auto& [name, text] : extra_files)
     m.json_files.push_back(write_json_file(tmp, name, text));
-  io::write_new_file(tmp + "/" + std::string(kManifestName), encode_manifest(m));
+  // Kept per thread: a steady state of saves maps no memory for their manifests.
+  thread_local std::string encoded;
+  encode_manifest(m, encoded);
+  io::write_new_file(tmp + "/" + std::string(kManifestName), encoded);
+  if (encoded.capacity() > (std::size_t{64} << 20)) std::string().swap(encoded);
   io::fsync_dir(tmp);
   io::commit_directory(tmp, final_dir);
   io::forget_live_tmp(tmp);
@@ -159,8 +163,9 @@ void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tre
     data.truncate(plan.manifest.data_files[0].size);  // direct writes that extend serialize
     std::vector<std::uint32_t> crc(extent_slots(plan.manifest));
     UnitPipe pipe(engine, options.unit_bytes, options.queue_depth);
+    const auto sources = leaf_sources(plan.leaves);
     pipe.write_all(plan.units, {&data}, [&](const Unit& u, std::byte* buf) {
-      stage_unit(u, plan.leaves, buf, plan.manifest, crc);
+      stage_unit(u, sources, buf, plan.manifest, crc);
     });
     io::sync_file(engine, data.fd(), data.path());
     data.close();

@@ -67,8 +67,9 @@ void split_seed(const std::string& out_dir, const std::string& name, const Tree&
   plan_extents(leaves, extent_bytes, m);
   std::string data(m.data_files[0].size, '\0');
   std::vector<std::uint32_t> crc(extent_slots(m));
+  const auto sources = leaf_sources(leaves);
   for (const Unit& u : plan_units(m, extent_bytes)) {
-    stage_unit(u, leaves, reinterpret_cast<std::byte*>(data.data() + u.offset), m, crc);
+    stage_unit(u, sources, reinterpret_cast<std::byte*>(data.data() + u.offset), m, crc);
   }
   std::string meta = fuzz::json_text(2);
   m.json_files.push_back({std::string(kMetadataName), meta.size(), crc32c(meta)});

@@ -210,5 +210,40 @@ TEST_CASE("a Runtime restore that fails late leaves the template as it was, sync
   CHECK(test::trees_equal(s.templ, s.tree));
 }
 
+TEST_CASE("a save reuses the plan while the structure stays, and plans again when it changes") {
+  test::TempDir tmp;
+  RuntimeOptions o;
+  o.unit_bytes = 64 << 10;
+  o.staging_budget = 16 << 20;
+  o.engine = io::EngineKind::threads;
+  Runtime rt(o);
+  Tree t = test::make_tree(40, 3000, 1);
+  rt.save(tmp / "a", t, {}).wait();
+  test::fill_pattern(t.find("layer3/w")->array(), 77);  // new values, same structure
+  rt.save(tmp / "b", t, {}).wait();
+  CHECK(rt.stats().plans_built == 1);
+  CHECK(rt.stats().plans_reused == 1);
+  Tree back = test::zeros_like(t);
+  rt.restore(tmp / "b", back);
+  CHECK(test::trees_equal(t, back));  // the reused plan copied the new values
+  // A shape, a dtype, a key: each is a new structure.
+  Tree shape = test::make_tree(40, 3000, 1);
+  shape["layer3"]["w"] = Array::zeros(DType::f32, {3001});
+  Tree dtype = test::make_tree(40, 3000, 1);
+  dtype["layer3"]["w"] = Array::zeros(DType::i32, {3000});
+  Tree key = test::make_tree(40, 3000, 1);
+  key["layer3"]["v"] = Array::zeros(DType::f32, {1});
+  int k = 0;
+  for (Tree* changed : {&shape, &dtype, &key, &t}) {
+    std::string dir = tmp / ("c" + std::to_string(k++));
+    rt.save(dir, *changed, {}).wait();
+    Tree again = test::zeros_like(*changed);
+    rt.restore(dir, again);
+    CHECK(test::trees_equal(*changed, again));
+  }
+  CHECK(rt.stats().plans_built == 5);
+  CHECK(rt.stats().plans_reused == 1);
+}
+
 }  // namespace
 }  // namespace ckpt
