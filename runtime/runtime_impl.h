@@ -159,7 +159,11 @@ struct Writes {
   std::mutex mu;
   bool file_ready = false;           // the open ended (opened or failed)
   std::vector<std::size_t> pending;  // units copied before that
-  std::exception_ptr error;          // the first failure: later units are skipped
+  // A sync save holds its units' checksums until the caller's copy is done: on few cores they
+  // would slow the copy (the stall) and the writes need none to start.
+  bool hold_checksums = false;
+  std::vector<std::size_t> held;
+  std::exception_ptr error;  // the first failure: later units are skipped
   // Per unit: the parts still to do (its write, its checksum); at 0 the chunk returns.
   std::unique_ptr<std::atomic<int>[]> parts;
   std::atomic<std::size_t> remaining{0};  // units not finished, plus 1 for the open
@@ -317,6 +321,9 @@ struct Runtime::Impl {
   // Unit i is in its chunk: written now if the data file is open, else once it is.
   void unit_copied(const std::shared_ptr<SaveOp>& op, std::size_t i);
   void issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i);
+  void post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t i);
+  // The copy of a sync save is done: the checksums it held go to the copy pool.
+  void release_checksums(const std::shared_ptr<SaveOp>& op);
   // Completes when every unit was written and checksummed (or skipped after a failure) and every
   // chunk is back in the pool, or when the watchdog gives up on the writes in flight.
   asio::awaitable<void> await_writes(const std::shared_ptr<SaveOp>& op);

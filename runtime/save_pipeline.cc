@@ -110,6 +110,7 @@ void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
   w->parts = std::make_unique<std::atomic<int>[]>(n);
   for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
   w->remaining = n + 1;                                 // and the open
+  w->hold_checksums = op->options.mode == SnapshotMode::sync;
   w->stage->done = [done = w->done](std::exception_ptr e) { done->complete(e); };
   op->writes = w;
   asio::post(workers, [this, op] { open_data_file(op); });
@@ -148,29 +149,56 @@ void Runtime::Impl::unit_copied(const std::shared_ptr<SaveOp>& op, std::size_t i
   issue_unit(op, i);
 }
 
+namespace {
+
+// One of unit i's two parts (its write, its checksum) is done; the second returns its chunk.
+// Completions may come after a timed-out save ended and the Runtime is gone: they reach the pool
+// only through the gate, and the op and its Writes through their own references.
+void part_done(const std::shared_ptr<SaveOp>& op, const std::shared_ptr<PoolGate>& gate,
+               std::size_t i) {
+  if (op->writes->parts[i].fetch_sub(1) != 1) return;
+  gate->release(*op, i);
+  op->writes->finish_one();
+}
+
+}  // namespace
+
+void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t i) {
+  asio::post(workers, [op, i, gate = gate] {
+    checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
+    part_done(op, gate, i);
+  });
+}
+
+void Runtime::Impl::release_checksums(const std::shared_ptr<SaveOp>& op) {
+  std::vector<std::size_t> held;
+  {
+    std::lock_guard lock(op->writes->mu);
+    op->writes->hold_checksums = false;
+    held.swap(op->writes->held);
+  }
+  for (std::size_t i : held) post_checksum(op, i);
+}
+
 void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i) {
-  // Completions may come after a timed-out save ended and the Runtime is gone: they reach the
-  // pool only through the gate, and the op and its Writes through their own references.
-  auto part_done = [op, gate = gate, w = op->writes, i] {
-    if (w->parts[i].fetch_sub(1) != 1) return;
-    gate->release(*op, i);
-    w->finish_one();
-  };
   if (op->writes->failed()) {
-    part_done();
-    part_done();
+    part_done(op, gate, i);
+    part_done(op, gate, i);
     return;
   }
   const Unit& u = op->plan->units[i];
-  // The checksum on a copy thread: in a sync save the caller and the helpers are still copying,
-  // and the write needs no checksum to start.
-  asio::post(workers, [op, i, part_done] {
-    checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
-    part_done();
-  });
+  // The checksum on a copy thread (the write needs none to start), held back while a sync
+  // save's caller is still copying.
+  bool hold;
+  {
+    std::lock_guard lock(op->writes->mu);
+    hold = op->writes->hold_checksums;
+    if (hold) op->writes->held.push_back(i);
+  }
+  if (!hold) post_checksum(op, i);
   io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
   op->writes->stage->submitted();
-  engine->submit(r, [op, w = op->writes, part_done, len = u.length,
+  engine->submit(r, [op, w = op->writes, gate = gate, i, len = u.length,
                      off = u.offset](std::int64_t res) {
     w->stage->completed();
     if (res < 0) {
@@ -181,7 +209,7 @@ void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i)
     } else if (w->writes_done.fetch_add(1) == 0) {
       CKPT_CRASH_POINT("mid_write");
     }
-    part_done();
+    part_done(op, gate, i);
   });
 }
 
@@ -424,6 +452,7 @@ SaveHandle Runtime::save(const std::string& path, const Tree& tree,
   impl_->start_writes(op);
   if (options.mode == SnapshotMode::sync) {
     impl_->start_copy(op, nullptr, true);
+    impl_->release_checksums(op);
     impl_->mark_snapshotted(*op);
   }
   impl_->stall_done(op);
@@ -454,6 +483,7 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
     impl->start_copy(
         op,
         [impl, op, done](std::exception_ptr e) {
+          impl->release_checksums(op);
           impl->mark_snapshotted(*op);
           impl->stall_done(op);
           impl->launch(op);
