@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 #include <unordered_set>
+#include <utility>
 
 #include "io/error.h"
 #include "io/file.h"
@@ -164,14 +166,14 @@ std::string encode_manifest(const Manifest& m) {
   return out;
 }
 
-void encode_manifest(const Manifest& m, std::string& out) {
-  constexpr std::size_t kKeep = std::size_t{64} << 20;
-  thread_local flatbuffers::FlatBufferBuilder kept;
-  flatbuffers::FlatBufferBuilder fresh(1024 + m.leaves.size() * 256);
-  const bool reuse = manifest_size_bound(m) <= kKeep;
-  flatbuffers::FlatBufferBuilder& b = reuse ? kept : fresh;
-  b.Clear();
-  namespace fb = ckpt::fb;
+namespace {
+
+namespace fb = ckpt::fb;
+using NodeVector = flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Node>>>;
+using LeafVector = flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Leaf>>>;
+
+// The tree part: nodes, leaves and their extents, the bulk of a manifest.
+std::pair<NodeVector, LeafVector> build_tree(flatbuffers::FlatBufferBuilder& b, const Manifest& m) {
   std::vector<flatbuffers::Offset<fb::Node>> nodes;
   nodes.reserve(m.nodes.size());
   for (const auto& n : m.nodes) {
@@ -181,8 +183,9 @@ void encode_manifest(const Manifest& m, std::string& out) {
   }
   std::vector<flatbuffers::Offset<fb::Leaf>> leaves;
   leaves.reserve(m.leaves.size());
+  std::vector<flatbuffers::Offset<fb::Extent>> extents;
   for (const auto& l : m.leaves) {
-    std::vector<flatbuffers::Offset<fb::Extent>> extents;
+    extents.clear();
     for (const auto& e : l.extents) {
       extents.push_back(fb::CreateExtent(b, e.file, e.offset, e.length, e.stored_length, e.crc32c,
                                          e.leaf_offset, e.process_index));
@@ -193,6 +196,44 @@ void encode_manifest(const Manifest& m, std::string& out) {
     leaves.push_back(
         fb::CreateLeaf(b, path, static_cast<fb::DType>(l.dtype), shape, l.nbytes, ext));
   }
+  return {b.CreateVector(nodes), b.CreateVector(leaves)};
+}
+
+}  // namespace
+
+EncodedTree encode_tree(const Manifest& m) {
+  flatbuffers::FlatBufferBuilder b(1024 + m.leaves.size() * 256);
+  auto [nodes, leaves] = build_tree(b, m);
+  EncodedTree out;
+  out.bytes.assign(reinterpret_cast<const char*>(b.GetCurrentBufferPointer()), b.GetSize());
+  out.nodes = nodes.o;
+  out.leaves = leaves.o;
+  return out;
+}
+
+void encode_manifest(const Manifest& m, std::string& out) {
+  encode_manifest(m, nullptr, nullptr, out);
+}
+
+void encode_manifest(const Manifest& m, const ManifestParts* parts, const EncodedTree* tree,
+                     std::string& out) {
+  constexpr std::size_t kKeep = std::size_t{64} << 20;
+  thread_local flatbuffers::FlatBufferBuilder kept;
+  flatbuffers::FlatBufferBuilder fresh(1024 + m.leaves.size() * 256);
+  const bool reuse = manifest_size_bound(m) <= kKeep;
+  flatbuffers::FlatBufferBuilder& b = reuse ? kept : fresh;
+  b.Clear();
+  // The tree part first: offsets count from the end of the buffer, so bytes encoded earlier by
+  // encode_tree, pushed into an empty builder, keep theirs.
+  NodeVector node_vec;
+  LeafVector leaf_vec;
+  if (tree != nullptr) {
+    b.PushBytes(reinterpret_cast<const std::uint8_t*>(tree->bytes.data()), tree->bytes.size());
+    node_vec = NodeVector(tree->nodes);
+    leaf_vec = LeafVector(tree->leaves);
+  } else {
+    std::tie(node_vec, leaf_vec) = build_tree(b, m);
+  }
   auto files = [&](const std::vector<FileInfo>& in) {
     std::vector<flatbuffers::Offset<fb::FileEntry>> out;
     for (const auto& f : in)
@@ -201,20 +242,23 @@ void encode_manifest(const Manifest& m, std::string& out) {
   };
   flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Block>>> blocks;
   if (m.format_version != kFormatVersion1) {
+    const std::vector<std::uint32_t>* crc = parts != nullptr ? parts->block_crc : nullptr;
     std::vector<flatbuffers::Offset<fb::Block>> out;
     out.reserve(m.blocks.size());
-    for (const auto& k : m.blocks)
-      out.push_back(fb::CreateBlock(b, k.file, k.offset, k.length, k.crc32c));
+    for (std::size_t i = 0; i < m.blocks.size(); ++i) {
+      const BlockInfo& k = m.blocks[i];
+      out.push_back(
+          fb::CreateBlock(b, k.file, k.offset, k.length, crc != nullptr ? (*crc)[i] : k.crc32c));
+    }
     blocks = b.CreateVector(out);
   }
   auto data_files = files(m.data_files);
-  auto json_files = files(m.json_files);
+  auto json_files = files(parts != nullptr ? *parts->json_files : m.json_files);
   auto writer = b.CreateString(m.writer);
-  auto node_vec = b.CreateVector(nodes);
-  auto leaf_vec = b.CreateVector(leaves);
-  auto root =
-      fb::CreateManifest(b, m.format_version, m.alignment, m.created_unix_ns, writer, m.total_bytes,
-                         node_vec, leaf_vec, data_files, json_files, m.process_count, blocks);
+  auto root = fb::CreateManifest(b, m.format_version, m.alignment,
+                                 parts != nullptr ? parts->created_unix_ns : m.created_unix_ns,
+                                 writer, m.total_bytes, node_vec, leaf_vec, data_files, json_files,
+                                 m.process_count, blocks);
   fb::FinishManifestBuffer(b, root);
 
   out.reserve(b.GetSize() + kTrailerSize);

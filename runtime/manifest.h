@@ -100,6 +100,26 @@ std::string encode_manifest(const Manifest& manifest);
 // The same into `out` (replacing its content, keeping its capacity). On one thread, encodings
 // reuse the memory of the previous ones, up to 64 MiB: a steady state of saves maps nothing.
 void encode_manifest(const Manifest& manifest, std::string& out);
+
+// The tree part of an encoded manifest (nodes, leaves, extents): its bulk, the same for every save
+// of one structure, so a save can reuse it (runtime/plan_cache.h).
+struct EncodedTree {
+  std::string bytes;        // the flatbuffer builder's bytes after the tree part
+  std::uint32_t nodes = 0;  // offsets (from the buffer's end) of the node and leaf vectors
+  std::uint32_t leaves = 0;
+};
+EncodedTree encode_tree(const Manifest& manifest);
+
+// What one save adds to a shared manifest skeleton.
+struct ManifestParts {
+  std::int64_t created_unix_ns = 0;
+  const std::vector<std::uint32_t>* block_crc = nullptr;  // per block
+  const std::vector<FileInfo>* json_files = nullptr;
+};
+// `manifest` with `parts` (when given) in place of its own creation time, block checksums and JSON
+// files, and with `tree` (when given: encode_tree(manifest)) as its tree part.
+void encode_manifest(const Manifest& manifest, const ManifestParts* parts, const EncodedTree* tree,
+                     std::string& out);
 // `path` names the file in errors. Throws Error(corrupt | unsupported).
 Manifest decode_manifest(std::string_view bytes, const std::string& path);
 

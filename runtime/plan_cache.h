@@ -21,6 +21,16 @@ namespace ckpt {
 struct PlanSkeleton {
   Manifest manifest;        // layout planned; no checksums, creation time or JSON files
   std::vector<Unit> units;  // write units in file order
+
+  // The manifest's tree part, encoded by the first save that commits with this plan.
+  const EncodedTree& encoded_tree() const {
+    std::call_once(encoded_once_, [this] { encoded_ = encode_tree(manifest); });
+    return encoded_;
+  }
+
+ private:
+  mutable std::once_flag encoded_once_;
+  mutable EncodedTree encoded_;
 };
 
 // One save's view of its tree: the plan, and where each leaf's bytes are now.

@@ -246,11 +246,11 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   const auto commit = [op] {
     op->data.close();
     // The shared skeleton, completed with this save's own parts.
-    Manifest manifest = op->plan->manifest;
-    manifest.created_unix_ns = op->created_unix_ns;
-    for (std::size_t b = 0; b < manifest.blocks.size(); ++b)
-      manifest.blocks[b].crc32c = op->block_crc[b];
-    finish_checkpoint(op->tmp_dir, op->final_dir, manifest, op->metadata, op->options.extra_files);
+    ManifestParts parts;
+    parts.created_unix_ns = op->created_unix_ns;
+    parts.block_crc = &op->block_crc;
+    finish_checkpoint(op->tmp_dir, op->final_dir, op->plan->manifest, parts,
+                      &op->plan->encoded_tree(), op->metadata, op->options.extra_files);
   };
   const auto clean_up = [op] {
     // Requests the watchdog gave up on may still use the descriptor: it closes with the op.
