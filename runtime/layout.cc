@@ -113,19 +113,20 @@ std::vector<Unit> plan_units(const Manifest& m, std::uint64_t max_unit,
     blocks.resize(m.blocks.size());
     for (std::uint32_t b = 0; b < blocks.size(); ++b) blocks[b] = b;
   } else {
-    // The blocks that hold bytes of a wanted leaf: both lists are in file order.
-    std::size_t b = 0;
+    // The blocks that hold bytes of a wanted leaf (blocks are in file order; extents may
+    // overlap in a hostile manifest: each one searches).
+    std::vector<bool> want(m.blocks.size(), false);
     for (const Placed& p : placed) {
-      while (
-          b < m.blocks.size() &&
-          before(m.blocks[b].file, m.blocks[b].offset + m.blocks[b].length, p.file, p.offset + 1)) {
-        ++b;
+      auto first = std::partition_point(m.blocks.begin(), m.blocks.end(), [&](const BlockInfo& b) {
+        return before(b.file, b.offset + b.length, p.file, p.offset + 1);
+      });
+      for (auto k = first;
+           k != m.blocks.end() && k->file == p.file && k->offset < p.offset + p.length; ++k) {
+        want[static_cast<std::size_t>(k - m.blocks.begin())] = true;
       }
-      for (std::size_t k = b; k < m.blocks.size() && m.blocks[k].file == p.file &&
-                              m.blocks[k].offset < p.offset + p.length;
-           ++k) {
-        if (blocks.empty() || blocks.back() < k) blocks.push_back(static_cast<std::uint32_t>(k));
-      }
+    }
+    for (std::uint32_t b = 0; b < want.size(); ++b) {
+      if (want[b]) blocks.push_back(b);
     }
   }
   std::vector<Unit> units;
@@ -144,20 +145,22 @@ std::vector<Unit> plan_units(const Manifest& m, std::uint64_t max_unit,
       start += len;
     }
   }
-  // Segments: each extent lies inside wanted blocks, so inside consecutive units.
-  std::size_t ui = 0;
+  // Segments: each extent lies inside wanted blocks, so inside consecutive units. Each one
+  // finds its first unit by binary search: a hostile manifest may have extents that overlap.
   for (const Placed& p : placed) {
-    std::uint64_t at = 0;
-    while (at < p.length) {
+    auto it = std::partition_point(units.begin(), units.end(), [&](const Unit& u) {
+      return before(u.file, u.offset + u.length, p.file, p.offset + 1);
+    });
+    for (std::uint64_t at = 0; at < p.length; ++it) {
       std::uint64_t pos = p.offset + at;
-      while (ui < units.size() &&
-             before(units[ui].file, units[ui].offset + units[ui].length, p.file, pos + 1)) {
-        ++ui;
+      if (it == units.end() || it->file != p.file || it->offset > pos) {
+        throw Error(Errc::corrupt, fmt::format("extent of leaf '{}' at offset {} lies outside the "
+                                               "blocks read",
+                                               m.leaves[p.leaf].path, pos));
       }
-      Unit& u = units.at(ui);
-      std::uint64_t in_unit = pos - u.offset;
-      std::uint64_t len = std::min(p.length - at, u.length - in_unit);
-      u.segments.push_back(Segment{p.leaf, p.leaf_offset + at, in_unit, len});
+      std::uint64_t in_unit = pos - it->offset;
+      std::uint64_t len = std::min(p.length - at, it->length - in_unit);
+      it->segments.push_back(Segment{p.leaf, p.leaf_offset + at, in_unit, len});
       at += len;
     }
   }

@@ -434,6 +434,27 @@ TEST_CASE("manifest decode rejects gaps and overlaps between version 1 extents")
                     "do not cover data-00000.bin");
 }
 
+TEST_CASE("units keep every segment inside them even when a hostile manifest's extents overlap") {
+  // decode_manifest checks that extents lie in their file and blocks tile it, not that leaves
+  // are disjoint: overlapping leaves must still plan to in-bounds reads and copies.
+  Manifest m = valid_manifest();
+  leaf(m, "a").extents[0].offset = 100;  // inside c/d's bytes, before b/0
+  const std::vector<bool> all(m.leaves.size(), true);
+  for (std::uint64_t unit : {4096u, 16384u}) {
+    for (const std::vector<bool>* wanted : {&all, static_cast<const std::vector<bool>*>(nullptr)}) {
+      auto units = plan_units(m, unit, wanted != nullptr ? *wanted : std::vector<bool>{});
+      std::uint64_t bytes = 0;
+      for (const auto& u : units) {
+        for (const auto& seg : u.segments) {
+          CHECK(seg.unit_offset + seg.len <= u.length);
+          bytes += seg.len;
+        }
+      }
+      CHECK(bytes == m.total_bytes);
+    }
+  }
+}
+
 TEST_CASE("manifest decode rejects duplicate leaf paths") {
   check_rejected([](Manifest& m) { leaf(m, "c/d").path = "a"; }, Errc::corrupt,
                  "duplicate leaf path 'a'");
