@@ -75,28 +75,30 @@ TEST_CASE("packed leaves of any size mix take at most 2% more than the state on 
   std::mt19937_64 rng(7);
   const DType dtypes[] = {DType::u8, DType::f16, DType::f32, DType::f64, DType::boolean};
   std::vector<std::byte> memory(70000 * 8);  // every leaf views it: only the layout is planned
-  for (int round = 0; round < 20; ++round) {
-    Tree t;
+  for (int round = 0; round < 10; ++round) {
+    FlatTree leaves;
     std::uint64_t total = 0;
-    int leaves = 1 + static_cast<int>(rng() % 3000);
-    for (int i = 0; i < leaves; ++i) {
+    int n = 1 + static_cast<int>(rng() % 1500);
+    for (int i = 0; i < n; ++i) {
       DType d = dtypes[rng() % 5];
       std::uint64_t numel = rng() % 4 == 0 ? rng() % 70000 : rng() % 300;
       Array a = Array::view(d, {numel}, static_cast<const void*>(memory.data()));
       total += a.nbytes();
-      t["l" + std::to_string(i)] = a;
+      leaves.emplace_back("l" + std::to_string(i), a);
     }
     Manifest m;
-    plan_extents(t.flatten(), 4u << 20, m);
+    plan_extents(leaves, 4u << 20, m);
     CHECK(m.format_version == 2);
     CHECK(m.total_bytes == total);
     CHECK(m.stored_bytes() <= total + total / 50 + m.alignment);
+    std::size_t misaligned = 0;
     for (const auto& leaf : m.leaves) {
       for (const auto& e : leaf.extents) {
-        CHECK(e.offset % dtype_size(leaf.dtype) == 0);
-        if (leaf.nbytes % 64 == 0) CHECK(e.offset % 64 == 0);
+        if (e.offset % dtype_size(leaf.dtype) != 0) ++misaligned;
+        if (leaf.nbytes % 64 == 0 && e.offset % 64 != 0) ++misaligned;
       }
     }
+    CHECK(misaligned == 0);
   }
 }
 
