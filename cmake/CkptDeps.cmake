@@ -1,7 +1,8 @@
 # The Debian packages ckpt's libraries build with, and the manifest header generated from
 # schemas/checkpoint.fbs at build time (generated headers pin the flatc version, PITFALLS.md).
 # Shared by the root build and the standalone fuzzer build (tests/fuzz). CKPT_ROOT must be set.
-find_package(Boost 1.81 EXACT REQUIRED COMPONENTS json)
+# CONFIG: Boost's own package (Debian ships it); FindBoost warns about "new Boost version".
+find_package(Boost 1.81.0 EXACT REQUIRED COMPONENTS json CONFIG)
 find_package(FlatBuffers REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(PkgConfig REQUIRED)

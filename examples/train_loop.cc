@@ -7,6 +7,14 @@
 //
 //   build/examples/train_loop --dir ./checkpoints --steps 2000 --save-every 200 --state-mb 64
 //   build/examples/train_loop --dir ./checkpoints --resume --steps 4000
+//   build/examples/train_loop --dir /tmp/c --save-every 0 --sweep --step-times /tmp/steps.txt
+//
+// --save-every 0 trains without any checkpoint (the baseline of bench/overhead). The line before
+// the final one is `throughput steps_per_s=X`, over this run's training steps alone: from the
+// first step to the end of the last (save calls and snapshot waits included; start-up, restore
+// and the wait for the final save to be durable excluded). --sweep makes every step's update
+// write every element of the state, as an optimizer over the whole model does, instead of one
+// element per padding array. --step-times writes each step's duration in ms, one line a step.
 #include <CLI/CLI.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/describe/class.hpp>
@@ -17,7 +25,10 @@
 #include <fmt/format.h>
 #include <atomic>
 #include <mutex>
+#include <fstream>
 #include <optional>
+#include <pthread.h>
+#include <sched.h>
 
 #include "io/error.h"
 #include "io/file.h"
@@ -41,9 +52,11 @@ struct TrainConfig {
   double momentum = 0.9;
   std::int64_t hidden = 64;
   std::int64_t batch = 64;
+  bool sweep = false;  // every step writes every element of the padding (a whole-model update)
 };
 BOOST_DESCRIBE_STRUCT(TrainConfig, (),
-                      (steps, save_every, state_mb, seed, mode, keep, lr, momentum, hidden, batch))
+                      (steps, save_every, state_mb, seed, mode, keep, lr, momentum, hidden, batch,
+                       sweep))
 
 namespace {
 
@@ -78,8 +91,9 @@ class TrainJob : public RestoreableJob<TrainConfig> {
     if (c.mode != "sync" && c.mode != "overlapped") {
       throw Error(Errc::invalid_argument, "config key 'mode': expected sync or overlapped");
     }
-    if (c.steps < 0 || c.save_every <= 0 || c.hidden <= 0 || c.batch <= 0 || c.state_mb < 0) {
-      throw Error(Errc::invalid_argument, "steps, save_every, hidden, batch must be positive");
+    if (c.steps < 0 || c.save_every < 0 || c.hidden <= 0 || c.batch <= 0 || c.state_mb < 0) {
+      throw Error(Errc::invalid_argument,
+                  "hidden and batch must be positive; steps, save_every and state_mb not negative");
     }
     std::uint64_t s = c.seed * 7919 + 1;
     auto init = [&](std::vector<float>& v, std::size_t n, float scale) {
@@ -136,6 +150,14 @@ class TrainJob : public RestoreableJob<TrainConfig> {
 
   std::int64_t step() const { return step_; }
   int failed_saves() const { return failed_saves_; }
+  // Each step this process ran, in ms (the save call and any snapshot wait included).
+  const std::vector<double>& step_ms() const { return step_ms_; }
+  // Steps per second over the steps this process ran; 0 when it ran none.
+  double steps_per_s() const {
+    double total = 0;
+    for (double m : step_ms_) total += m;
+    return total > 0 ? static_cast<double>(step_ms_.size()) * 1e3 / total : 0.0;
+  }
 
   std::string digest() {
     std::uint32_t crc = 0;
@@ -149,7 +171,10 @@ class TrainJob : public RestoreableJob<TrainConfig> {
     options.mode = c.mode == "overlapped" ? SnapshotMode::overlapped : SnapshotMode::sync;
     std::optional<SaveHandle> pending_snapshot;
     double loss = 0;
+    step_ms_.reserve(static_cast<std::size_t>(std::max<std::int64_t>(c.steps - step_, 0)));
     while (step_ < c.steps) {
+      const auto step_start = std::chrono::steady_clock::now();
+      auto end_step = [&] { step_ms_.push_back(ms(std::chrono::steady_clock::now() - step_start)); };
       loss = compute_gradients();
       if (pending_snapshot) {  // overlapped mode: the copy must finish before the update
         co_await pending_snapshot->async_snapshotted(asio::use_awaitable);
@@ -158,7 +183,7 @@ class TrainJob : public RestoreableJob<TrainConfig> {
       apply_update();
       ++step_;
       bool last = step_ == c.steps;
-      if (step_ % c.save_every == 0 || last) {
+      if (c.save_every > 0 && (step_ % c.save_every == 0 || last)) {
         std::string suffix = "step/" + std::to_string(step_);
         boost::json::object metadata;
         metadata["step"] = step_;
@@ -168,7 +193,8 @@ class TrainJob : public RestoreableJob<TrainConfig> {
         if (options.mode == SnapshotMode::overlapped && !last) pending_snapshot = h;
         say("step {:>6} loss {:.6f}  save {} stall {:.2f} ms\n", step_, loss, suffix, ms(h.timings().stall));
         if (last) {
-          co_await h.async_wait(asio::use_awaitable);  // the final save: wait until durable
+          end_step();  // the wait for the final save to be durable is not a training step
+          co_await h.async_wait(asio::use_awaitable);
           co_await reg.async_wait(asio::use_awaitable);
           say("saved {}: durable after {:.1f} ms ({:.1f} MiB), latest -> {}\n", suffix,
               ms(h.timings().durable), h.timings().bytes / 1048576.0, suffix);
@@ -183,6 +209,7 @@ class TrainJob : public RestoreableJob<TrainConfig> {
           });
         }
       }
+      if (!last || c.save_every == 0) end_step();
     }
     finish();
   }
@@ -255,12 +282,16 @@ class TrainJob : public RestoreableJob<TrainConfig> {
     for (std::size_t k = 0; k < pads_.size(); ++k) {
       auto& p = pads_[k];
       p[static_cast<std::size_t>(step_) % p.size()] += 1.0f;
+      if (args().sweep) {
+        for (float& x : p) x = x * 0.999999f + 1e-6f;
+      }
     }
   }
 
   std::vector<float> w1_, b1_, w2_, b2_, teacher_;
   std::vector<std::vector<float>> momentum_, pads_, grads_;
   std::vector<float> x_, y_, hid_;
+  std::vector<double> step_ms_;
   std::int64_t step_ = 0;
   std::atomic<int> failed_saves_{0};
 };
@@ -306,6 +337,16 @@ std::optional<std::uint64_t> parse_seed(const std::string& text) {
   return value;
 }
 
+// Pins the calling thread to one CPU; threads it starts later inherit the mask.
+void pin_this_thread(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set); rc != 0) {
+    throw Error(Errc::invalid_argument, fmt::format("--pin: CPU {}: {}", cpu, std::strerror(rc)));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -328,6 +369,15 @@ int main(int argc, char** argv) {
                        "UINT64"));
   auto* mode = app.add_option("--mode", config.mode, "sync | overlapped")->check(CLI::IsMember({"sync", "overlapped"}));
   auto* keep = app.add_option("--keep", config.keep, "checkpoints to keep");
+  auto* hidden = app.add_option("--hidden", config.hidden, "hidden units (the step's compute)");
+  auto* batch = app.add_option("--batch", config.batch, "batch size (the step's compute)");
+  auto* sweep = app.add_flag("--sweep", config.sweep, "each step writes every state element");
+  std::string step_times;
+  app.add_option("--step-times", step_times, "write each step's duration in ms to this file");
+  std::vector<int> pin;
+  app.add_option("--pin", pin, "LOOP_CPU,CKPT_CPU: the training thread on one CPU, ckpt's on another")
+      ->delimiter(',')
+      ->expected(2);
   app.add_option("--engine", engine, "auto | uring | threads")->check(CLI::IsMember({"auto", "uring", "threads"}));
   app.add_flag("--resume", resume, "continue from latest");
   CLI11_PARSE(app, argc, argv);
@@ -341,11 +391,16 @@ int main(int argc, char** argv) {
   if (seed->count()) overrides["seed"] = config.seed;
   if (mode->count()) overrides["mode"] = config.mode;
   if (keep->count()) overrides["keep"] = config.keep;
+  if (hidden->count()) overrides["hidden"] = config.hidden;
+  if (batch->count()) overrides["batch"] = config.batch;
+  if (sweep->count()) overrides["sweep"] = config.sweep;
   try {
     RuntimeOptions ro;
     ro.engine = io::parse_engine_kind(engine);
     ro.staging_budget = 2 * (static_cast<std::uint64_t>(std::max<std::int64_t>(config.state_mb, 1)) << 20) + (64u << 20);
+    if (!pin.empty()) pin_this_thread(pin[1]);  // the Runtime's threads inherit this CPU
     set_default_runtime(std::make_shared<Runtime>(ro));
+    if (!pin.empty()) pin_this_thread(pin[0]);  // and the training loop runs on this one
     ExecutionSpec spec = ExecutionSpec::local(dir, "train_loop");
     auto job = resume_or_start(spec, config, overrides, resume);
     const auto& c = job->args();
@@ -363,6 +418,13 @@ int main(int argc, char** argv) {
       for (const auto& e : report.errors) fmt::print(stderr, "train_loop: {}\n", e);
       return 1;
     }
+    if (!step_times.empty()) {
+      std::ofstream out(step_times);
+      for (double m : job->step_ms()) out << fmt::format("{:.4f}\n", m);
+      out.close();
+      if (!out) throw Error(Errc::io, fmt::format("--step-times {}: cannot write", step_times));
+    }
+    say("throughput steps_per_s={:.3f}\n", job->steps_per_s());
     say("final step={} digest={}\n", job->step(), job->digest());
     if (job->failed_saves() > 0) {
       fmt::print(stderr, "train_loop: {} periodic save(s) failed\n", job->failed_saves());

@@ -127,6 +127,21 @@ void reload_crash_points() {
   detail::crash_points_armed_flag.store(!crash_at.name.empty() || !fault_at.name.empty());
 }
 
+bool fsync_dropped([[maybe_unused]] std::string_view site) {
+#if defined(CKPT_FSYNC_DROP_ENABLED)
+  static const std::string dropped = [] {
+    const char* v = std::getenv("CKPT_DROP_FSYNC");
+    return std::string(v == nullptr ? "" : v);
+  }();
+  if (dropped.empty() || dropped != site) return false;
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) log().warn("CKPT_DROP_FSYNC: skipping every fsync of site {}", site);
+  return true;
+#else
+  return false;
+#endif
+}
+
 void crash_point_reached(std::string_view name) {
   std::unique_lock lock(mu);
   if (fires(crash_at, name)) crash(name);

@@ -24,6 +24,16 @@
 //   after_<tag>_rename  io::atomic_replace_file, renamed, parent not yet fsynced
 // atomic_replace_file's tag is "latest" for the latest pointer (write_latest), else "replace".
 // A SIGKILL tests consistency after a process crash; data already in the page cache survives it.
+//
+// Fsync sites (CKPT_FSYNC_DROP, on where crash points are; the power-loss explorer's proof that
+// it can fail, tests/powerloss/): CKPT_DROP_FSYNC=site, read once at start-up, makes the fsync
+// of that site a successful no-op, so the explorer must then report violations. kFsyncSites
+// lists them: data_file (the data file, engine fsync), new_file (metadata.json, extra JSON files,
+// manifest.ckpt), checkpoint_dir (the temporary directory before its rename), commit_parent (the
+// parent after the commit rename), latest_file / latest_parent (write_latest's temporary file and
+// the run directory after its rename), removal_parent (the parent after a retention or gc
+// removal renamed a checkpoint away), make_dirs_parent (the parent of a directory make_dirs
+// created).
 #include <atomic>
 #include <string>
 #include <string_view>
@@ -54,6 +64,14 @@ void fault_point_reached(std::string_view name, const std::string& path);
 // Re-reads CKPT_CRASH_AT and CKPT_FAULT_AT (for tests that setenv in-process) and resets the hit
 // counts. Throws Error(invalid_argument) for a malformed value.
 void reload_crash_points();
+
+inline constexpr std::string_view kFsyncSites[] = {
+    "data_file",     "new_file",       "checkpoint_dir", "commit_parent",
+    "latest_file",   "latest_parent",  "removal_parent", "make_dirs_parent"};
+
+// True when CKPT_DROP_FSYNC names `site` (logs a warning the first time it drops one). Always
+// false unless compiled with CKPT_FSYNC_DROP.
+bool fsync_dropped(std::string_view site);
 
 }  // namespace ckpt::io
 

@@ -69,7 +69,10 @@ bool is_live_tmp(const std::string& path) {
   return live_tmps().contains(key);
 }
 
-void fsync_dir(const std::string& dir) {
+void fsync_dir(const std::string& dir) { fsync_dir(dir, {}); }
+
+void fsync_dir(const std::string& dir, std::string_view site) {
+  if (!site.empty() && fsync_dropped(site)) return;
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) throw sys_error("open directory", dir, errno);
   File f(fd, dir, false);
@@ -103,15 +106,21 @@ void make_dirs(const std::string& dir) {
     if (::mkdir(it->c_str(), 0755) != 0 && errno != EEXIST) {
       throw sys_error("mkdir", it->string(), errno);
     }
-    fsync_dir(parent_of(it->string()));
+    fsync_dir(parent_of(it->string()), "make_dirs_parent");
   }
 }
 
-void write_new_file(const std::string& path, std::string_view content) {
+namespace {
+void write_synced_file(const std::string& path, std::string_view content, std::string_view site) {
   File f = open_buffered(path, OpenMode::write_new);
   f.write_all(content);
-  f.sync();
+  if (!fsync_dropped(site)) f.sync();
   f.close();
+}
+}  // namespace
+
+void write_new_file(const std::string& path, std::string_view content) {
+  write_synced_file(path, content, "new_file");
 }
 
 // point_tag is unused when crash points are compiled out.
@@ -120,7 +129,7 @@ void atomic_replace_file(const std::string& path, std::string_view content,
   std::string tmp = path + std::string(kTmpMarker) + unique_tag();
   note_live_tmp(tmp);
   try {
-    write_new_file(tmp, content);
+    write_synced_file(tmp, content, std::string(point_tag) + "_file");
     CKPT_FAULT_POINT("before_" + std::string(point_tag) + "_rename", path);
     if (::rename(tmp.c_str(), path.c_str()) != 0) throw sys_error("rename", path, errno);
   } catch (...) {
@@ -130,7 +139,7 @@ void atomic_replace_file(const std::string& path, std::string_view content,
   }
   forget_live_tmp(tmp);
   CKPT_FAULT_POINT("after_" + std::string(point_tag) + "_rename", path);
-  fsync_dir(parent_of(path));
+  fsync_dir(parent_of(path), std::string(point_tag) + "_parent");
 }
 
 void commit_directory(const std::string& tmp_dir, const std::string& final_dir) {
@@ -143,14 +152,14 @@ void commit_directory(const std::string& tmp_dir, const std::string& final_dir) 
                                     final_dir.c_str(), RENAME_EXCHANGE));
     if (rc != 0) throw sys_error("rename (exchange)", final_dir, errno);
     CKPT_FAULT_POINT("after_dir_rename", final_dir);
-    fsync_dir(parent_of(final_dir));
+    fsync_dir(parent_of(final_dir), "commit_parent");
     remove_tree(tmp_dir);  // the old checkpoint; still a live temporary of the caller's
   } else if (rc != 0) {
     throw sys_error("rename", final_dir, errno);
   } else {
     CKPT_FAULT_POINT("after_dir_rename", final_dir);
   }
-  fsync_dir(parent_of(final_dir));
+  fsync_dir(parent_of(final_dir), "commit_parent");
 }
 
 void remove_tree(const std::string& path) {

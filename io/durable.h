@@ -31,6 +31,8 @@ bool is_tmp_name(std::string_view name) noexcept;
 std::string absolute_normal(const std::string& path);
 
 void fsync_dir(const std::string& dir);
+// The same at a named fsync site (io/crash_point.h: CKPT_DROP_FSYNC can skip it in test builds).
+void fsync_dir(const std::string& dir, std::string_view site);
 
 // Creates `dir` and missing parents, durably. Existing directories are fine.
 void make_dirs(const std::string& dir);

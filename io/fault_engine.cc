@@ -1,5 +1,6 @@
 #include "io/fault_engine.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "io/file.h"
@@ -11,7 +12,10 @@ FaultEngine::FaultEngine(std::unique_ptr<Engine> inner) : inner_(std::move(inner
 FaultEngine::~FaultEngine() {
   std::vector<Held> hung;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    released_.wait(lock, [&] {
+      return std::none_of(hung_.begin(), hung_.end(), [](const Held& h) { return h.stuck; });
+    });
     hung.swap(hung_);
   }
   for (auto& h : hung) h.done(-ECANCELED);
@@ -29,8 +33,8 @@ void FaultEngine::submit(const Request& request, Completion done) {
       ++injected_;
       fault = spec_.kind;
       error = spec_.error;
-      if (*fault == FaultKind::hang) {
-        hung_.push_back(Held{request, std::move(done)});
+      if (*fault == FaultKind::hang || *fault == FaultKind::stuck) {
+        hung_.push_back(Held{request, std::move(done), *fault == FaultKind::stuck});
         return;
       }
     }
@@ -69,13 +73,18 @@ void FaultEngine::disarm() {
 }
 
 std::size_t FaultEngine::release_hung() {
-  std::vector<Held> hung;
+  std::size_t n;
   {
+    // Forwarded under the lock, so that a destructor waiting for stuck requests cannot destroy
+    // inner_ before they reach it (the drivers' submit() never runs a completion inline).
+    // Notified under the lock too: once it is released, this call touches nothing of *this.
     std::lock_guard lock(mu_);
-    hung.swap(hung_);
+    n = hung_.size();
+    for (auto& h : hung_) inner_->submit(h.request, std::move(h.done));
+    hung_.clear();
+    released_.notify_all();
   }
-  for (auto& h : hung) inner_->submit(h.request, std::move(h.done));
-  return hung.size();
+  return n;
 }
 
 std::size_t FaultEngine::hung() const {

@@ -9,11 +9,14 @@
 //    so O_DIRECT rules hold) and completes with the bytes of that half: the rest is never
 //    written. This deliberately breaks the engine contract (no resubmission) to test callers;
 //  - hang: keeps the request, unsubmitted, until release_hung() forwards it to the wrapped engine
-//    or the FaultEngine is destroyed, which completes it with -ECANCELED (nothing leaks).
+//    or the FaultEngine is destroyed, which completes it with -ECANCELED (nothing leaks);
+//  - stuck: a device that never answers: kept like `hang`, but the destructor waits until
+//    release_hung() forwards it, as a real engine waits for a request stuck in the kernel.
 // A sticky fault also hits every later request of its operation. Unarmed, every call is forwarded.
 // An injected error completes at once on the submitting thread (callers never hold a lock their
 // completion takes across submit(), so this is safe and keeps the driver a few dozen lines).
 #include <cerrno>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -23,7 +26,7 @@
 
 namespace ckpt::io {
 
-enum class FaultKind : std::uint8_t { error, short_transfer, hang };
+enum class FaultKind : std::uint8_t { error, short_transfer, hang, stuck };
 
 struct FaultSpec {
   Request::Op op = Request::Op::write;
@@ -36,7 +39,9 @@ struct FaultSpec {
 class FaultEngine final : public Engine {
  public:
   explicit FaultEngine(std::unique_ptr<Engine> inner);
-  ~FaultEngine() override;  // completes hung requests with -ECANCELED, then destroys `inner`
+  // Waits for stuck requests to be released, completes hung ones with -ECANCELED, then destroys
+  // `inner`.
+  ~FaultEngine() override;
 
   std::string_view name() const noexcept override { return inner_->name(); }
   void submit(const Request& request, Completion done) override;
@@ -57,10 +62,12 @@ class FaultEngine final : public Engine {
   struct Held {
     Request request;
     Completion done;
+    bool stuck = false;
   };
 
   std::unique_ptr<Engine> inner_;
   mutable std::mutex mu_;
+  std::condition_variable released_;
   bool armed_ = false;
   FaultSpec spec_;
   std::uint64_t seen_[3] = {0, 0, 0};  // per Request::Op since arm()

@@ -124,13 +124,14 @@ class CheckpointedJob : public BasicJob<C> {
                                            partial);
   }
 
-  // Starts a save; returns its awaitable handle (see runtime/handles.h).
+  // Starts a save; returns its awaitable handle (see runtime/handles.h). Under
+  // Backpressure::block it blocks its thread until staging is free, so on the thread that runs
+  // the Runtime (a job whose Runtime was built on the job's own executor) it throws
+  // Error(invalid_argument) instead of deadlocking: coroutines use async_save_tree_and_metadata.
   SaveHandle save_tree_and_metadata_from_path(const std::string& rel_path, const Tree& tree,
                                               const boost::json::object& metadata,
                                               SaveOptions options = SaveOptions()) {
-    std::string path = resolve_rel_path(checkpoints_dir(this->spec()), rel_path);
-    auto files = detail::job_files(*this);
-    options.extra_files.insert(files.begin(), files.end());
+    std::string path = prepare_save(rel_path, options);
     return this->runtime().save(path, tree, metadata, options);
   }
   // The save takes the run directory's writer lease and is protected from `ckpt gc` until it
@@ -138,10 +139,31 @@ class CheckpointedJob : public BasicJob<C> {
   SaveHandle save_tree_and_metadata(const std::string& suffix, const Tree& tree,
                                     const boost::json::object& metadata,
                                     SaveOptions options = SaveOptions()) {
-    options.run_dir = run_dir(this->spec());
-    if (retention_.active()) options.retention = retention_;
-    return save_tree_and_metadata_from_path(rel_path(this->spec(), suffix), tree, metadata,
-                                            std::move(options));
+    std::string rel = prepare_run_save(suffix, options);
+    return save_tree_and_metadata_from_path(rel, tree, metadata, std::move(options));
+  }
+
+  // The same for coroutines: admission waits asynchronously, so the thread that runs the Runtime
+  // is never blocked, whichever executor that is. Completes with void(std::exception_ptr,
+  // SaveHandle) once save_tree_and_metadata would have returned (admitted; in sync mode,
+  // snapshotted):  SaveHandle h = co_await job.async_save_tree_and_metadata(suffix, tree, md,
+  // SaveOptions(), asio::use_awaitable);  Arguments are copied before it returns (the tree's
+  // arrays are not: they are read by the snapshot, as with save).
+  template <typename Token>
+  auto async_save_tree_and_metadata_from_path(const std::string& rel_path, const Tree& tree,
+                                              const boost::json::object& metadata,
+                                              SaveOptions options, Token&& token) {
+    std::string path = prepare_save(rel_path, options);
+    return this->runtime().async_save(std::move(path), tree, metadata, std::move(options),
+                                      std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto async_save_tree_and_metadata(const std::string& suffix, const Tree& tree,
+                                    const boost::json::object& metadata, SaveOptions options,
+                                    Token&& token) {
+    std::string rel = prepare_run_save(suffix, options);
+    return async_save_tree_and_metadata_from_path(rel, tree, metadata, std::move(options),
+                                                  std::forward<Token>(token));
   }
 
   boost::json::object get_metadata_from_path(const std::string& rel_path) {
@@ -168,6 +190,20 @@ class CheckpointedJob : public BasicJob<C> {
   void on_start() override { detail::claim_and_clean(this->runtime(), this->spec()); }
 
  private:
+  // The absolute checkpoint path of rel_path; adds job.json and config.json to options.
+  std::string prepare_save(const std::string& rel_path, SaveOptions& options) {
+    std::string path = resolve_rel_path(checkpoints_dir(this->spec()), rel_path);
+    auto files = detail::job_files(*this);
+    options.extra_files.insert(files.begin(), files.end());
+    return path;
+  }
+  // The rel_path of suffix in this job's run; sets the run directory and retention of options.
+  std::string prepare_run_save(const std::string& suffix, SaveOptions& options) {
+    options.run_dir = run_dir(this->spec());
+    if (retention_.active()) options.retention = retention_;
+    return rel_path(this->spec(), suffix);
+  }
+
   RetentionPolicy retention_;
 };
 

@@ -77,7 +77,7 @@ std::string doom_checkpoint(const std::string& path) {
   }
   fs::path parent = fs::path(path).parent_path();
   try {
-    io::fsync_dir(parent.empty() ? "." : parent.string());
+    io::fsync_dir(parent.empty() ? "." : parent.string(), "removal_parent");
   } catch (...) {
     bury(doomed);  // renamed away is gone from the listing; finish the removal
     throw;

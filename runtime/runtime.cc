@@ -36,10 +36,10 @@ bool runs_executor(const asio::any_io_executor& e) {
   return false;
 }
 
-std::unique_ptr<io::Engine> make_runtime_engine(const RuntimeOptions& o) {
+std::unique_ptr<io::TrackingEngine> make_runtime_engine(const RuntimeOptions& o) {
   auto engine = io::make_engine({o.engine, o.queue_depth, o.io_threads});
   if (o.wrap_engine) engine = o.wrap_engine(std::move(engine));
-  return engine;
+  return std::make_unique<io::TrackingEngine>(std::move(engine));
 }
 
 }  // namespace
@@ -85,6 +85,29 @@ Runtime::Impl::~Impl() {
     own_work.reset();
     io_thread.join();
   }
+  abandon_stuck_io();
+}
+
+// Bounded shutdown (docs/design.md): every save has ended, so with an io_timeout a request still
+// in the engine is one the watchdog gave up on. Rather than block in the engine's destructor for
+// a device that may never answer, give it a short grace, then log what is abandoned and keep the
+// engine and the staging memory alive for the rest of the process.
+void Runtime::Impl::abandon_stuck_io() {
+  if (options.io_timeout.count() <= 0) return;  // no deadline asked for: the engine waits
+  auto grace = std::min<Clock::duration>(options.io_timeout, std::chrono::milliseconds(100));
+  if (engine->wait_idle(Clock::now() + grace)) return;
+  auto stuck = engine->describe_in_flight();
+  std::uint64_t kept = pool.abandon();
+  log().error(
+      "Runtime shut down with {} IO request(s) stuck past the IO timeout of {} ms: abandoning "
+      "them with the engine and {} bytes of staging memory, which stay allocated until the "
+      "process exits",
+      stuck.size(), options.io_timeout.count(), kept);
+  constexpr std::size_t kShown = 16;
+  for (std::size_t i = 0; i < stuck.size() && i < kShown; ++i)
+    log().error("abandoned: {}", stuck[i]);
+  if (stuck.size() > kShown) log().error("abandoned: {} more", stuck.size() - kShown);
+  io::abandon_engine(std::move(engine));
 }
 
 void Runtime::Impl::begin_op() {

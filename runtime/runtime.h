@@ -72,8 +72,12 @@ struct RuntimeOptions {
   // the engine: the staging chunks they write from return to the pool, and the data file is
   // closed, only when the engine completes them (staging_in_use stays above 0 until then), so
   // the kernel never reads memory a later save reuses. Small-file writes, renames and directory
-  // fsyncs are plain system calls and have no deadline. Destroying the Runtime still waits for
-  // the engine's requests in flight (io/engine.h).
+  // fsyncs are plain system calls and have no deadline. With an io_timeout, destroying the
+  // Runtime is bounded too: it waits for its saves (each ends at the latest io_timeout after its
+  // IO stopped progressing), then at most min(io_timeout, 100 ms) for the engine's requests, and
+  // then abandons what is still stuck, logging each request: the engine and the staging memory
+  // stay allocated until the process exits (io/tracking_engine.h). Without one it waits for the
+  // engine's requests however long they take.
   std::chrono::milliseconds io_timeout{0};
   // How long to wait for a run directory that another process holds: its writer lease (another
   // writer; save() and register_latest() then fail with Errc::busy naming its pid) or its

@@ -23,6 +23,7 @@
 #include "io/error.h"
 #include "io/file.h"
 #include "io/log.h"
+#include "io/tracking_engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/commit.h"
@@ -212,7 +213,7 @@ using detail::Writes;
 
 struct Runtime::Impl {
   RuntimeOptions options;
-  std::unique_ptr<io::Engine> engine;
+  std::unique_ptr<io::TrackingEngine> engine;  // knows its requests in flight: bounded shutdown
   StagingPool pool;  // after the engine: it unregisters its slabs from it on destruction
   std::shared_ptr<PoolGate> gate = std::make_shared<PoolGate>(&pool);
   PlanCache plan_cache;
@@ -256,6 +257,7 @@ struct Runtime::Impl {
   static RuntimeOptions normalize(RuntimeOptions o);
 
   ~Impl();
+  void abandon_stuck_io();
 
   // Restores read through pre-faulted staging chunks when the pool has them free (a fresh mapping
   // costs its page faults on every restore), else through memory of their own.

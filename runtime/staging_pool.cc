@@ -1,5 +1,7 @@
 #include "runtime/staging_pool.h"
 
+#include "io/tracking_engine.h"
+
 #include <fmt/format.h>
 #include <sys/uio.h>
 
@@ -36,6 +38,16 @@ StagingPool::StagingPool(std::uint64_t budget_bytes, std::uint64_t chunk_bytes, 
 StagingPool::~StagingPool() {
   // The kernel must stop using the slabs before they are unmapped.
   if (engine_ != nullptr && !slabs_.empty()) engine_->unregister_buffers();
+}
+
+std::uint64_t StagingPool::abandon() {
+  std::lock_guard lock(mu_);
+  std::uint64_t bytes = static_cast<std::uint64_t>(mapped_chunks_) * chunk_bytes_;
+  io::abandon_memory(std::move(slabs_));
+  slabs_.clear();
+  free_.clear();
+  engine_ = nullptr;
+  return bytes;
 }
 
 void StagingPool::check_size(std::size_t n) const {

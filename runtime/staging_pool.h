@@ -53,6 +53,11 @@ class StagingPool {
   std::uint64_t in_use_bytes() const;
   std::uint64_t mapped_bytes() const;
 
+  // For a shutdown that abandons IO stuck on the device: keeps the slabs mapped until the process
+  // exits (io::abandon_memory), since abandoned requests may still read them, and forgets the
+  // engine (which is abandoned too). Returns the bytes kept. The pool must not be used after.
+  std::uint64_t abandon();
+
  private:
   bool can_grant_locked(std::size_t n) const;
   Chunks take_locked(std::size_t n);

@@ -1,9 +1,13 @@
 #pragma once
 // Shared test helpers: scratch directories and deterministic trees.
+#include <spdlog/sinks/ostream_sink.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -11,6 +15,7 @@
 #include "io/engine.h"
 #include "io/error.h"
 #include "io/fault_engine.h"
+#include "io/log.h"
 #include "runtime/tree.h"
 
 namespace ckpt::test {
@@ -74,6 +79,22 @@ std::optional<Error> catch_error(Fn&& fn) {
 // it in *out for the test to arm (`out` must outlive the Runtime's construction).
 std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_in_faults(
     io::FaultEngine** out);
+
+// Captures what the `ckpt` logger writes while it lives.
+struct LogCapture {
+  std::ostringstream out;
+  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink =
+      std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+  LogCapture() { ckpt::log().sinks().push_back(sink); }
+  ~LogCapture() {
+    auto& sinks = ckpt::log().sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
+  }
+  std::string text() {
+    ckpt::log().flush();
+    return out.str();
+  }
+};
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& command, std::string* output = nullptr);

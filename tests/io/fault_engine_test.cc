@@ -6,10 +6,12 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <thread>
 #include <vector>
 
 #include "io/file.h"
 #include "io/thread_engine.h"
+#include "io/tracking_engine.h"
 #include "tests/test_util.h"
 
 namespace ckpt::io {
@@ -83,6 +85,50 @@ TEST_CASE("FaultEngine hang holds a request until release_hung, and destruction 
   auto cf = cancelled.get_future();
   REQUIRE(cf.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
   CHECK(cf.get() == -ECANCELED);
+}
+
+TEST_CASE("a stuck request holds the FaultEngine's destructor until it is released") {
+  TempDir tmp;
+  File f = open_buffered(tmp / "stuck.bin", OpenMode::write_new);
+  auto engine = std::make_unique<FaultEngine>(std::make_unique<ThreadEngine>(1));
+  FaultEngine* faults = engine.get();
+  AlignedBuffer buf(4096);
+  engine->arm({Request::Op::write, 1, FaultKind::stuck});
+  std::promise<std::int64_t> result;
+  engine->submit({Request::Op::write, f.fd(), buf.data(), 4096, 0},
+                 [&result](std::int64_t r) { result.set_value(r); });
+  auto destroyed = std::async(std::launch::async, [&engine] { engine.reset(); });
+  CHECK(destroyed.wait_for(std::chrono::milliseconds(100)) == std::future_status::timeout);
+  CHECK(faults->release_hung() == 1);
+  REQUIRE(destroyed.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  CHECK(result.get_future().get() == 4096);  // released: forwarded, not cancelled
+}
+
+TEST_CASE("TrackingEngine knows its requests in flight and waits for them with a deadline") {
+  TempDir tmp;
+  File f = open_buffered(tmp / "tracked.bin", OpenMode::write_new);
+  auto inner = std::make_unique<FaultEngine>(std::make_unique<ThreadEngine>(1));
+  FaultEngine* faults = inner.get();
+  TrackingEngine engine(std::move(inner));
+  AlignedBuffer buf(8192);
+  CHECK(submit_and_wait(engine, {Request::Op::write, f.fd(), buf.data(), 4096, 0}) == 4096);
+  // A request leaves the table once its completion has returned, just after it ran.
+  CHECK(engine.wait_idle(std::chrono::steady_clock::now() + std::chrono::seconds(10)));
+  CHECK(engine.in_flight() == 0);
+  faults->arm({Request::Op::write, 1, FaultKind::hang});
+  std::promise<std::int64_t> result;
+  engine.submit({Request::Op::write, f.fd(), buf.data(), 8192, 4096},
+                [&result](std::int64_t r) { result.set_value(r); });
+  CHECK(engine.in_flight() == 1);
+  CHECK_FALSE(engine.wait_idle(std::chrono::steady_clock::now() + std::chrono::milliseconds(20)));
+  auto lines = engine.describe_in_flight();
+  REQUIRE(lines.size() == 1);
+  CHECK(test::contains(lines[0], "write of 8192 bytes at offset 4096 of "));
+  CHECK(test::contains(lines[0], "tracked.bin, in flight for "));
+  faults->release_hung();
+  CHECK(engine.wait_idle(std::chrono::steady_clock::now() + std::chrono::seconds(10)));
+  CHECK(result.get_future().get() == 8192);
+  CHECK(engine.in_flight() == 0);
 }
 
 }  // namespace ckpt::io

@@ -1,6 +1,12 @@
 // The jobs API: every method of the seed, configs and merge patches, the registry, path safety.
 #include <doctest/doctest.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
 #include <boost/describe/class.hpp>
 #include <filesystem>
 #include <thread>
@@ -399,4 +405,90 @@ TEST_CASE("from_checkpoint_path: null in runtime_cfg empties an optional and is 
   REQUIRE(e);
   CHECK(e->code() == Errc::invalid_argument);
   CHECK(test::contains(e->what(), "width"));
+}
+
+namespace {
+
+// Saves from its run() coroutine; its Runtime runs on the job's own io_context (one thread).
+class AsyncSaverJob : public ToyJob {
+ public:
+  using ToyJob::ToyJob;
+  static constexpr int kSaves = 8;
+  boost::asio::awaitable<void> run() override {
+    namespace asio = boost::asio;
+    // The blocking form would wait for staging that only this thread can free: refused at once.
+    const Tree first = state();
+    auto refused = test::catch_error([&] { save_tree_and_metadata("blocking", first, step_md(0)); });
+    blocking_refused = refused && refused->code() == Errc::invalid_argument;
+    for (int s = 1; s <= kSaves; ++s) {
+      for (auto& v : values) v = static_cast<float>(s);
+      const Tree t = state();
+      const boost::json::object md = step_md(s);
+      const std::string suffix = "step/" + std::to_string(s);
+      auto save = async_save_tree_and_metadata(suffix, t, md, SaveOptions(), asio::use_awaitable);
+      handles.push_back(co_await std::move(save));
+    }
+    auto drain = runtime().async_drain(asio::use_awaitable);
+    DrainReport report = co_await std::move(drain);
+    drained_ok = report.ok();
+  }
+  bool blocking_refused = false;
+  bool drained_ok = false;
+  std::vector<SaveHandle> handles;
+};
+
+// Counts 1 ms timer ticks on its executor until *stop.
+boost::asio::awaitable<void> tick(const bool* stop, int* ticks) {
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
+  while (!*stop) {
+    timer.expires_after(std::chrono::milliseconds(1));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+    ++*ticks;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("async_save_tree_and_metadata never blocks the thread that runs the Runtime under "
+          "Backpressure::block") {
+  TempDir dir;
+  boost::asio::io_context ctx;  // run by this thread only
+  RuntimeOptions o;
+  o.unit_bytes = 64u << 10;
+  o.staging_budget = 128u << 10;  // one save at a time: each waits for the last one's writes
+  o.backpressure = Backpressure::block;
+  o.copy_threads = 2;
+  ToyConfig cfg;
+  cfg.width = 32768;  // 128 KiB of f32: the whole budget
+  AsyncSaverJob job(ExecutionSpec::local(dir.path(), "async"), cfg);
+  job.set_runtime(std::make_shared<Runtime>(ctx.get_executor(), o));
+  bool done = false;
+  int ticks = 0;
+  auto finished = boost::asio::co_spawn(ctx, job(), boost::asio::use_future);
+  auto ticker = boost::asio::co_spawn(ctx, tick(&done, &ticks), boost::asio::use_future);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (finished.wait_for(std::chrono::seconds(0)) != std::future_status::ready &&
+         std::chrono::steady_clock::now() < deadline) {
+    ctx.run_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE_MESSAGE(finished.wait_for(std::chrono::seconds(0)) == std::future_status::ready,
+                  "the job did not finish within 30 s: admission blocked its thread");
+  finished.get();
+  done = true;
+  while (ticker.wait_for(std::chrono::seconds(0)) != std::future_status::ready &&
+         std::chrono::steady_clock::now() < deadline) {
+    ctx.run_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(ticker.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  CHECK(job.blocking_refused);
+  CHECK(job.drained_ok);
+  CHECK(ticks > 0);  // the thread kept serving other work while saves waited for staging
+  REQUIRE(job.handles.size() == static_cast<std::size_t>(AsyncSaverJob::kSaves));
+  for (auto& h : job.handles) CHECK(h.state() == SaveState::committed);
+  auto spec = ExecutionSpec::local(dir.path(), "async");
+  CHECK(AsyncSaverJob::checkpoints(spec).size() == static_cast<std::size_t>(AsyncSaverJob::kSaves));
+  auto check = make_job(dir, "async", cfg);
+  auto [tree, md] = check->get_tree_and_metadata("step/8", check->state());
+  CHECK(md.at("step").as_int64() == 8);
+  CHECK(check->values.front() == 8.0f);
 }

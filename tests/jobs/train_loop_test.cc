@@ -148,6 +148,29 @@ TEST_CASE("train_loop in overlapped mode computes the same digest as sync mode")
   CHECK(final_line(sync.output) == final_line(overlapped.output));
 }
 
+TEST_CASE("train_loop --save-every 0 trains to the same digest without writing a checkpoint") {
+  TempDir dir;
+  Outcome saving = run_train_loop(with(kArgs, {"--dir", dir / "s", "--sweep"}), 0ms, dir / "s.log");
+  Outcome none = run_train_loop({"--steps", "300", "--save-every", "0", "--state-mb", "8", "--sweep",
+                                 "--dir", dir / "n", "--step-times", dir / "steps.txt"},
+                                0ms, dir / "n.log");
+  REQUIRE(saving.status == 0);
+  REQUIRE(none.status == 0);
+  CHECK(final_line(none.output) == final_line(saving.output));
+  CHECK(list_checkpoints(dir / "n/general/default/train_loop").empty());
+  CHECK_FALSE(read_latest(dir / "n/general/default/train_loop").has_value());
+  // The line before the final one: throughput over the training steps, one timing a step.
+  static const std::regex thr("throughput steps_per_s=([0-9.]+)\n(final step=[^\n]*)\n");
+  std::smatch m;
+  REQUIRE(std::regex_search(none.output, m, thr));
+  CHECK(std::stod(m[1].str()) > 0);
+  CHECK(m[2].str() == final_line(none.output));
+  std::ifstream times(dir / "steps.txt");
+  int lines = 0;
+  for (std::string line; std::getline(times, line); ++lines) CHECK(std::stod(line) >= 0);
+  CHECK(lines == 300);
+}
+
 TEST_CASE("train_loop resumes from the newest checkpoint that verifies when latest is corrupt") {
   TempDir dir;
   auto first = run_train_loop(with({"--steps", "100", "--save-every", "10", "--state-mb", "2", "--keep", "5"}, {"--dir", dir.path()}), 0ms, dir / "1.log");

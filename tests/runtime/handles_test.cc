@@ -123,21 +123,7 @@ RuntimeOptions watched_options(std::promise<void>* gone) {
   return o;
 }
 
-// Captures what the `ckpt` logger writes while it lives.
-struct LogCapture {
-  std::ostringstream out;
-  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink =
-      std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
-  LogCapture() { log().sinks().push_back(sink); }
-  ~LogCapture() {
-    auto& sinks = log().sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
-  }
-  std::string text() {
-    log().flush();
-    return out.str();
-  }
-};
+using test::LogCapture;
 
 // Waits for `h` with a plain callback; returns the error it was given.
 template <typename Handle>

@@ -1,0 +1,170 @@
+"""ckpt.Runtime: the C++ ckpt::Runtime with pytrees."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from . import _ckpt
+from ._handles import RegisterHandle, SaveHandle
+from ._tree import PYTREE_FILE, from_structure, from_template
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_live: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
+@dataclass
+class DrainReport:
+    """Failures of saves and registrations nobody waited for, since the last drain."""
+
+    failed: int = 0
+    errors: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+class Runtime:
+    """Asynchronous saves, registration of ``latest`` and restores (runtime/runtime.h).
+
+    Options (all optional): engine ("auto" | "uring" | "threads"), queue_depth, io_threads,
+    copy_threads, staging_budget (bytes), unit_bytes, backpressure ("block" | "skip"),
+    allow_direct, io_timeout (seconds; 0: none), lock_wait (seconds).
+
+    ``save`` returns once the tree has been copied into staging memory (mode="sync", the only
+    stall) or at once (mode="overlapped": do not change the arrays before
+    ``handle.wait_snapshotted()``); writing, fsync and commit run in the background. ``close()``
+    (or leaving a ``with`` block, or interpreter exit) waits for every save in flight.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self._c = _ckpt.Runtime(options)
+        self._pending: List[SaveHandle] = []  # overlapped saves still reading caller memory
+        self._mu = threading.Lock()
+        _live.add(self)
+
+    # --- saving --------------------------------------------------------------------------------
+    def save(self, path: PathLike, tree: Any, metadata: Optional[Dict[str, Any]] = None, *,
+             mode: str = "sync", backpressure: Optional[str] = None,
+             extra_files: Optional[Dict[str, str]] = None, run_dir: PathLike = "",
+             retention: Optional[Dict[str, Any]] = None) -> SaveHandle:
+        """Starts a save of `tree` and `metadata` (a JSON-able dict) as the checkpoint
+        directory `path`. Errors in the tree are raised here, before anything is written."""
+        c, keep = self._c.save(os.fspath(path), tree, metadata if metadata is not None else {},
+                               mode, backpressure, dict(extra_files or {}), os.fspath(run_dir),
+                               retention or {})
+        if mode == "sync":
+            return SaveHandle(c)
+        handle = SaveHandle(c, keep)
+        with self._mu:
+            self._prune()
+            self._pending.append(handle)
+        return handle
+
+    def _prune(self) -> None:
+        self._pending = [h for h in self._pending if h.state == "snapshotting"]
+
+    def register(self, run_dir: PathLike, suffix: PathLike) -> RegisterHandle:
+        """Points run_dir/latest at `suffix` once the save of run_dir/suffix is durable."""
+        return RegisterHandle(self._c.register_latest(os.fspath(run_dir), os.fspath(suffix)))
+
+    register_latest = register
+
+    def claim_run_dir(self, run_dir: PathLike) -> None:
+        """Takes the run directory's writer lease now (see runtime/run_lock.h)."""
+        self._c.claim_run_dir(os.fspath(run_dir))
+
+    # --- restoring -----------------------------------------------------------------------------
+    def restore(self, path: PathLike, template_tree: Any = None,
+                partial: bool = False) -> Tuple[Any, Dict[str, Any]]:
+        """Reads the checkpoint at `path`; returns (tree, metadata).
+
+        With a template, its arrays and tensors are filled in place and returned in its
+        structure, ArraySpec leaves get new numpy arrays, scalar leaves the saved values as the
+        template's types; `partial` lets it name a subset. Without one (None), the whole saved
+        tree comes back with each leaf of the kind it was saved as. A difference raises
+        MismatchError listing every one, before anything is read."""
+        path = os.fspath(path)
+        structure, files = _ckpt.read_structure(path)
+        if template_tree is None:
+            nodes = {}
+            if PYTREE_FILE in files:
+                nodes = (_ckpt.read_json_file(path, PYTREE_FILE) or {}).get("nodes", {})
+            norm, finish = from_structure(structure, nodes)
+            metadata = self._c.restore(path, norm, False)
+        else:
+            norm, finish = from_template(template_tree, structure)
+            metadata = self._c.restore(path, norm, bool(partial))
+        return finish(), metadata
+
+    @staticmethod
+    def read_metadata(path: PathLike) -> Dict[str, Any]:
+        return _ckpt.read_metadata(os.fspath(path))
+
+    # --- the rest ------------------------------------------------------------------------------
+    def reserve_staging(self, nbytes: int) -> None:
+        """Maps and pre-faults staging memory for `nbytes` now, so the first save's stall is a
+        warm copy like the later ones."""
+        self._c.reserve_staging(int(nbytes))
+
+    def drain(self) -> DrainReport:
+        """Waits for every save and registration in flight; reports the failures nobody waited
+        for (each is also logged under the ``ckpt`` logger)."""
+        failed, errors = self._c.drain()
+        with self._mu:
+            self._prune()
+        return DrainReport(failed, list(errors))
+
+    def stats(self) -> Dict[str, Any]:
+        return self._c.stats()
+
+    def close(self) -> None:
+        """Waits for every save in flight, then stops the runtime. Idempotent."""
+        self._c.close()
+        with self._mu:
+            self._pending = []
+
+    @property
+    def closed(self) -> bool:
+        return self._c.closed
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_default: Optional[Runtime] = None
+_default_mu = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The Runtime jobs and ckpt.save use unless given one (created on first use)."""
+    global _default
+    with _default_mu:
+        if _default is None or _default.closed:
+            _default = Runtime()
+        return _default
+
+
+def set_default_runtime(runtime: Optional[Runtime]) -> None:
+    global _default
+    with _default_mu:
+        _default = runtime
+
+
+def _shutdown() -> None:
+    """At interpreter exit: drain and close every Runtime, then stop the callback thread, while
+    threads may still take the GIL."""
+    for rt in list(_live):
+        try:
+            rt.close()
+        except Exception:  # noqa: BLE001 - exit must go on
+            pass
+    _ckpt.shutdown()

@@ -1,0 +1,109 @@
+"""PyTorch: every dtype (bfloat16 included), real model + optimizer state_dicts, in-place
+restores, errors."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import ckpt
+from conftest import same
+
+TORCH_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+                torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+def test_every_torch_dtype_round_trips_bit_exactly(rt, tmp_path):
+    g = torch.Generator().manual_seed(1)
+    tree = {str(dt).replace("torch.", ""): (torch.randn(4, 3, generator=g) * 50).to(dt)
+            for dt in TORCH_DTYPES}
+    tree["scalar"] = torch.tensor(3.5, dtype=torch.bfloat16)
+    rt.save(tmp_path / "c", tree).result()
+    back, _ = rt.restore(tmp_path / "c")
+    same(tree, back)
+    assert back["bfloat16"].dtype == torch.bfloat16
+
+
+def train_a_bit(model, opt, steps=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(2, 3, 32, 32, generator=g) if isinstance(model, torch.nn.Module) and \
+            hasattr(model, "conv1") else torch.randn(2, 5, 16, generator=g)
+        opt.zero_grad()
+        model(x).float().pow(2).mean().backward()
+        opt.step()
+
+
+def test_resnet18_and_sgd_state_dicts_restore_into_fresh_objects(rt, tmp_path):
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_a_bit(model, opt)
+    tree = {"model": model.state_dict(), "optim": opt.state_dict(), "step": 7}
+    rt.save(tmp_path / "c", tree, {"step": 7}).result()
+
+    back, meta = rt.restore(tmp_path / "c")  # no template: a fresh optimizer has no state
+    same(tree, back)
+    model2 = torchvision.models.resnet18(num_classes=10)
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.5, momentum=0.1)
+    model2.load_state_dict(back["model"])
+    opt2.load_state_dict(back["optim"])
+    same(model.state_dict(), model2.state_dict())
+    same(opt.state_dict(), opt2.state_dict())
+    assert back["step"] == 7 and meta == {"step": 7}
+
+
+def test_transformer_and_adamw_round_trip_and_train_on_identically(rt, tmp_path):
+    def make():
+        torch.manual_seed(1)
+        layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        m = torch.nn.TransformerEncoder(layer, 2)
+        return m, torch.optim.AdamW(m.parameters(), lr=1e-3)
+
+    m1, o1 = make()
+    train_a_bit(m1, o1)
+    rt.save(tmp_path / "c", {"model": m1.state_dict(), "optim": o1.state_dict()}).result()
+    m2, o2 = make()
+    back, _ = rt.restore(tmp_path / "c")
+    m2.load_state_dict(back["model"])
+    o2.load_state_dict(back["optim"])
+    train_a_bit(m1, o1, seed=5)
+    train_a_bit(m2, o2, seed=5)
+    same(m1.state_dict(), m2.state_dict())
+    same(o1.state_dict(), o2.state_dict())
+
+
+def test_state_dict_template_is_restored_in_place(rt, tmp_path):
+    torch.manual_seed(2)
+    src = torch.nn.Linear(8, 4)
+    rt.save(tmp_path / "c", {"model": src.state_dict()}).result()
+    dst = torch.nn.Linear(8, 4)
+    weight = dst.weight
+    out, _ = rt.restore(tmp_path / "c", {"model": dst.state_dict()})
+    assert torch.equal(dst.weight, src.weight) and dst.weight is weight
+    assert out["model"]["bias"].data_ptr() == dst.bias.data_ptr()
+    bf = ckpt.ArraySpec((4, 8), torch.bfloat16)
+    with pytest.raises(ckpt.MismatchError, match="model/weight"):
+        rt.restore(tmp_path / "c", {"model": {"weight": bf, "bias": torch.zeros(4)}})
+
+
+@pytest.mark.parametrize("bad, words", [
+    (torch.ones(4, 4).t(), "contiguous"),
+    (torch.ones(2, device="meta"), "meta tensor"),
+    (torch.ones(2, dtype=torch.complex64), "not supported"),
+    (torch.ones(2).to_sparse(), "layout"),
+])
+def test_bad_tensors_are_refused_naming_the_path(rt, tmp_path, bad, words):
+    with pytest.raises(ckpt.CheckpointError) as e:
+        rt.save(tmp_path / "c", {"m": {"w": bad}})
+    assert "m/w:" in str(e.value) and words in str(e.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_tensors_and_arrays_come_back_as_what_they_were(rt, tmp_path):
+    tree = {"t": torch.arange(3), "n": np.arange(3), "p": torch.nn.Parameter(torch.ones(2))}
+    rt.save(tmp_path / "c", tree).result()
+    back, _ = rt.restore(tmp_path / "c")
+    assert isinstance(back["t"], torch.Tensor) and isinstance(back["n"], np.ndarray)
+    assert isinstance(back["p"], torch.Tensor) and back["p"].tolist() == [1.0, 1.0]
