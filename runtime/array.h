@@ -42,6 +42,8 @@ class Array {
   std::uint64_t nbytes() const noexcept { return nbytes_; }
   bool read_only() const noexcept { return read_only_; }
   bool owns_memory() const noexcept { return owned_ != nullptr; }
+  // The owned memory (null for a view): holding it keeps the bytes alive.
+  const std::shared_ptr<std::byte[]>& owner() const noexcept { return owned_; }
 
   const std::byte* data() const noexcept { return data_; }
   std::byte* mutable_data() const;  // throws Error(invalid_argument) for a read-only view

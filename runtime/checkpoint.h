@@ -3,6 +3,7 @@
 // "On-disk format" and "Commit protocol"). The asynchronous Runtime builds on the same pieces.
 #include <boost/json/object.hpp>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -23,12 +24,21 @@ struct WriteOptions {
 };
 
 struct ReadOptions {
-  std::uint64_t unit_bytes = 16u << 20;
-  unsigned queue_depth = 8;
+  std::uint64_t unit_bytes = 16u << 20;  // the least read request; a unit holds whole blocks
+  unsigned queue_depth = 8;              // reads in flight
   bool allow_direct = true;
-  // Aligned buffers of unit_bytes each to read through (at most queue_depth are used); empty:
-  // the reader maps its own.
-  std::vector<std::byte*> buffers;
+  // A restore reads every wanted block into staging and verifies it before it writes a byte of
+  // the template (transactional). Staging: `borrow(n, bytes)` when given lends n aligned buffers of
+  // at least `bytes` each, or none (the Runtime lends its staging chunks; `give_back` returns
+  // them); else the reader maps its own memory, up to staging_bytes. A restore larger than that
+  // reads twice: once to verify everything, once to verify and copy (docs/design.md, section 6).
+  std::uint64_t staging_bytes = std::uint64_t{1} << 30;
+  std::function<std::vector<std::byte*>(std::size_t, std::uint64_t)> borrow;
+  std::function<void(const std::vector<std::byte*>&)> give_back;
+  // Threads that verify and scatter (the caller's included; 0: the hardware's, at most 8), and
+  // how helpers are started (empty: a std::thread each; the Runtime posts to its copy pool).
+  unsigned threads = 0;
+  std::function<void(std::function<void()>)> spawn;
 };
 
 // Writes `tree` and `metadata` as the checkpoint directory `dir` (created with its parents),

@@ -40,6 +40,14 @@ void finish_checkpoint(const std::string& tmp_dir, const std::string& final_dir,
                        const boost::json::object& metadata,
                        const std::map<std::string, std::string>& extra_files);
 
+// The same for a save whose manifest is a shared skeleton (runtime/plan_cache.h) completed with
+// its own parts (creation time, block checksums); `tree`, when given, is the skeleton's encoded
+// tree part.
+void finish_checkpoint(const std::string& tmp_dir, const std::string& final_dir,
+                       const Manifest& skeleton, ManifestParts parts, const EncodedTree* tree,
+                       const boost::json::object& metadata,
+                       const std::map<std::string, std::string>& extra_files);
+
 // Removes a temporary directory after a failure; logs, never throws.
 void abandon_tmp_dir(const std::string& tmp_dir) noexcept;
 

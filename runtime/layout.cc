@@ -1,5 +1,8 @@
 #include "runtime/layout.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -11,140 +14,233 @@
 
 namespace ckpt {
 
-void plan_extents(const FlatTree& leaves, std::uint64_t extent_bytes, Manifest& m) {
-  extent_bytes = std::max<std::uint64_t>(io::align_up(extent_bytes, m.alignment), m.alignment);
+std::uint64_t leaf_alignment(std::uint64_t nbytes) {
+  constexpr std::uint64_t kMaxLeafAlignment = 4096;
+  if (nbytes == 0) return 1;
+  return std::min<std::uint64_t>(nbytes & (~nbytes + 1), kMaxLeafAlignment);
+}
+
+void plan_extents(const FlatTree& leaves, std::uint64_t block_bytes, Manifest& m) {
+  block_bytes = std::clamp<std::uint64_t>(io::align_up(block_bytes, m.alignment), m.alignment,
+                                          kMaxBlockBytes);
+  m.format_version = kFormatVersion;
   m.leaves.clear();
   m.leaves.reserve(leaves.size());
-  std::uint64_t offset = 0;
   std::uint64_t total = 0;
-  std::uint64_t extents = 0;
   for (const auto& [path, array] : leaves) {
-    // Refused before the extents are made: a huge view would otherwise fill memory with them.
-    extents += array.nbytes() / extent_bytes + 2;
-    if (extents > kMaxManifestTables) {
-      throw Error(Errc::invalid_argument,
-                  "leaf '" + path + "': the tree needs more extents than the readers' limit of " +
-                      std::to_string(kMaxManifestTables) + " manifest tables");
-    }
-    LeafInfo leaf{path, array.dtype(), array.shape(), array.nbytes(), {}};
-    for (std::uint64_t at = 0; at < array.nbytes();) {
-      std::uint64_t to_grid = extent_bytes - offset % extent_bytes;
-      ExtentInfo e;
-      e.file = 0;
-      e.offset = offset;
-      e.length = std::min(to_grid, array.nbytes() - at);
-      e.stored_length = io::align_up(e.length, m.alignment);
-      e.leaf_offset = at;
-      offset += e.stored_length;
-      at += e.length;
-      leaf.extents.push_back(e);
-    }
-    // Offsets are off_t on the way to the kernel.
-    if (offset > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    if (total + array.nbytes() < total ||
+        total + array.nbytes() >
+            static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) - m.alignment) {
+      // Offsets are off_t on the way to the kernel.
       throw Error(Errc::invalid_argument,
                   "leaf '" + path + "': the data file would exceed 2^63 bytes");
     }
     total += array.nbytes();
-    m.leaves.push_back(std::move(leaf));
+    m.leaves.push_back(LeafInfo{path, array.dtype(), array.shape(), array.nbytes(), {}});
+  }
+  // By alignment, largest first, stable: every leaf then starts at a multiple of its alignment
+  // with no padding before it (the sizes before it are multiples of that alignment).
+  std::vector<std::uint32_t> order(leaves.size());
+  for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return leaf_alignment(m.leaves[a].nbytes) > leaf_alignment(m.leaves[b].nbytes);
+  });
+  std::uint64_t offset = 0;
+  for (std::uint32_t i : order) {
+    LeafInfo& leaf = m.leaves[i];
+    if (leaf.nbytes == 0) continue;
+    offset = io::align_up(offset, leaf_alignment(leaf.nbytes));
+    leaf.extents.push_back(ExtentInfo{0, offset, leaf.nbytes, leaf.nbytes, 0, 0, 0});
+    offset += leaf.nbytes;
+  }
+  std::uint64_t size = io::align_up(offset, m.alignment);
+  std::uint64_t blocks = (size + block_bytes - 1) / block_bytes;
+  if (blocks + 2 * leaves.size() > kMaxManifestTables) {
+    throw Error(Errc::invalid_argument,
+                fmt::format("the tree needs more than the readers' limit of {} manifest tables",
+                            kMaxManifestTables));
+  }
+  m.blocks.clear();
+  m.blocks.reserve(blocks);
+  for (std::uint64_t at = 0; at < size; at += block_bytes) {
+    m.blocks.push_back(BlockInfo{0, at, std::min(block_bytes, size - at), 0});
   }
   m.total_bytes = total;
-  m.data_files = {FileInfo{data_file_name(0), offset, 0}};
+  m.data_files = {FileInfo{data_file_name(0), size, 0}};
 }
 
 std::uint32_t extent_slots(const Manifest& m) {
-  std::uint32_t n = 0;
-  for (const auto& l : m.leaves) n += static_cast<std::uint32_t>(l.extents.size());
-  return n;
+  return static_cast<std::uint32_t>(m.blocks.size());
 }
+
+namespace {
+
+struct Placed {
+  std::uint32_t file;
+  std::uint64_t offset;
+  std::uint64_t length;
+  std::uint32_t leaf;
+  std::uint64_t leaf_offset;
+};
+
+// The extents of the wanted leaves, in file order.
+std::vector<Placed> placed_extents(const Manifest& m, const std::vector<bool>& wanted) {
+  std::vector<Placed> out;
+  for (std::uint32_t li = 0; li < m.leaves.size(); ++li) {
+    if (!wanted.empty() && !wanted[li]) continue;
+    for (const auto& e : m.leaves[li].extents)
+      out.push_back({e.file, e.offset, e.length, li, e.leaf_offset});
+  }
+  std::sort(out.begin(), out.end(), [](const Placed& a, const Placed& b) {
+    return a.file != b.file ? a.file < b.file : a.offset < b.offset;
+  });
+  return out;
+}
+
+bool before(std::uint32_t fa, std::uint64_t oa, std::uint32_t fb, std::uint64_t ob) {
+  return fa != fb ? fa < fb : oa < ob;
+}
+
+}  // namespace
 
 std::vector<Unit> plan_units(const Manifest& m, std::uint64_t max_unit,
                              const std::vector<bool>& wanted) {
   max_unit = std::max<std::uint64_t>(io::align_up(max_unit, m.alignment), m.alignment);
-  struct Ref {
-    std::uint32_t file;
-    std::uint64_t offset;
-    std::uint32_t leaf, extent, slot;
-  };
-  std::vector<Ref> refs;
-  std::uint32_t slot = 0;
-  for (std::uint32_t li = 0; li < m.leaves.size(); ++li) {
-    const auto& leaf = m.leaves[li];
-    for (std::uint32_t ei = 0; ei < leaf.extents.size(); ++ei, ++slot) {
-      if (!wanted.empty() && !wanted[li]) continue;
-      refs.push_back({leaf.extents[ei].file, leaf.extents[ei].offset, li, ei, slot});
+  std::vector<Placed> placed = placed_extents(m, wanted);
+  // Blocks in file order (decode_manifest and plan_extents keep them so).
+  std::vector<std::uint32_t> blocks;
+  if (wanted.empty()) {
+    blocks.resize(m.blocks.size());
+    for (std::uint32_t b = 0; b < blocks.size(); ++b) blocks[b] = b;
+  } else {
+    // The blocks that hold bytes of a wanted leaf (blocks are in file order; extents may
+    // overlap in a hostile manifest: each one searches).
+    std::vector<bool> want(m.blocks.size(), false);
+    for (const Placed& p : placed) {
+      auto first = std::partition_point(m.blocks.begin(), m.blocks.end(), [&](const BlockInfo& b) {
+        return before(b.file, b.offset + b.length, p.file, p.offset + 1);
+      });
+      for (auto k = first;
+           k != m.blocks.end() && k->file == p.file && k->offset < p.offset + p.length; ++k) {
+        want[static_cast<std::size_t>(k - m.blocks.begin())] = true;
+      }
+    }
+    for (std::uint32_t b = 0; b < want.size(); ++b) {
+      if (want[b]) blocks.push_back(b);
     }
   }
-  std::sort(refs.begin(), refs.end(), [](const Ref& a, const Ref& b) {
-    return a.file != b.file ? a.file < b.file : a.offset < b.offset;
-  });
   std::vector<Unit> units;
-  for (const Ref& r : refs) {
-    const ExtentInfo& e = m.leaves[r.leaf].extents[r.extent];
-    for (std::uint64_t start = 0; start < e.stored_length;) {
-      std::uint64_t len = std::min(max_unit, e.stored_length - start);
-      std::uint64_t file_offset = e.offset + start;
-      bool joins = !units.empty() && units.back().file == r.file &&
+  for (std::uint32_t bi : blocks) {
+    const BlockInfo& blk = m.blocks[bi];
+    for (std::uint64_t start = 0; start < blk.length;) {
+      std::uint64_t len = std::min(max_unit, blk.length - start);
+      std::uint64_t file_offset = blk.offset + start;
+      bool joins = !units.empty() && units.back().file == blk.file &&
                    units.back().offset + units.back().length == file_offset &&
                    units.back().length + len <= max_unit;
-      if (!joins) units.push_back(Unit{r.file, file_offset, 0, {}});
+      if (!joins) units.push_back(Unit{blk.file, file_offset, 0, {}, {}});
       Unit& u = units.back();
-      u.pieces.push_back(
-          Piece{r.leaf, r.extent, r.slot, start, len, start + len == e.stored_length});
+      u.pieces.push_back(Piece{bi, start, len, start + len == blk.length});
       u.length += len;
       start += len;
+    }
+  }
+  // Segments: each extent lies inside wanted blocks, so inside consecutive units. Each one
+  // finds its first unit by binary search: a hostile manifest may have extents that overlap.
+  for (const Placed& p : placed) {
+    auto it = std::partition_point(units.begin(), units.end(), [&](const Unit& u) {
+      return before(u.file, u.offset + u.length, p.file, p.offset + 1);
+    });
+    for (std::uint64_t at = 0; at < p.length; ++it) {
+      std::uint64_t pos = p.offset + at;
+      if (it == units.end() || it->file != p.file || it->offset > pos) {
+        throw Error(Errc::corrupt, fmt::format("extent of leaf '{}' at offset {} lies outside the "
+                                               "blocks read",
+                                               m.leaves[p.leaf].path, pos));
+      }
+      std::uint64_t in_unit = pos - it->offset;
+      std::uint64_t len = std::min(p.length - at, it->length - in_unit);
+      it->segments.push_back(Segment{p.leaf, p.leaf_offset + at, in_unit, len});
+      at += len;
     }
   }
   return units;
 }
 
-void stage_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, Manifest& m,
-                std::vector<std::uint32_t>& crc) {
-  copy_unit(unit, leaves, dst, m);
+std::vector<const std::byte*> leaf_sources(const FlatTree& leaves) {
+  std::vector<const std::byte*> out;
+  out.reserve(leaves.size());
+  for (const auto& [path, array] : leaves) out.push_back(array.data());
+  return out;
+}
+
+void copy_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst) {
+  std::uint64_t at = 0;
+  for (const Segment& s : unit.segments) {
+    if (s.unit_offset > at) std::memset(dst + at, 0, s.unit_offset - at);
+    std::memcpy(dst + s.unit_offset, sources[s.leaf] + s.leaf_offset, s.len);
+    at = s.unit_offset + s.len;
+  }
+  if (at < unit.length) std::memset(dst + at, 0, unit.length - at);
+}
+
+void stage_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst,
+                Manifest& m, std::vector<std::uint32_t>& crc) {
+  copy_unit(unit, sources, dst);
   const std::byte* in = dst;
   for (const Piece& p : unit.pieces) {
-    crc[p.slot] = crc32c(in, p.len, p.start == 0 ? 0 : crc[p.slot]);
-    if (p.ends_extent) m.leaves[p.leaf].extents[p.extent].crc32c = crc[p.slot];
+    crc[p.block] = crc32c(in, p.len, p.start == 0 ? 0 : crc[p.block]);
+    if (p.ends_block) m.blocks[p.block].crc32c = crc[p.block];
     in += p.len;
   }
 }
 
-void copy_unit(const Unit& unit, const FlatTree& leaves, std::byte* dst, const Manifest& m) {
-  std::byte* out = dst;
-  for (const Piece& p : unit.pieces) {
-    const ExtentInfo& e = m.leaves[p.leaf].extents[p.extent];
-    const Array& a = leaves[p.leaf].second;
-    std::uint64_t payload = p.start < e.length ? std::min(p.len, e.length - p.start) : 0;
-    if (payload > 0) std::memcpy(out, a.data() + e.leaf_offset + p.start, payload);
-    if (payload < p.len) std::memset(out + payload, 0, p.len - payload);
-    out += p.len;
-  }
-}
-
-void checksum_unit(const Unit& unit, const std::byte* src, Manifest& m) {
+void checksum_unit(const Unit& unit, const std::byte* src, std::vector<std::uint32_t>& block_crc) {
   const std::byte* in = src;
   for (const Piece& p : unit.pieces) {
-    m.leaves[p.leaf].extents[p.extent].crc32c = crc32c(in, p.len);
+    block_crc[p.block] = crc32c(in, p.len);
     in += p.len;
   }
 }
 
-std::vector<Piece> check_unit(const Unit& unit, const std::byte* src, const Manifest& m,
-                              const std::vector<const Array*>& targets,
-                              std::vector<std::uint32_t>& crc) {
+std::vector<Piece> verify_unit(const Unit& unit, const std::byte* src, const Manifest& m,
+                               std::vector<std::uint32_t>& crc) {
   std::vector<Piece> bad;
   const std::byte* in = src;
   for (const Piece& p : unit.pieces) {
-    const ExtentInfo& e = m.leaves[p.leaf].extents[p.extent];
-    crc[p.slot] = crc32c(in, p.len, p.start == 0 ? 0 : crc[p.slot]);
-    const Array* target = targets.empty() ? nullptr : targets[p.leaf];
-    std::uint64_t payload = p.start < e.length ? std::min(p.len, e.length - p.start) : 0;
-    if (target != nullptr && payload > 0) {
-      std::memcpy(target->mutable_data() + e.leaf_offset + p.start, in, payload);
-    }
-    if (p.ends_extent && crc[p.slot] != e.crc32c) bad.push_back(p);
+    crc[p.block] = crc32c(in, p.len, p.start == 0 ? 0 : crc[p.block]);
+    if (p.ends_block && crc[p.block] != m.blocks[p.block].crc32c) bad.push_back(p);
     in += p.len;
   }
   return bad;
+}
+
+void scatter_unit(const Unit& unit, const std::byte* src,
+                  const std::vector<const Array*>& targets) {
+  for (const Segment& s : unit.segments) {
+    const Array* target = targets.empty() ? nullptr : targets[s.leaf];
+    if (target != nullptr)
+      std::memcpy(target->mutable_data() + s.leaf_offset, src + s.unit_offset, s.len);
+  }
+}
+
+std::string block_leaves(const Manifest& m, std::uint32_t block) {
+  constexpr std::size_t kNamed = 4;
+  const BlockInfo& b = m.blocks[block];
+  std::vector<std::string> named;
+  std::size_t count = 0;
+  for (const auto& leaf : m.leaves) {
+    for (const auto& e : leaf.extents) {
+      if (e.file == b.file && e.offset < b.offset + b.length && b.offset < e.offset + e.length) {
+        if (count++ < kNamed) named.push_back("'" + leaf.path + "'");
+        break;
+      }
+    }
+  }
+  if (count == 0) return "no leaf (padding only)";
+  std::string out = fmt::format("{} {}", count == 1 ? "leaf" : "leaves", fmt::join(named, ", "));
+  if (count > kNamed) out += fmt::format(" and {} more", count - kNamed);
+  return out;
 }
 
 }  // namespace ckpt

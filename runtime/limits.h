@@ -15,8 +15,12 @@ inline constexpr std::size_t kMaxRank = 64;
 inline constexpr std::size_t kMaxTreeDepth = 512;
 // Bytes of manifest.ckpt, trailer included; read_manifest reads no more.
 inline constexpr std::uint64_t kMaxManifestBytes = std::uint64_t{1} << 30;
-// Tables in the manifest's flatbuffer (the Verifier's bound): nodes + leaves + extents + files + 1.
+// Tables in the manifest's flatbuffer (the Verifier's bound): nodes + leaves + extents + blocks +
+// files + 1.
 inline constexpr std::size_t kMaxManifestTables = 100'000'000;
+// Bytes of one checksummed block of a data file (format version 2): a reader holds a whole block
+// in memory to verify it.
+inline constexpr std::uint64_t kMaxBlockBytes = std::uint64_t{1} << 30;
 // The flatbuffers Verifier's nesting bound; the schema nests 4 deep whatever the tree.
 inline constexpr std::size_t kMaxManifestNesting = 64;
 // Nesting of arrays and objects in a JSON file of a checkpoint, the outermost object counting 1.

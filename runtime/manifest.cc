@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 #include <unordered_set>
+#include <utility>
 
 #include "io/error.h"
 #include "io/file.h"
@@ -108,6 +110,7 @@ std::uint64_t manifest_size_bound(const Manifest& m) {
   for (const auto* files : {&m.data_files, &m.json_files}) {
     for (const auto& f : *files) n += 64 + f.name.size();
   }
+  n += 64 * m.blocks.size();
   return n;
 }
 
@@ -142,8 +145,8 @@ void check_writable(const Manifest& m) {
                          abbreviate(fmt::format("{}", fmt::join(parts, "/"))), kMaxTreeDepth));
     }
   }
-  std::size_t tables =
-      1 + m.nodes.size() + m.leaves.size() + m.data_files.size() + m.json_files.size();
+  std::size_t tables = 1 + m.nodes.size() + m.leaves.size() + m.data_files.size() +
+                       m.json_files.size() + m.blocks.size();
   for (const auto& l : m.leaves) tables += l.extents.size();
   if (tables > kMaxManifestTables) {
     refuse(fmt::format("the tree needs {} manifest tables, above the readers' limit of {}", tables,
@@ -158,8 +161,19 @@ void check_writable(const Manifest& m) {
 }
 
 std::string encode_manifest(const Manifest& m) {
-  flatbuffers::FlatBufferBuilder b(1024 + m.leaves.size() * 256);
-  namespace fb = ckpt::fb;
+  std::string out;
+  encode_manifest(m, out);
+  return out;
+}
+
+namespace {
+
+namespace fb = ckpt::fb;
+using NodeVector = flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Node>>>;
+using LeafVector = flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Leaf>>>;
+
+// The tree part: nodes, leaves and their extents, the bulk of a manifest.
+std::pair<NodeVector, LeafVector> build_tree(flatbuffers::FlatBufferBuilder& b, const Manifest& m) {
   std::vector<flatbuffers::Offset<fb::Node>> nodes;
   nodes.reserve(m.nodes.size());
   for (const auto& n : m.nodes) {
@@ -169,8 +183,9 @@ std::string encode_manifest(const Manifest& m) {
   }
   std::vector<flatbuffers::Offset<fb::Leaf>> leaves;
   leaves.reserve(m.leaves.size());
+  std::vector<flatbuffers::Offset<fb::Extent>> extents;
   for (const auto& l : m.leaves) {
-    std::vector<flatbuffers::Offset<fb::Extent>> extents;
+    extents.clear();
     for (const auto& e : l.extents) {
       extents.push_back(fb::CreateExtent(b, e.file, e.offset, e.length, e.stored_length, e.crc32c,
                                          e.leaf_offset, e.process_index));
@@ -181,29 +196,78 @@ std::string encode_manifest(const Manifest& m) {
     leaves.push_back(
         fb::CreateLeaf(b, path, static_cast<fb::DType>(l.dtype), shape, l.nbytes, ext));
   }
+  return {b.CreateVector(nodes), b.CreateVector(leaves)};
+}
+
+}  // namespace
+
+EncodedTree encode_tree(const Manifest& m) {
+  flatbuffers::FlatBufferBuilder b(1024 + m.leaves.size() * 256);
+  auto [nodes, leaves] = build_tree(b, m);
+  EncodedTree out;
+  out.bytes.assign(reinterpret_cast<const char*>(b.GetCurrentBufferPointer()), b.GetSize());
+  out.nodes = nodes.o;
+  out.leaves = leaves.o;
+  return out;
+}
+
+void encode_manifest(const Manifest& m, std::string& out) {
+  encode_manifest(m, nullptr, nullptr, out);
+}
+
+void encode_manifest(const Manifest& m, const ManifestParts* parts, const EncodedTree* tree,
+                     std::string& out) {
+  constexpr std::size_t kKeep = std::size_t{64} << 20;
+  thread_local flatbuffers::FlatBufferBuilder kept;
+  flatbuffers::FlatBufferBuilder fresh(1024 + m.leaves.size() * 256);
+  const bool reuse = manifest_size_bound(m) <= kKeep;
+  flatbuffers::FlatBufferBuilder& b = reuse ? kept : fresh;
+  b.Clear();
+  // The tree part first: offsets count from the end of the buffer, so bytes encoded earlier by
+  // encode_tree, pushed into an empty builder, keep theirs.
+  NodeVector node_vec;
+  LeafVector leaf_vec;
+  if (tree != nullptr) {
+    b.PushBytes(reinterpret_cast<const std::uint8_t*>(tree->bytes.data()), tree->bytes.size());
+    node_vec = NodeVector(tree->nodes);
+    leaf_vec = LeafVector(tree->leaves);
+  } else {
+    std::tie(node_vec, leaf_vec) = build_tree(b, m);
+  }
   auto files = [&](const std::vector<FileInfo>& in) {
     std::vector<flatbuffers::Offset<fb::FileEntry>> out;
     for (const auto& f : in)
       out.push_back(fb::CreateFileEntry(b, b.CreateString(f.name), f.size, f.crc32c));
     return b.CreateVector(out);
   };
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Block>>> blocks;
+  if (m.format_version != kFormatVersion1) {
+    const std::vector<std::uint32_t>* crc = parts != nullptr ? parts->block_crc : nullptr;
+    std::vector<flatbuffers::Offset<fb::Block>> out;
+    out.reserve(m.blocks.size());
+    for (std::size_t i = 0; i < m.blocks.size(); ++i) {
+      const BlockInfo& k = m.blocks[i];
+      out.push_back(
+          fb::CreateBlock(b, k.file, k.offset, k.length, crc != nullptr ? (*crc)[i] : k.crc32c));
+    }
+    blocks = b.CreateVector(out);
+  }
   auto data_files = files(m.data_files);
-  auto json_files = files(m.json_files);
+  auto json_files = files(parts != nullptr ? *parts->json_files : m.json_files);
   auto writer = b.CreateString(m.writer);
-  auto node_vec = b.CreateVector(nodes);
-  auto leaf_vec = b.CreateVector(leaves);
-  auto root =
-      fb::CreateManifest(b, m.format_version, m.alignment, m.created_unix_ns, writer, m.total_bytes,
-                         node_vec, leaf_vec, data_files, json_files, m.process_count);
+  auto root = fb::CreateManifest(b, m.format_version, m.alignment,
+                                 parts != nullptr ? parts->created_unix_ns : m.created_unix_ns,
+                                 writer, m.total_bytes, node_vec, leaf_vec, data_files, json_files,
+                                 m.process_count, blocks);
   fb::FinishManifestBuffer(b, root);
 
-  std::string out(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+  out.reserve(b.GetSize() + kTrailerSize);
+  out.assign(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
   char trailer[kTrailerSize];
   std::memcpy(trailer, kTrailerMagic.data(), 8);
   put_u32(trailer + 8, static_cast<std::uint32_t>(b.GetSize()));
   put_u32(trailer + 12, crc32c(out));
   out.append(trailer, kTrailerSize);
-  return out;
 }
 
 namespace {
@@ -223,8 +287,13 @@ void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
     if (e.file >= m.data_files.size()) fail("extent names a missing data file");
     if (e.leaf_offset != expect) fail("extents do not tile the leaf");
     if (e.length == 0 || e.length > l.nbytes - e.leaf_offset) fail("extent length out of range");
-    if (e.stored_length != io::align_up(e.length, m.alignment)) fail("stored length is not padded");
-    if (e.offset % m.alignment != 0) fail("extent offset is not aligned");
+    if (m.format_version == kFormatVersion1) {
+      if (e.stored_length != io::align_up(e.length, m.alignment))
+        fail("stored length is not padded");
+      if (e.offset % m.alignment != 0) fail("extent offset is not aligned");
+    } else if (e.stored_length != e.length || e.crc32c != 0) {
+      fail("extent has a stored length or checksum of its own");
+    }
     std::uint64_t size = m.data_files[e.file].size;
     if (e.offset > size || e.stored_length > size - e.offset) {
       fail(fmt::format("extent at offset {} runs past the end of {}", e.offset,
@@ -293,25 +362,58 @@ void check_structure(const Manifest& m, const std::string& path) {
   }
 }
 
-// Every byte of every data file must belong to exactly one extent, so that the extents' checksums
-// cover the files completely.
-void check_tiling(const Manifest& m, const std::string& path) {
-  std::vector<std::vector<std::pair<std::uint64_t, std::uint64_t>>> spans(m.data_files.size());
+// Version 1: every byte of every data file must belong to exactly one extent, so that the
+// extents' checksums cover the files completely; each extent becomes a block.
+void blocks_from_extents(Manifest& m, const std::string& path) {
+  m.blocks.clear();
   for (const auto& l : m.leaves) {
-    for (const auto& e : l.extents) spans[e.file].emplace_back(e.offset, e.stored_length);
+    for (const auto& e : l.extents)
+      m.blocks.push_back({e.file, e.offset, e.stored_length, e.crc32c});
   }
-  for (std::size_t f = 0; f < spans.size(); ++f) {
-    std::sort(spans[f].begin(), spans[f].end());
-    std::uint64_t at = 0;
-    for (auto [offset, len] : spans[f]) {
-      if (offset != at)
-        corrupt(path, "extents of " + m.data_files[f].name + " overlap or leave gaps");
-      at += len;
+  std::sort(m.blocks.begin(), m.blocks.end(), [](const BlockInfo& a, const BlockInfo& b) {
+    return a.file != b.file ? a.file < b.file : a.offset < b.offset;
+  });
+  std::vector<std::uint64_t> at(m.data_files.size(), 0);
+  for (const auto& b : m.blocks) {
+    if (b.offset != at[b.file]) {
+      corrupt(path, "extents of " + m.data_files[b.file].name + " overlap or leave gaps");
     }
-    if (at != m.data_files[f].size) {
+    at[b.file] += b.length;
+  }
+  for (std::size_t f = 0; f < at.size(); ++f) {
+    if (at[f] != m.data_files[f].size)
       corrupt(path, "extents do not cover " + m.data_files[f].name);
-    }
   }
+}
+
+// Version 2: the blocks tile every data file in file order, each aligned, so that their
+// checksums cover the files completely.
+void check_blocks(const Manifest& m, const std::string& path) {
+  std::uint32_t file = 0;
+  std::uint64_t at = 0;
+  auto close_file = [&](std::uint32_t next) {
+    for (; file < next; ++file, at = 0) {
+      if (at != m.data_files[file].size)
+        corrupt(path, "blocks do not cover " + m.data_files[file].name);
+    }
+  };
+  for (const auto& b : m.blocks) {
+    if (b.file >= m.data_files.size()) corrupt(path, "block names a missing data file");
+    if (b.file < file) corrupt(path, "blocks are not in file order");
+    close_file(b.file);
+    if (b.length == 0 || b.length % m.alignment != 0 || b.offset % m.alignment != 0) {
+      corrupt(path, fmt::format("block at offset {} of {} is not aligned", b.offset,
+                                m.data_files[b.file].name));
+    }
+    if (b.length > kMaxBlockBytes) {
+      corrupt(path, fmt::format("block at offset {} of {} is longer than {} bytes", b.offset,
+                                m.data_files[b.file].name, kMaxBlockBytes));
+    }
+    if (b.offset != at)
+      corrupt(path, "blocks of " + m.data_files[b.file].name + " overlap or leave gaps");
+    at += b.length;
+  }
+  close_file(static_cast<std::uint32_t>(m.data_files.size()));
 }
 
 std::vector<FileInfo> read_files(const flatbuffers::Vector<flatbuffers::Offset<fb::FileEntry>>* v) {
@@ -357,11 +459,12 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
 
   Manifest m;
   m.format_version = fm->format_version();
-  if (m.format_version != kFormatVersion) {
-    throw Error(Errc::unsupported,
-                fmt::format("manifest format version {} is not supported (this build reads {})",
-                            m.format_version, kFormatVersion),
-                path);
+  if (m.format_version != kFormatVersion && m.format_version != kFormatVersion1) {
+    throw Error(
+        Errc::unsupported,
+        fmt::format("manifest format version {} is not supported (this build reads {} and {})",
+                    m.format_version, kFormatVersion1, kFormatVersion),
+        path);
   }
   m.alignment = fm->alignment();
   if (m.alignment == 0 || m.alignment > (1u << 24) || (m.alignment & (m.alignment - 1)) != 0) {
@@ -451,7 +554,17 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   }
   if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
   check_structure(m, path);
-  check_tiling(m, path);
+  if (m.format_version == kFormatVersion1) {
+    if (fm->blocks() && fm->blocks()->size() > 0) corrupt(path, "blocks in a version 1 manifest");
+    blocks_from_extents(m, path);
+  } else {
+    if (fm->blocks()) {
+      m.blocks.reserve(fm->blocks()->size());
+      for (const auto* b : *fm->blocks())
+        m.blocks.push_back({b->file(), b->offset(), b->length(), b->crc32c()});
+    }
+    check_blocks(m, path);
+  }
   return m;
 }
 

@@ -5,8 +5,9 @@
 // length (u32 little-endian) and its CRC32C (u32 little-endian). decode_manifest() treats the
 // file as hostile: it checks the trailer and checksum, runs the flatbuffers Verifier, rejects
 // format versions it does not know, and then checks every invariant the readers rely on (tree
-// indices in range, dtype known, shape without overflow, extents aligned, inside their data file,
-// tiling each leaf's bytes exactly). Code that holds a decoded Manifest may trust it.
+// indices in range, dtype known, shape without overflow, extents inside their data file, tiling
+// each leaf's bytes exactly, blocks tiling each data file). Code that holds a decoded Manifest may
+// trust it, whichever version it was.
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -18,7 +19,9 @@
 
 namespace ckpt {
 
-inline constexpr std::uint32_t kFormatVersion = 1;
+// The version the writer writes; decode_manifest reads it and kFormatVersion1.
+inline constexpr std::uint32_t kFormatVersion = 2;
+inline constexpr std::uint32_t kFormatVersion1 = 1;
 inline constexpr std::string_view kManifestName = "manifest.ckpt";
 inline constexpr std::string_view kMetadataName = "metadata.json";
 
@@ -32,6 +35,15 @@ struct ExtentInfo {
   std::uint32_t crc32c = 0;
   std::uint64_t leaf_offset = 0;
   std::uint32_t process_index = 0;
+};
+
+// A checksummed range of a data file (format version 2's Block; for version 1, decode_manifest
+// makes one per extent: its stored bytes and CRC).
+struct BlockInfo {
+  std::uint32_t file = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::uint32_t crc32c = 0;
 };
 
 struct LeafInfo {
@@ -66,6 +78,7 @@ struct Manifest {
   std::vector<LeafInfo> leaves;
   std::vector<FileInfo> data_files;
   std::vector<FileInfo> json_files;
+  std::vector<BlockInfo> blocks;  // tile each data file, in file order
 
   const FileInfo* json_file(std::string_view name) const;
   std::uint64_t stored_bytes() const;  // sum of data file sizes
@@ -84,6 +97,29 @@ void check_writable(const Manifest& manifest);
 std::uint64_t manifest_size_bound(const Manifest& manifest);
 
 std::string encode_manifest(const Manifest& manifest);
+// The same into `out` (replacing its content, keeping its capacity). On one thread, encodings
+// reuse the memory of the previous ones, up to 64 MiB: a steady state of saves maps nothing.
+void encode_manifest(const Manifest& manifest, std::string& out);
+
+// The tree part of an encoded manifest (nodes, leaves, extents): its bulk, the same for every save
+// of one structure, so a save can reuse it (runtime/plan_cache.h).
+struct EncodedTree {
+  std::string bytes;        // the flatbuffer builder's bytes after the tree part
+  std::uint32_t nodes = 0;  // offsets (from the buffer's end) of the node and leaf vectors
+  std::uint32_t leaves = 0;
+};
+EncodedTree encode_tree(const Manifest& manifest);
+
+// What one save adds to a shared manifest skeleton.
+struct ManifestParts {
+  std::int64_t created_unix_ns = 0;
+  const std::vector<std::uint32_t>* block_crc = nullptr;  // per block
+  const std::vector<FileInfo>* json_files = nullptr;
+};
+// `manifest` with `parts` (when given) in place of its own creation time, block checksums and JSON
+// files, and with `tree` (when given: encode_tree(manifest)) as its tree part.
+void encode_manifest(const Manifest& manifest, const ManifestParts* parts, const EncodedTree* tree,
+                     std::string& out);
 // `path` names the file in errors. Throws Error(corrupt | unsupported).
 Manifest decode_manifest(std::string_view bytes, const std::string& path);
 

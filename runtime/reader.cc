@@ -2,7 +2,9 @@
 // untrusted: the manifest goes through decode_manifest, every other byte through its CRC32C.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <thread>
 #include <unordered_map>
 
 #include "io/durable.h"
@@ -13,6 +15,7 @@
 #include "runtime/json.h"
 #include "runtime/layout.h"
 #include "runtime/limits.h"
+#include "runtime/staged_read.h"
 #include "runtime/template_match.h"
 #include "runtime/unit_pipe.h"
 
@@ -97,9 +100,28 @@ OpenData open_data(const std::string& dir, const Manifest& m, bool allow_direct)
 }
 
 std::string describe_bad(const Manifest& m, const Piece& p) {
-  const ExtentInfo& e = m.leaves[p.leaf].extents[p.extent];
-  return fmt::format("checksum mismatch in leaf '{}' (extent at offset {}, {} bytes)",
-                     m.leaves[p.leaf].path, e.offset, e.stored_length);
+  const BlockInfo& b = m.blocks[p.block];
+  return fmt::format("checksum mismatch in the block at offset {} ({} bytes) holding {}", b.offset,
+                     b.length, block_leaves(m, p.block));
+}
+
+// Verifies every unit (pass 1), then reads them again, verifying and scattering (pass 2): the
+// restore for units that are not whole blocks or do not fit the staging. It never writes the
+// template when the data was bad at the start; a file that changes or fails between the passes
+// can still leave it partly written (docs/design.md, section 6).
+void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit>& units,
+                   const OpenData& data, std::uint64_t unit, const ReadOptions& options,
+                   const std::vector<const Array*>& targets) {
+  for (bool scatter : {false, true}) {
+    std::vector<std::uint32_t> crc(extent_slots(m));
+    UnitPipe pipe(engine, unit, options.queue_depth);
+    pipe.read_all(units, data.ptrs, [&](const Unit& u, const std::byte* buf) {
+      auto bad = verify_unit(u, buf, m, crc);
+      if (!bad.empty())
+        throw Error(Errc::corrupt, describe_bad(m, bad.front()), data.files[u.file].path());
+      if (scatter) scatter_unit(u, buf, targets);
+    });
+  }
 }
 
 std::uint64_t unit_size(std::uint64_t requested, const Manifest& m) {
@@ -134,14 +156,41 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
 
   OpenData data = open_data(dir, m, options.allow_direct);
   std::uint64_t unit = unit_size(options.unit_bytes, m);
-  std::vector<Unit> units = plan_units(m, unit, wanted);
-  std::vector<std::uint32_t> crc(extent_slots(m));
-  UnitPipe pipe(engine, unit, options.queue_depth, options.buffers);
-  pipe.read_all(units, data.ptrs, [&](const Unit& u, const std::byte* buf) {
-    auto bad = check_unit(u, buf, m, targets, crc);
-    if (!bad.empty())
-      throw Error(Errc::corrupt, describe_bad(m, bad.front()), data.files[u.file].path());
-  });
+  // Units of whole blocks, so that each verifies on its own: at least the largest block.
+  std::uint64_t staged_unit = unit;
+  for (const auto& b : m.blocks) staged_unit = std::max(staged_unit, b.length);
+  std::vector<Unit> units = plan_units(m, staged_unit, wanted);
+  std::uint64_t total = 0;
+  for (const Unit& u : units) total += u.length;
+
+  StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
+  if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  // Staging: buffers lent by the caller (the Runtime's pool), else memory of our own within
+  // staging_bytes, else the two-pass read.
+  std::vector<std::byte*> lent;
+  if (options.borrow && !units.empty()) lent = options.borrow(units.size(), staged_unit);
+  struct GiveBack {
+    const ReadOptions& o;
+    const std::vector<std::byte*>& b;
+    ~GiveBack() {
+      if (!b.empty() && o.give_back) o.give_back(b);
+    }
+  } give_back{options, lent};
+  std::vector<std::byte*> buffers = lent;
+  io::AlignedBuffer own;
+  if (buffers.empty() && !units.empty() && total <= options.staging_bytes) {
+    own = io::AlignedBuffer(static_cast<std::size_t>(total));
+    std::uint64_t at = 0;
+    for (const Unit& u : units) {
+      buffers.push_back(own.data() + at);
+      at += u.length;
+    }
+  }
+  if (!buffers.empty() || units.empty()) {
+    staged_read(engine, m, units, data.ptrs, buffers, targets, staged);
+    return metadata;
+  }
+  two_pass_read(engine, m, plan_units(m, unit, wanted), data, unit, options, targets);
   return metadata;
 }
 
@@ -214,7 +263,7 @@ VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
       std::vector<std::uint32_t> crc(extent_slots(m));
       UnitPipe pipe(engine, unit, options.queue_depth);
       pipe.read_all(units, files, [&](const Unit& u, const std::byte* buf) {
-        for (const Piece& p : check_unit(u, buf, m, {}, crc)) {
+        for (const Piece& p : verify_unit(u, buf, m, crc)) {
           report.problems.push_back(path + ": " + describe_bad(m, p));
         }
         report.bytes_checked += u.length;

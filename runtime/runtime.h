@@ -111,6 +111,8 @@ struct RuntimeStats {
   std::uint64_t saves_committed = 0;
   std::uint64_t saves_failed = 0;
   std::uint64_t saves_skipped = 0;
+  std::uint64_t plans_built = 0;   // saves that planned their layout
+  std::uint64_t plans_reused = 0;  // saves that reused the previous save's plan (same structure)
   std::uint64_t staging_in_use = 0;  // bytes
   std::uint64_t staging_mapped = 0;  // bytes
   std::uint64_t staging_budget = 0;  // bytes

@@ -92,14 +92,15 @@ std::string make_tmp_dir(const std::string& final_dir) {
   for (fs::path p = fs::path(final_dir).parent_path(); !p.empty() && p != p.parent_path();
        p = p.parent_path()) {
     if (fs::exists(p / kManifestName, ec)) {
-      throw Error(Errc::invalid_argument, "cannot save inside the checkpoint " + p.string(), final_dir);
+      throw Error(Errc::invalid_argument, "cannot save inside the checkpoint " + p.string(),
+                  final_dir);
     }
   }
   if (fs::exists(final_dir, ec) &&
-      (!fs::is_directory(final_dir, ec) || (!fs::exists(fs::path(final_dir) / kManifestName, ec) &&
-                                            !fs::is_empty(final_dir, ec)))) {
-    throw Error(Errc::invalid_argument,
-                "refusing to replace something that is not a checkpoint", final_dir);
+      (!fs::is_directory(final_dir, ec) ||
+       (!fs::exists(fs::path(final_dir) / kManifestName, ec) && !fs::is_empty(final_dir, ec)))) {
+    throw Error(Errc::invalid_argument, "refusing to replace something that is not a checkpoint",
+                final_dir);
   }
   std::string parent = fs::path(final_dir).parent_path().string();
   if (!parent.empty()) io::make_dirs(parent);
@@ -120,18 +121,45 @@ FileInfo write_json_file(const std::string& dir, const std::string& name, const 
 }
 }  // namespace
 
-void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Manifest& m,
-                       const boost::json::object& metadata,
-                       const std::map<std::string, std::string>& extra_files) {
-  m.json_files.clear();
-  m.json_files.push_back(
-      write_json_file(tmp, std::string(kMetadataName), serialize_metadata(metadata)));
-  for (const auto& [name, text] : extra_files)
-    m.json_files.push_back(write_json_file(tmp, name, text));
-  io::write_new_file(tmp + "/" + std::string(kManifestName), encode_manifest(m));
+namespace {
+
+std::vector<FileInfo> write_json_files(const std::string& tmp, const boost::json::object& metadata,
+                                       const std::map<std::string, std::string>& extra_files) {
+  std::vector<FileInfo> out;
+  out.push_back(write_json_file(tmp, std::string(kMetadataName), serialize_metadata(metadata)));
+  for (const auto& [name, text] : extra_files) out.push_back(write_json_file(tmp, name, text));
+  return out;
+}
+
+void write_manifest_and_commit(const std::string& tmp, const std::string& final_dir,
+                               const Manifest& m, const ManifestParts* parts,
+                               const EncodedTree* tree) {
+  // Kept per thread: a steady state of saves maps no memory for their manifests.
+  thread_local std::string encoded;
+  encode_manifest(m, parts, tree, encoded);
+  io::write_new_file(tmp + "/" + std::string(kManifestName), encoded);
+  if (encoded.capacity() > (std::size_t{64} << 20)) std::string().swap(encoded);
   io::fsync_dir(tmp, "checkpoint_dir");
   io::commit_directory(tmp, final_dir);
   io::forget_live_tmp(tmp);
+}
+
+}  // namespace
+
+void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Manifest& m,
+                       const boost::json::object& metadata,
+                       const std::map<std::string, std::string>& extra_files) {
+  m.json_files = write_json_files(tmp, metadata, extra_files);
+  write_manifest_and_commit(tmp, final_dir, m, nullptr, nullptr);
+}
+
+void finish_checkpoint(const std::string& tmp, const std::string& final_dir,
+                       const Manifest& skeleton, ManifestParts parts, const EncodedTree* tree,
+                       const boost::json::object& metadata,
+                       const std::map<std::string, std::string>& extra_files) {
+  const std::vector<FileInfo> json_files = write_json_files(tmp, metadata, extra_files);
+  parts.json_files = &json_files;
+  write_manifest_and_commit(tmp, final_dir, skeleton, &parts, tree);
 }
 
 void abandon_tmp_dir(const std::string& tmp) noexcept {
@@ -160,8 +188,9 @@ void save_checkpoint(io::Engine& engine, const std::string& dir, const Tree& tre
     data.truncate(plan.manifest.data_files[0].size);  // direct writes that extend serialize
     std::vector<std::uint32_t> crc(extent_slots(plan.manifest));
     UnitPipe pipe(engine, options.unit_bytes, options.queue_depth);
+    const auto sources = leaf_sources(plan.leaves);
     pipe.write_all(plan.units, {&data}, [&](const Unit& u, std::byte* buf) {
-      stage_unit(u, plan.leaves, buf, plan.manifest, crc);
+      stage_unit(u, sources, buf, plan.manifest, crc);
     });
     if (!io::fsync_dropped("data_file")) io::sync_file(engine, data.fd(), data.path());
     data.close();

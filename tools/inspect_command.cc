@@ -9,6 +9,7 @@
 
 #include "io/error.h"
 #include "runtime/checkpoint.h"
+#include "runtime/json.h"
 #include "tools/commands.h"
 #include "tools/format.h"
 
@@ -18,7 +19,8 @@ namespace json = boost::json;
 
 namespace {
 
-// Data files have no whole-file checksum (schemas/checkpoint.fbs): their extents carry theirs.
+// Data files have no whole-file checksum (schemas/checkpoint.fbs): their blocks carry theirs
+// (format version 1: each extent is a block).
 json::object file_json(const FileInfo& f, const char* kind) {
   bool data = std::string_view(kind) == "data";
   return {{"name", f.name},
@@ -61,7 +63,8 @@ void print_json(const std::string& dir, const Manifest& m,
   doc["alignment"] = m.alignment;
   doc["process_count"] = m.process_count;
   doc["leaf_count"] = m.leaves.size();
-  doc["metadata"] = metadata ? json::value(*metadata) : json::value(nullptr);
+  // Encoded as metadata.json stores it: a NaN or infinity would not be JSON otherwise.
+  doc["metadata"] = metadata ? encode_json(*metadata, "metadata") : json::value(nullptr);
   if (!metadata_error.empty()) doc["metadata_error"] = one_line(metadata_error);
   json::array files;
   for (const auto& f : m.data_files) files.push_back(file_json(f, "data"));
@@ -70,6 +73,14 @@ void print_json(const std::string& dir, const Manifest& m,
   json::array leaves;
   for (const auto& leaf : m.leaves) leaves.push_back(leaf_json(m, leaf));
   doc["leaves"] = std::move(leaves);
+  json::array blocks;
+  for (const auto& b : m.blocks) {
+    blocks.push_back(json::object{{"file", m.data_files[b.file].name},
+                                  {"offset", b.offset},
+                                  {"length", b.length},
+                                  {"crc32c", b.crc32c}});
+  }
+  doc["blocks"] = std::move(blocks);
   fmt::print("{}\n", json::serialize(doc));
 }
 
@@ -86,6 +97,7 @@ void print_text(const std::string& dir, const Manifest& m,
   summary.add_row({"total bytes", bytes_both(m.total_bytes)});
   summary.add_row({"stored bytes", bytes_both(m.stored_bytes())});
   summary.add_row({"leaves", std::to_string(m.leaves.size())});
+  summary.add_row({"checksummed blocks", std::to_string(m.blocks.size())});
   summary.add_row({"processes", std::to_string(m.process_count)});
   fmt::print("{}", summary.render());
 
@@ -98,7 +110,7 @@ void print_text(const std::string& dir, const Manifest& m,
 
   fmt::print("\nfiles:\n");
   Table files({"NAME", "SIZE", "CRC32C"}, {false, true, false});
-  for (const auto& f : m.data_files) files.add_row({f.name, std::to_string(f.size), "per extent"});
+  for (const auto& f : m.data_files) files.add_row({f.name, std::to_string(f.size), "per block"});
   for (const auto& f : m.json_files)
     files.add_row({f.name, std::to_string(f.size), crc_hex(f.crc32c)});
   fmt::print("{}", files.render("  "));

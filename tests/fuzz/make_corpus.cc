@@ -5,7 +5,8 @@
 // them, so every seed verifies and restores in the fuzzer.
 //   build/tests/make_corpus tests/fuzz/corpus
 // Built with the tests, run by hand; commit what it writes. The corpus's regress_* files are
-// inputs that found bugs, kept by hand.
+// inputs that found bugs, and its v1_* files the same seeds written by the format version 1
+// writer (before format version 2), so that the version 1 reader stays fuzzed; both kept by hand.
 #include <boost/json/object.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -66,8 +67,9 @@ void split_seed(const std::string& out_dir, const std::string& name, const Tree&
   plan_extents(leaves, extent_bytes, m);
   std::string data(m.data_files[0].size, '\0');
   std::vector<std::uint32_t> crc(extent_slots(m));
+  const auto sources = leaf_sources(leaves);
   for (const Unit& u : plan_units(m, extent_bytes)) {
-    stage_unit(u, leaves, reinterpret_cast<std::byte*>(data.data() + u.offset), m, crc);
+    stage_unit(u, sources, reinterpret_cast<std::byte*>(data.data() + u.offset), m, crc);
   }
   std::string meta = fuzz::json_text(2);
   m.json_files.push_back({std::string(kMetadataName), meta.size(), crc32c(meta)});

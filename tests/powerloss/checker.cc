@@ -60,7 +60,13 @@ Promises initial_promises(const std::string& run_dir) {
 
 namespace {
 
-ReadOptions read_options() { return ReadOptions{64u << 10, 4, false, {}}; }
+ReadOptions read_options() {
+  ReadOptions o;
+  o.unit_bytes = 64u << 10;
+  o.queue_depth = 4;
+  o.allow_direct = false;
+  return o;
+}
 
 std::vector<std::string> tmp_entries(const fs::path& dir) {
   std::vector<std::string> out;

@@ -111,7 +111,7 @@ TEST_CASE_TEMPLATE("checkpoint round trips empty arrays, scalars and a tree with
   CHECK(test::file_size(tmp / "c/data-00000.bin") == 0);
 }
 
-TEST_CASE_TEMPLATE("checkpoint round trips a large leaf cut into several extents", Driver,
+TEST_CASE_TEMPLATE("checkpoint round trips a large leaf spanning several blocks", Driver,
                    UringDriver, ThreadDriver) {
   auto engine = make_driver(Driver::kind);
   if (!engine) return;
@@ -126,8 +126,9 @@ TEST_CASE_TEMPLATE("checkpoint round trips a large leaf cut into several extents
   Manifest m = read_manifest(tmp / "c");
   REQUIRE(m.leaves.size() == 2);
   CHECK(m.leaves[0].path == "big");
-  CHECK(m.leaves[0].extents.size() == 3);  // 16 + 16 + 8 MiB (+123 bytes)
-  CHECK(test::file_size(tmp / "c/data-00000.bin") == (40u << 20) + 4096 + 4096);
+  CHECK(m.leaves[0].extents.size() == 1);
+  CHECK(m.blocks.size() == 3);  // 16 + 16 + 8 MiB (+135 bytes)
+  CHECK(test::file_size(tmp / "c/data-00000.bin") == (40u << 20) + 4096);  // packed
 }
 
 TEST_CASE_TEMPLATE("checkpoint round trips with small extents and IO units", Driver, UringDriver,
@@ -136,7 +137,7 @@ TEST_CASE_TEMPLATE("checkpoint round trips with small extents and IO units", Dri
   if (!engine) return;
   Tree t;
   t["a"] = Array::zeros(DType::u8, {100005});
-  t["b"] = Array::zeros(DType::f32, {2048});  // exactly one extent
+  t["b"] = Array::zeros(DType::f32, {2048});  // exactly one block
   t["c"] = Array::zeros(DType::u8, {1});
   t["d"] = Array::zeros(DType::u8, {0});
   t["e"] = Array::zeros(DType::i32, {5000});
@@ -145,7 +146,7 @@ TEST_CASE_TEMPLATE("checkpoint round trips with small extents and IO units", Dri
   write.extent_bytes = 8192;
   write.unit_bytes = 16384;
   write.queue_depth = 3;
-  // Units smaller than an extent (chained CRC), equal to two extents, and spanning many.
+  // Units smaller than a block (chained CRC), equal to two blocks, and spanning many.
   for (std::uint64_t unit : {4096u, 16384u, 1u << 20}) {
     for (unsigned depth : {1u, 4u}) {
       CAPTURE(unit);
@@ -159,11 +160,10 @@ TEST_CASE_TEMPLATE("checkpoint round trips with small extents and IO units", Dri
   TempDir tmp;
   save_checkpoint(*engine, tmp / "c", t, {}, write);
   Manifest m = read_manifest(tmp / "c");
-  CHECK(m.leaves[0].extents.size() == 13);  // ceil(100005 / 8192), starting at offset 0
-  CHECK(m.leaves[4].extents.size() >= 3);   // 20000 bytes
-  for (const auto& leaf : m.leaves) {
-    for (const auto& e : leaf.extents) CHECK(e.length <= write.extent_bytes);
-  }
+  // Packed: 8192 + 20000 + 100005 + 1 bytes in 131072, cut into 16 blocks of 8192.
+  CHECK(test::file_size(tmp / "c/data-00000.bin") == 131072);
+  CHECK(m.blocks.size() == 16);
+  for (const auto& b : m.blocks) CHECK(b.length == write.extent_bytes);
 }
 
 TEST_CASE_TEMPLATE("checkpoint round trips 10,000 small leaves", Driver, UringDriver,
@@ -433,16 +433,16 @@ TEST_CASE_TEMPLATE("restore and verify detect a flipped byte in the data file", 
   d.check_detected(*engine, Errc::corrupt, data, "params/w");
 }
 
-TEST_CASE_TEMPLATE("restore and verify detect a flipped byte in the padding of an extent", Driver,
-                   UringDriver, ThreadDriver) {
+TEST_CASE_TEMPLATE("restore and verify detect a flipped byte in the padding at the end of the file",
+                   Driver, UringDriver, ThreadDriver) {
   auto engine = make_driver(Driver::kind);
   if (!engine) return;
   Damaged d(*engine);
   const std::string data = d.dir + "/data-00000.bin";
-  const ExtentInfo& e = d.extent("params/b");
-  REQUIRE(e.stored_length > e.length);
-  test::flip_byte(data, e.offset + e.length + 100);
-  d.check_detected(*engine, Errc::corrupt, data, "params/b");
+  // 8000 + 40 + 8 bytes of leaves, packed, then zeros up to 8192, all in one block.
+  REQUIRE(test::file_size(data) == 8192);
+  test::flip_byte(data, 8191);
+  d.check_detected(*engine, Errc::corrupt, data, "params/w");
 }
 
 TEST_CASE_TEMPLATE("restore and verify detect a truncated or extended data file", Driver,

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "io/error.h"
+#include "io/file.h"
 #include "runtime/crc32c.h"
 #include "runtime/layout.h"
 #include "tests/fuzz/fuzz_input.h"
@@ -25,8 +27,8 @@ using test::contains;
 
 const std::string kPath = "/runs/p/g/n/step/7/manifest.ckpt";
 
-// A valid manifest: dict {a: f32[10], b: [u8[5000], i64[3,0]], c: {d: bf16[4096]}}, cut into
-// 4096-byte extents so that leaves have several.
+// A valid manifest: dict {a: f32[10], b: [u8[5000], i64[3,0]], c: {d: bf16[4096]}}, packed
+// (format version 2) in 4096-byte blocks.
 Manifest valid_manifest() {
   Tree t;
   t["a"] = Array::zeros(DType::f32, {10});
@@ -40,11 +42,30 @@ Manifest valid_manifest() {
   describe_structure(t, m);
   plan_extents(t.flatten(), 4096, m);
   std::uint32_t crc = 1;
-  for (auto& l : m.leaves) {
-    for (auto& e : l.extents) e.crc32c = crc++;
-  }
+  for (auto& b : m.blocks) b.crc32c = crc++;
   m.json_files.push_back({"metadata.json", 17, 0xabcdef});
   m.json_files.push_back({"job.json", 3, 42});
+  return m;
+}
+
+// The same tree in format version 1's layout (what the version 1 writer did): every leaf starts
+// aligned and is padded, cut into extents at the 4096-byte grid, each extent with its CRC.
+Manifest v1_manifest() {
+  Manifest m = valid_manifest();
+  m.format_version = kFormatVersion1;
+  m.blocks.clear();
+  std::uint64_t offset = 0;
+  std::uint32_t crc = 1;
+  for (auto& l : m.leaves) {
+    l.extents.clear();
+    for (std::uint64_t at = 0; at < l.nbytes;) {
+      std::uint64_t len = std::min<std::uint64_t>(4096 - offset % 4096, l.nbytes - at);
+      l.extents.push_back({0, offset, len, io::align_up(len), crc++, at, 0});
+      offset += io::align_up(len);
+      at += len;
+    }
+  }
+  m.data_files[0].size = offset;
   return m;
 }
 
@@ -83,6 +104,13 @@ void check_rejected(const std::string& bytes, Errc code, const std::string& hint
 void check_rejected(const std::function<void(Manifest&)>& mutate, Errc code,
                     const std::string& hint) {
   Manifest m = valid_manifest();
+  mutate(m);
+  check_rejected(encode_manifest(m), code, hint);
+}
+
+void check_rejected_v1(const std::function<void(Manifest&)>& mutate, Errc code,
+                       const std::string& hint) {
+  Manifest m = v1_manifest();
   mutate(m);
   check_rejected(encode_manifest(m), code, hint);
 }
@@ -126,15 +154,25 @@ TEST_CASE("manifest encode and decode round trip every field") {
   }
   CHECK(d.leaves[0].path == "a");
   CHECK(d.leaves[1].path == "b/0");
-  CHECK(d.leaves[1].extents.size() == 2);  // 5000 bytes in 4096-byte extents
+  CHECK(d.leaves[1].extents.size() == 1);  // packed: one extent per leaf
   CHECK(d.leaves[2].path == "b/1");
   CHECK(d.leaves[2].extents.empty());
   CHECK(d.leaves[3].path == "c/d");
   CHECK(d.leaves[3].dtype == DType::bf16);
   REQUIRE(d.data_files.size() == 1);
   CHECK(d.data_files[0].name == "data-00000.bin");
-  CHECK(d.data_files[0].size == 4096 + 8192 + 8192);
+  // c/d first (8192 bytes: page-aligned), then a and b/0 (alignment 8): 13232 bytes, padded.
+  CHECK(d.leaves[3].extents[0].offset == 0);
+  CHECK(d.leaves[0].extents[0].offset == 8192);
+  CHECK(d.leaves[1].extents[0].offset == 8192 + 40);
+  CHECK(d.data_files[0].size == 16384);
   CHECK(d.stored_bytes() == d.data_files[0].size);
+  REQUIRE(d.blocks.size() == 4);
+  for (std::size_t k = 0; k < 4; ++k) {
+    CHECK(d.blocks[k].offset == 4096 * k);
+    CHECK(d.blocks[k].length == 4096);
+    CHECK(d.blocks[k].crc32c == m.blocks[k].crc32c);
+  }
   REQUIRE(d.json_files.size() == 2);
   REQUIRE(d.json_file("metadata.json") != nullptr);
   CHECK(d.json_file("metadata.json")->size == 17);
@@ -143,6 +181,34 @@ TEST_CASE("manifest encode and decode round trip every field") {
   CHECK(d.json_file("config.json") == nullptr);
   // Encoding is deterministic.
   CHECK(encode_manifest(d) == encode_manifest(m));
+}
+
+TEST_CASE("a manifest encoded from a cached tree part and per-save parts decodes the same") {
+  Manifest m = valid_manifest();
+  const EncodedTree tree = encode_tree(m);
+  std::vector<std::uint32_t> crc(m.blocks.size());
+  for (std::size_t i = 0; i < crc.size(); ++i) crc[i] = 1000 + static_cast<std::uint32_t>(i);
+  const std::vector<FileInfo> json{{"metadata.json", 2, 7}};
+  ManifestParts parts;
+  parts.created_unix_ns = 99;
+  parts.block_crc = &crc;
+  parts.json_files = &json;
+  for (int round = 0; round < 2; ++round) {  // the second reuses this thread's builder
+    std::string out;
+    encode_manifest(m, &parts, &tree, out);
+    Manifest d = decode_manifest(out, kPath);
+    CHECK(d.created_unix_ns == 99);
+    REQUIRE(d.blocks.size() == crc.size());
+    for (std::size_t i = 0; i < crc.size(); ++i) CHECK(d.blocks[i].crc32c == crc[i]);
+    REQUIRE(d.json_files.size() == 1);
+    CHECK(d.json_files[0].crc32c == 7);
+    // Everything else is the skeleton's: the same bytes as a plain encoding of the completed one.
+    Manifest full = m;
+    full.created_unix_ns = 99;
+    for (std::size_t i = 0; i < crc.size(); ++i) full.blocks[i].crc32c = crc[i];
+    full.json_files = json;
+    CHECK(encode_manifest(d) == encode_manifest(full));
+  }
 }
 
 TEST_CASE("manifest of an empty tree and of a single leaf round trip") {
@@ -258,9 +324,26 @@ TEST_CASE("manifest decode rejects a wrong file identifier") {
   check_rejected(seal(body), Errc::corrupt, "identifier");
 }
 
-TEST_CASE("manifest decode rejects format version 2 as unsupported") {
-  check_rejected([](Manifest& m) { m.format_version = 2; }, Errc::unsupported, "version 2");
+TEST_CASE("manifest decode rejects format versions other than 1 and 2 as unsupported") {
+  check_rejected([](Manifest& m) { m.format_version = 3; }, Errc::unsupported, "version 3");
   check_rejected([](Manifest& m) { m.format_version = 0; }, Errc::unsupported, "version 0");
+}
+
+TEST_CASE("manifest decode reads format version 1, each extent a block") {
+  Manifest m = v1_manifest();
+  Manifest d = decode_manifest(encode_manifest(m), kPath);
+  CHECK(d.format_version == 1);
+  CHECK(d.leaves[1].extents.size() == 2);  // 5000 bytes in 4096-byte extents
+  std::size_t extents = 0;
+  for (const auto& l : d.leaves) extents += l.extents.size();
+  REQUIRE(d.blocks.size() == extents);
+  std::uint64_t at = 0;
+  for (const auto& b : d.blocks) {
+    CHECK(b.offset == at);
+    at += b.length;
+  }
+  CHECK(at == d.data_files[0].size);
+  CHECK(encode_manifest(d) == encode_manifest(m));
 }
 
 TEST_CASE("manifest decode rejects an unknown dtype as unsupported") {
@@ -279,9 +362,11 @@ TEST_CASE("manifest decode rejects an extent past the end of the data file") {
       Errc::corrupt, "past the end");
 }
 
-TEST_CASE("manifest decode rejects a misaligned extent offset") {
-  check_rejected([](Manifest& m) { leaf(m, "c/d").extents[1].offset += 512; }, Errc::corrupt,
-                 "not aligned");
+TEST_CASE("manifest decode rejects a misaligned extent offset or block") {
+  check_rejected_v1([](Manifest& m) { leaf(m, "c/d").extents[1].offset += 512; }, Errc::corrupt,
+                    "not aligned");
+  check_rejected([](Manifest& m) { m.blocks[1].offset += 512; }, Errc::corrupt, "not aligned");
+  check_rejected([](Manifest& m) { m.blocks[1].length -= 512; }, Errc::corrupt, "not aligned");
   check_rejected([](Manifest& m) { m.alignment = 3000; }, Errc::corrupt, "alignment");
   check_rejected([](Manifest& m) { m.alignment = 0; }, Errc::corrupt, "alignment");
 }
@@ -304,19 +389,34 @@ TEST_CASE("manifest decode rejects a shape whose size overflows") {
 TEST_CASE("manifest decode rejects extents that do not tile their leaf") {
   check_rejected([](Manifest& m) { leaf(m, "b/0").extents.pop_back(); }, Errc::corrupt,
                  "do not cover the leaf");
-  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].leaf_offset += 8; }, Errc::corrupt,
-                 "tile");
-  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].length += 8; }, Errc::corrupt,
-                 "length out of range");
-  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].stored_length += 4096; },
+  check_rejected_v1([](Manifest& m) { leaf(m, "b/0").extents[1].leaf_offset += 8; }, Errc::corrupt,
+                    "tile");
+  check_rejected_v1([](Manifest& m) { leaf(m, "b/0").extents[1].length += 8; }, Errc::corrupt,
+                    "length out of range");
+  check_rejected_v1([](Manifest& m) { leaf(m, "b/0").extents[1].stored_length += 4096; },
+                    Errc::corrupt, "stored length");
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[0].stored_length += 4096; },
                  Errc::corrupt, "stored length");
-  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[1].file = 1; }, Errc::corrupt,
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[0].crc32c = 5; }, Errc::corrupt,
+                 "checksum of its own");
+  check_rejected([](Manifest& m) { leaf(m, "b/0").extents[0].file = 1; }, Errc::corrupt,
                  "missing data file");
   check_rejected([](Manifest& m) { m.total_bytes += 1; }, Errc::corrupt, "total_bytes");
 }
 
-TEST_CASE("manifest decode rejects gaps and overlaps between extents") {
-  check_rejected(
+TEST_CASE("manifest decode rejects gaps and overlaps between blocks") {
+  check_rejected([](Manifest& m) { m.blocks[2].offset += 4096; }, Errc::corrupt, "gaps");
+  check_rejected([](Manifest& m) { m.blocks[2].offset -= 4096; }, Errc::corrupt, "overlap");
+  check_rejected([](Manifest& m) { m.blocks.pop_back(); }, Errc::corrupt,
+                 "do not cover data-00000.bin");
+  check_rejected([](Manifest& m) { m.data_files[0].size += 4096; }, Errc::corrupt,
+                 "do not cover data-00000.bin");
+  check_rejected([](Manifest& m) { m.blocks[3].file = 1; }, Errc::corrupt, "missing data file");
+  check_rejected([](Manifest& m) { std::swap(m.blocks[1], m.blocks[2]); }, Errc::corrupt, "gaps");
+}
+
+TEST_CASE("manifest decode rejects gaps and overlaps between version 1 extents") {
+  check_rejected_v1(
       [](Manifest& m) {
         // Shift the last leaf's extents one block further and grow the file: a 4096-byte gap
         // that no checksum covers.
@@ -324,14 +424,35 @@ TEST_CASE("manifest decode rejects gaps and overlaps between extents") {
         m.data_files[0].size += 4096;
       },
       Errc::corrupt, "gaps");
-  check_rejected(
+  check_rejected_v1(
       [](Manifest& m) {
         auto& ext = leaf(m, "c/d").extents;
         ext[1].offset = ext[0].offset;  // both extents at one place
       },
       Errc::corrupt, "overlap");
-  check_rejected([](Manifest& m) { m.data_files[0].size += 4096; }, Errc::corrupt,
-                 "do not cover data-00000.bin");
+  check_rejected_v1([](Manifest& m) { m.data_files[0].size += 4096; }, Errc::corrupt,
+                    "do not cover data-00000.bin");
+}
+
+TEST_CASE("units keep every segment inside them even when a hostile manifest's extents overlap") {
+  // decode_manifest checks that extents lie in their file and blocks tile it, not that leaves
+  // are disjoint: overlapping leaves must still plan to in-bounds reads and copies.
+  Manifest m = valid_manifest();
+  leaf(m, "a").extents[0].offset = 100;  // inside c/d's bytes, before b/0
+  const std::vector<bool> all(m.leaves.size(), true);
+  for (std::uint64_t unit : {4096u, 16384u}) {
+    for (const std::vector<bool>* wanted : {&all, static_cast<const std::vector<bool>*>(nullptr)}) {
+      auto units = plan_units(m, unit, wanted != nullptr ? *wanted : std::vector<bool>{});
+      std::uint64_t bytes = 0;
+      for (const auto& u : units) {
+        for (const auto& seg : u.segments) {
+          CHECK(seg.unit_offset + seg.len <= u.length);
+          bytes += seg.len;
+        }
+      }
+      CHECK(bytes == m.total_bytes);
+    }
+  }
 }
 
 TEST_CASE("manifest decode rejects duplicate leaf paths") {

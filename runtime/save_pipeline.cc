@@ -1,0 +1,514 @@
+// The asynchronous save pipeline. Per save:
+//
+//   caller:      plan layout ─► admit (staging chunks, block/skip) ─► start the writes
+//                ─► [sync: parallel copy] ─► return SaveHandle
+//   copy pool:   make <dir>.tmp-<tag>/, open the data file (O_DIRECT), sized   } at once,
+//                [overlapped: parallel copy ─► snapshotted]                      } overlapped
+//                per unit, as soon as it is copied and the file is open: engine write, and
+//                CRC32C on a copy thread; its chunk returns to the pool when both are done
+//   background:  every unit written ─► fsync data ─► metadata.json, extra files, manifest.ckpt
+//                ─► fsync dir ─► rename to <dir>, fsync parent (commit) ─► handle completes
+//                ─► retention
+//
+// So time to durable approaches max(copy, write) rather than copy + write. Threads: the
+// coroutines run on one strand (the Runtime's io_context thread, or a strand over the executor it
+// was given) and only orchestrate; copies, checksums and blocking file-system calls run on the
+// copy pool; IO completions arrive on the engine's thread and touch only atomic counters, the
+// Writes state and the staging pool. Unit i of a save always uses staging chunk i.
+#include "runtime/runtime_impl.h"
+
+namespace ckpt {
+
+void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
+                               std::function<void(std::exception_ptr)> on_done, bool caller_joins) {
+  auto sweep = std::make_shared<Sweep>();
+  sweep->total = op->plan->units.size();
+  auto work = [this, op, sweep, on_done]() {
+    for (;;) {
+      std::size_t i = sweep->next.fetch_add(1);
+      if (i >= sweep->total) return;
+      try {
+        copy_unit(op->plan->units[i], op->sources, op->chunks[i]);
+      } catch (...) {
+        std::lock_guard lock(sweep->mu);
+        if (!sweep->error) sweep->error = std::current_exception();
+        op->writes->fail(sweep->error);  // the unit is skipped, not written
+      }
+      unit_copied(op, i);
+      if (sweep->finished.fetch_add(1) + 1 == sweep->total) {
+        std::exception_ptr e;
+        {
+          std::lock_guard lock(sweep->mu);
+          e = sweep->error;
+        }
+        sweep->cv.notify_all();
+        if (on_done) on_done(e);
+      }
+    }
+  };
+  if (sweep->total == 0) {
+    if (on_done) on_done(nullptr);
+    return;
+  }
+  unsigned helpers = caller_joins ? options.copy_threads - 1 : options.copy_threads;
+  helpers = static_cast<unsigned>(std::min<std::size_t>(helpers, sweep->total));
+  for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
+  if (caller_joins) {
+    work();
+    std::unique_lock lock(sweep->mu);
+    sweep->cv.wait(lock, [&] { return sweep->finished.load() == sweep->total; });
+  }
+}
+
+void Runtime::Impl::release_chunk(SaveOp& op, std::size_t i) {
+  if (!op.released[i].exchange(true)) pool.release(op.chunks[i]);
+}
+
+void Runtime::Impl::release_all(SaveOp& op) {
+  for (std::size_t i = 0; i < op.chunks.size(); ++i) release_chunk(op, i);
+}
+
+void Runtime::Impl::watch(const std::shared_ptr<IoStage>& stage, const std::shared_ptr<SaveOp>& op,
+                          std::string what, std::function<void()> on_timeout) {
+  if (options.io_timeout.count() <= 0) return;
+  {
+    std::lock_guard lock(stage->mu);
+    if (!stage->done) return;  // ended already (the writes may finish before it is watched)
+    stage->ex = ex;
+  }
+  stage->timer = std::make_shared<asio::steady_timer>(ex);
+  rearm_watchdog(stage, op, std::move(what), std::move(on_timeout));
+}
+
+void Runtime::Impl::rearm_watchdog(std::shared_ptr<IoStage> stage, std::shared_ptr<SaveOp> op,
+                                   std::string what, std::function<void()> on_timeout) {
+  auto last = Clock::time_point(Clock::duration(stage->last_progress.load()));
+  stage->timer->expires_at(last + options.io_timeout);
+  stage->timer->async_wait([this, stage, op, what, on_timeout](boost::system::error_code ec) {
+    if (ec || stage->ended()) return;  // the stage ended: the Runtime may be gone
+    auto last = Clock::time_point(Clock::duration(stage->last_progress.load()));
+    if (stage->in_flight == 0 || Clock::now() - last < options.io_timeout) {
+      if (stage->in_flight == 0) stage->last_progress = Clock::now().time_since_epoch().count();
+      rearm_watchdog(stage, op, what, on_timeout);
+      return;
+    }
+    auto done = stage->take();
+    if (!done) return;     // the last completion came first
+    stage->timer.reset();  // safe in its own handler: the handler was moved out
+    op->io_abandoned = true;
+    if (on_timeout) on_timeout();
+    done(std::make_exception_ptr(Error(Errc::timeout,
+                                       what + " did not complete within the IO timeout of " +
+                                           std::to_string(options.io_timeout.count()) + " ms",
+                                       op->data.path())));
+  });
+}
+
+void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
+  auto w = std::make_shared<Writes>();
+  std::size_t n = op->plan->units.size();
+  w->parts = std::make_unique<std::atomic<int>[]>(n);
+  for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
+  w->remaining = n + 1;                                 // and the open
+  w->hold_checksums = op->options.mode == SnapshotMode::sync;
+  w->stage->done = [done = w->done](std::exception_ptr e) { done->complete(e); };
+  op->writes = w;
+  asio::post(workers, [this, op] { open_data_file(op); });
+}
+
+void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
+  Writes& w = *op->writes;
+  try {
+    op->protection.publish();
+    op->tmp_dir = make_tmp_dir(op->final_dir);
+    op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
+                               options.allow_direct);
+    // Sized before the writes: ext4 serializes direct writes that extend a file.
+    op->data.truncate(op->plan->manifest.data_files[0].size);
+  } catch (...) {
+    w.fail(std::current_exception());
+  }
+  std::vector<std::size_t> pending;
+  {
+    std::lock_guard lock(w.mu);
+    w.file_ready = true;
+    pending.swap(w.pending);
+  }
+  for (std::size_t i : pending) issue_unit(op, i);
+  w.finish_one();
+}
+
+void Runtime::Impl::unit_copied(const std::shared_ptr<SaveOp>& op, std::size_t i) {
+  {
+    std::lock_guard lock(op->writes->mu);
+    if (!op->writes->file_ready) {
+      op->writes->pending.push_back(i);
+      return;
+    }
+  }
+  issue_unit(op, i);
+}
+
+namespace {
+
+// One of unit i's two parts (its write, its checksum) is done; the second returns its chunk.
+// Completions may come after a timed-out save ended and the Runtime is gone: they reach the pool
+// only through the gate, and the op and its Writes through their own references.
+void part_done(const std::shared_ptr<SaveOp>& op, const std::shared_ptr<PoolGate>& gate,
+               std::size_t i) {
+  if (op->writes->parts[i].fetch_sub(1) != 1) return;
+  gate->release(*op, i);
+  op->writes->finish_one();
+}
+
+}  // namespace
+
+void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t i) {
+  asio::post(workers, [op, i, gate = gate] {
+    checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
+    part_done(op, gate, i);
+  });
+}
+
+void Runtime::Impl::release_checksums(const std::shared_ptr<SaveOp>& op) {
+  std::vector<std::size_t> held;
+  {
+    std::lock_guard lock(op->writes->mu);
+    op->writes->hold_checksums = false;
+    held.swap(op->writes->held);
+  }
+  for (std::size_t i : held) post_checksum(op, i);
+}
+
+void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i) {
+  if (op->writes->failed()) {
+    part_done(op, gate, i);
+    part_done(op, gate, i);
+    return;
+  }
+  const Unit& u = op->plan->units[i];
+  // The checksum on a copy thread (the write needs none to start), held back while a sync
+  // save's caller is still copying.
+  bool hold;
+  {
+    std::lock_guard lock(op->writes->mu);
+    hold = op->writes->hold_checksums;
+    if (hold) op->writes->held.push_back(i);
+  }
+  if (!hold) post_checksum(op, i);
+  io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
+  op->writes->stage->submitted();
+  engine->submit(r, [op, w = op->writes, gate = gate, i, len = u.length,
+                     off = u.offset](std::int64_t res) {
+    w->stage->completed();
+    if (res < 0) {
+      w->fail(std::make_exception_ptr(sys_error("write", op->data.path(), static_cast<int>(-res))));
+    } else if (static_cast<std::uint64_t>(res) != len) {
+      w->fail(std::make_exception_ptr(
+          Error(Errc::io, "short write at offset " + std::to_string(off), op->data.path())));
+    } else if (w->writes_done.fetch_add(1) == 0) {
+      CKPT_CRASH_POINT("mid_write");
+    }
+    part_done(op, gate, i);
+  });
+}
+
+asio::awaitable<void> Runtime::Impl::await_writes(const std::shared_ptr<SaveOp>& op) {
+  std::shared_ptr<Writes> w = op->writes;
+  watch(w->stage, op, "data write", [w, op] {
+    // Units not yet issued are skipped.
+    w->fail(std::make_exception_ptr(Error(Errc::timeout, "data write timed out", op->data.path())));
+  });
+  auto [e] = co_await async_wait_event(w->done, ex, asio::as_tuple(asio::use_awaitable));
+  if (e) std::rethrow_exception(e);
+}
+
+asio::awaitable<void> Runtime::Impl::fsync_data(const std::shared_ptr<SaveOp>& op) {
+  return detail::async_call<void(std::exception_ptr)>(
+      ex, asio::use_awaitable, [this, op](auto done) {
+        if (io::fsync_dropped("data_file")) return done(std::exception_ptr());  // test switch
+        auto stage = std::make_shared<IoStage>();
+        stage->done = done;
+        watch(stage, op, "data fsync", nullptr);
+        io::Request r{io::Request::Op::fsync, op->data.fd(), nullptr, 0, 0};
+        stage->submitted();
+        engine->submit(r, [op, stage](std::int64_t res) {
+          stage->completed();
+          stage->end(res < 0 ? std::make_exception_ptr(
+                                   sys_error("fsync", op->data.path(), static_cast<int>(-res)))
+                             : std::exception_ptr());
+        });
+      });
+}
+
+asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
+  std::exception_ptr failure;
+  const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
+  const auto commit = [op] {
+    op->data.close();
+    // The shared skeleton, completed with this save's own parts.
+    ManifestParts parts;
+    parts.created_unix_ns = op->created_unix_ns;
+    parts.block_crc = &op->block_crc;
+    finish_checkpoint(op->tmp_dir, op->final_dir, op->plan->manifest, parts,
+                      &op->plan->encoded_tree(), op->metadata, op->options.extra_files);
+  };
+  const auto clean_up = [op] {
+    // Requests the watchdog gave up on may still use the descriptor: it closes with the op.
+    if (!op->io_abandoned) op->data = io::File();
+    abandon_tmp_dir(op->tmp_dir);
+  };
+  try {
+    if (op->options.mode == SnapshotMode::overlapped) {
+      co_await detail::async_call<void(std::exception_ptr)>(ex, asio::use_awaitable,
+                                                            copy_in_background);
+      mark_snapshotted(*op);
+    }
+    co_await await_writes(op);
+    co_await fsync_data(op);
+    CKPT_FAULT_POINT("after_data_fsync", op->data.path());
+    if (op->previous) {
+      const std::shared_ptr<Event> previous_done(op->previous, &op->previous->done);
+      co_await async_wait_event(previous_done, ex, asio::as_tuple(asio::use_awaitable));
+      op->previous.reset();
+    }
+    co_await on_workers(commit);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (failure && !op->io_abandoned && !op->writes->done->done()) {
+    // A failed copy or open: the units still in flight hold their chunks (and the file).
+    co_await async_wait_event(op->writes->done, ex, asio::as_tuple(asio::use_awaitable));
+  }
+  if (!op->io_abandoned) release_all(*op);  // else the engine's completions return them
+  if (failure) {
+    if (!op->tmp_dir.empty()) co_await on_workers(clean_up);
+    fail_save(op, failure);
+    co_return;
+  }
+  {
+    std::lock_guard lock(op->shared->mu);
+    op->shared->timings.durable = Clock::now() - op->start;
+  }
+  op->shared->state = SaveState::committed;
+  finish_save(op, nullptr);
+  end_op();
+}
+
+void Runtime::Impl::mark_snapshotted(SaveOp& op) {
+  {
+    std::lock_guard lock(op.shared->mu);
+    op.shared->timings.snapshot = Clock::now() - op.start;
+  }
+  op.shared->state = SaveState::writing;
+  op.shared->snapshotted.complete();
+  CKPT_CRASH_POINT("after_snapshot");
+}
+
+void Runtime::Impl::finish_save(const std::shared_ptr<SaveOp>& op, std::exception_ptr failure) {
+  auto& shared = op->shared;
+  op->protection.reset();
+  {
+    std::lock_guard lock(mu);
+    auto range = in_flight.equal_range(shared->path);
+    for (auto it = range.first; it != range.second; ++it) {
+      if (it->second == shared) {
+        in_flight.erase(it);
+        break;
+      }
+    }
+    if (failure) {
+      ++counters.saves_failed;
+      failed_saves.push_back(shared);
+    } else if (shared->state == SaveState::committed) {
+      ++counters.saves_committed;
+    }
+  }
+  shared->snapshotted.complete(failure);
+  shared->done.complete(failure);
+  if (!op->run_dir_counted) return;
+  run_dir_op_ended(op->options.run_dir, failure ? nullptr : &op->options.retention);
+}
+
+void Runtime::Impl::fail_save(const std::shared_ptr<SaveOp>& op, std::exception_ptr failure) {
+  op->shared->state = SaveState::failed;
+  log().error("save of {} failed: {}", op->shared->path, describe_error(failure));
+  finish_save(op, failure);
+  end_op();
+}
+
+std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tree& tree,
+                                               const boost::json::object& metadata,
+                                               const SaveOptions& options) {
+  auto op = std::make_shared<SaveOp>();
+  op->start = Clock::now();
+  op->final_dir = clean_checkpoint_dir(path);
+  check_checkpoint_dir_name(op->final_dir);
+  check_extra_files(options.extra_files);
+  check_metadata(metadata);
+  PlannedSave planned = plan_cache.plan(tree, this->options.unit_bytes);
+  op->plan = std::move(planned.plan);
+  op->sources = std::move(planned.sources);
+  op->owners = std::move(planned.owners);
+  op->block_crc.assign(op->plan->manifest.blocks.size(), 0);
+  op->created_unix_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+  {
+    std::lock_guard lock(mu);
+    ++(planned.reused ? counters.plans_reused : counters.plans_built);
+  }
+  op->metadata = metadata;
+  op->options = options;
+  if (!options.run_dir.empty()) {
+    op->options.run_dir = clean_checkpoint_dir(options.run_dir);
+    std::string suffix = suffix_in_run_dir(op->options.run_dir, op->final_dir);
+    // The lease now (a second writer fails here, before anything is written); the suffix is
+    // published by the pipeline before its directory exists, off the caller's stall.
+    op->protection = Protection(lease_for(op->options.run_dir), std::move(suffix));
+  }
+  op->shared = std::make_shared<detail::SaveShared>();
+  op->shared->path = op->final_dir;
+  op->shared->runtime = link;
+  op->shared->timings.bytes = op->plan->manifest.total_bytes;
+  op->shared->timings.stored_bytes = op->plan->manifest.stored_bytes();
+  return op;
+}
+
+void Runtime::Impl::mark_skipped(const std::shared_ptr<SaveOp>& op) {
+  op->protection.reset();
+  op->shared->state = SaveState::skipped;
+  log().warn("save of {} skipped: staging budget in use by earlier saves", op->final_dir);
+  {
+    std::lock_guard lock(mu);
+    ++counters.saves_skipped;
+    note_newest_locked(op->shared);
+  }
+  op->shared->snapshotted.complete();
+  op->shared->done.complete();
+}
+
+void Runtime::Impl::admitted(const std::shared_ptr<SaveOp>& op, StagingPool::Chunks chunks) {
+  op->chunks = std::move(chunks);
+  op->released = std::vector<std::atomic<bool>>(op->chunks.size());
+  std::lock_guard lock(mu);
+  ++active;
+  ++counters.saves_started;
+  in_flight.emplace(op->shared->path, op->shared);
+  if (!op->options.run_dir.empty()) {
+    ++run_dirs[op->options.run_dir].active;
+    op->run_dir_counted = true;
+  }
+  if (auto it = newest.find(op->shared->path); it != newest.end() && !it->second->done.done()) {
+    op->previous = it->second;
+  }
+  note_newest_locked(op->shared);
+}
+
+void Runtime::Impl::note_newest_locked(const std::shared_ptr<detail::SaveShared>& shared) {
+  if (newest.insert_or_assign(shared->path, shared).second) newest_order.push_back(shared->path);
+  while (newest_order.size() > 4096) {
+    newest.erase(newest_order.front());
+    newest_order.pop_front();
+  }
+}
+
+void Runtime::Impl::launch(const std::shared_ptr<SaveOp>& op) {
+  asio::co_spawn(ex, run_save(op), [path = op->shared->path](std::exception_ptr e) {
+    if (e) log().critical("save pipeline of {} ended abnormally: {}", path, describe_error(e));
+  });
+}
+
+void Runtime::Impl::stall_done(const std::shared_ptr<SaveOp>& op) {
+  std::lock_guard lock(op->shared->mu);
+  op->shared->timings.stall = Clock::now() - op->start;
+}
+
+SaveHandle Runtime::save(const std::string& path, const Tree& tree,
+                         const boost::json::object& metadata, const SaveOptions& options) {
+  Backpressure policy = options.backpressure.value_or(impl_->options.backpressure);
+  // Staging returns to the pool through that thread: waiting for it there can never end.
+  if (policy == Backpressure::block && impl_->link->on_runtime_thread()) {
+    throw Error(Errc::invalid_argument,
+                "save() with Backpressure::block called on the Runtime's own thread (a plain "
+                "async_wait callback, or a coroutine on its executor) could deadlock: use "
+                "async_save, or Backpressure::skip",
+                path);
+  }
+  auto op = impl_->prepare(path, tree, metadata, options);
+  std::size_t n = op->plan->units.size();
+  StagingPool::Chunks chunks;
+  if (policy == Backpressure::skip) {
+    auto granted = impl_->pool.try_acquire(n);
+    if (!granted) {
+      impl_->mark_skipped(op);
+      impl_->stall_done(op);
+      return SaveHandle(op->shared);
+    }
+    chunks = std::move(*granted);
+  } else {
+    chunks = impl_->pool.acquire(n);
+  }
+  impl_->admitted(op, std::move(chunks));
+  impl_->start_writes(op);
+  if (options.mode == SnapshotMode::sync) {
+    impl_->start_copy(op, nullptr, true);
+    impl_->release_checksums(op);
+    impl_->mark_snapshotted(*op);
+  }
+  impl_->stall_done(op);
+  impl_->launch(op);
+  return SaveHandle(op->shared);
+}
+
+void Runtime::start_async_save(std::string path, Tree tree, boost::json::object metadata,
+                               SaveOptions options,
+                               std::function<void(std::exception_ptr, SaveHandle)> done) {
+  std::shared_ptr<SaveOp> op;
+  try {
+    op = impl_->prepare(path, tree, metadata, options);
+  } catch (...) {
+    done(std::current_exception(), SaveHandle());
+    return;
+  }
+  Impl* impl = impl_.get();
+  auto on_granted = [impl, op, done](StagingPool::Chunks chunks) {
+    impl->admitted(op, std::move(chunks));
+    impl->start_writes(op);
+    if (op->options.mode == SnapshotMode::overlapped) {
+      impl->stall_done(op);
+      impl->launch(op);
+      done(nullptr, SaveHandle(op->shared));
+      return;
+    }
+    impl->start_copy(
+        op,
+        [impl, op, done](std::exception_ptr e) {
+          impl->release_checksums(op);
+          impl->mark_snapshotted(*op);
+          impl->stall_done(op);
+          impl->launch(op);
+          done(e, SaveHandle(op->shared));
+        },
+        false);
+  };
+  std::size_t n = op->plan->units.size();
+  try {
+    if (options.backpressure.value_or(impl_->options.backpressure) == Backpressure::skip) {
+      auto granted = impl_->pool.try_acquire(n);
+      if (!granted) {
+        impl_->mark_skipped(op);
+        impl_->stall_done(op);
+        done(nullptr, SaveHandle(op->shared));
+        return;
+      }
+      on_granted(std::move(*granted));
+    } else {
+      impl_->pool.acquire_async(n, on_granted);
+    }
+  } catch (...) {
+    done(std::current_exception(), SaveHandle());
+  }
+}
+
+}  // namespace ckpt
