@@ -52,7 +52,8 @@ struct FlattenCache::Node {
   Py_ssize_t size = 0;          // dict, list, tuple
   std::vector<py::object> keys;  // dict: its keys (immutable str / int objects), in order
   py::object meta;              // odict: a private deep copy of _metadata (None: none)
-  PyTypeObject* type = nullptr;  // tensor, numpy: the exact type
+  PyTypeObject* type = nullptr;  // tensor, numpy: the exact type (held by type_ref)
+  py::object type_ref;
   py::object dtype;             // tensor: the torch.dtype
   int code = -1;                // numpy: the DType
   Shape shape;                  // tensor, numpy
@@ -312,6 +313,7 @@ class Walker {
     Shape shape(arr.shape(), arr.shape() + arr.ndim());
     Node& n = record(Node::Kind::numpy);
     n.type = Py_TYPE(obj.ptr());
+    n.type_ref = py::type::of(obj);
     n.code = code;
     n.shape = shape;
     keep_.append(obj);
@@ -349,6 +351,7 @@ class Walker {
     void* data = PyLong_AsVoidPtr(call(t, s_data_ptr_).ptr());
     Node& n = record(Node::Kind::tensor);
     n.type = Py_TYPE(t.ptr());
+    n.type_ref = py::type::of(t);
     n.dtype = dtype;
     n.code = code;
     n.shape = shape;
