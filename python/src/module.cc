@@ -200,9 +200,9 @@ class PyRuntime {
   // handle, keep))` is then called on the dispatcher, `keep` being the objects whose memory the
   // save reads (held here until then).
   void async_save(const std::string& path, py::handle tree, py::handle metadata,
-                      const std::string& mode, py::object backpressure,
-                      std::map<std::string, std::string> extra_files, const std::string& run_dir,
-                      py::dict retention, py::object done) {
+                  const std::string& mode, py::object backpressure,
+                  std::map<std::string, std::string> extra_files, const std::string& run_dir,
+                  py::dict retention, py::object done) {
     Runtime& rt = runtime();
     Prepared p = prepare(tree, metadata, mode, std::move(backpressure), std::move(extra_files),
                          run_dir, retention);
