@@ -284,3 +284,21 @@ def test_async_save_errors_and_overlapped_handles(rt, tmp_path):
     back, _ = rt.restore(tmp_path / "o")
     assert np.array_equal(back["w"], expected)
     assert rt.drain().ok
+
+
+def test_close_waits_for_an_async_save_still_waiting_for_staging(tmp_path):
+    rt = ckpt.Runtime(staging_budget=16 << 20, backpressure="block", copy_threads=1)
+    big, small = {"w": np.ones(7 << 18)}, {"w": np.full(1 << 19, 2.0)}  # 14 and 4 MiB
+
+    async def main():
+        rt.save(tmp_path / "a", big, mode="overlapped")  # holds most of the staging
+        task = asyncio.ensure_future(rt.async_save(tmp_path / "b", small))
+        await asyncio.sleep(0)  # the task has asked for staging
+        rt.close()  # waits for that admission, then drains both saves
+        return await task
+
+    h = asyncio.run(main())
+    assert h.result(timeout=30).state == "committed"
+    with ckpt.Runtime() as other:
+        back, _ = other.restore(tmp_path / "b")
+    assert (back["w"] == 2.0).all()
