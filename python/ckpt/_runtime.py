@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import weakref
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _ckpt
-from ._handles import RegisterHandle, SaveHandle
+from ._handles import RegisterHandle, SaveHandle, _settle
 from ._tree import PYTREE_FILE, from_structure, from_template
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -55,9 +56,42 @@ class Runtime:
              retention: Optional[Dict[str, Any]] = None) -> SaveHandle:
         """Starts a save of `tree` and `metadata` (a JSON-able dict) as the checkpoint
         directory `path`. Errors in the tree are raised here, before anything is written."""
-        c, keep = self._c.save(os.fspath(path), tree, metadata if metadata is not None else {},
-                               mode, backpressure, dict(extra_files or {}), os.fspath(run_dir),
-                               retention or {})
+        c, keep = self._c.save(*self._save_args(path, tree, metadata, mode, backpressure,
+                                                extra_files, run_dir, retention))
+        return self._handle(c, keep, mode)
+
+    async def async_save(self, path: PathLike, tree: Any,
+                         metadata: Optional[Dict[str, Any]] = None, *, mode: str = "sync",
+                         backpressure: Optional[str] = None,
+                         extra_files: Optional[Dict[str, str]] = None, run_dir: PathLike = "",
+                         retention: Optional[Dict[str, Any]] = None) -> SaveHandle:
+        """``await rt.async_save(...)``: save() for asyncio. The tree is checked and walked at
+        the call (its errors raise there); waiting for staging (``block`` backpressure) and, in
+        sync mode, the copy happen on the runtime's threads while the event loop runs on. Returns
+        the SaveHandle once save() would have returned: in sync mode the arrays may be changed
+        then; in overlapped mode after ``await handle.snapshotted()``. Cancelling the awaiting
+        task does not cancel the save (its handle is then dropped: fire-and-forget)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def admitted(result) -> None:  # on ckpt's callback thread, GIL held
+            err, c, keep = result
+            handle = None if err is not None else self._handle(c, keep, mode)
+            try:
+                loop.call_soon_threadsafe(_settle, fut, err, handle)
+            except RuntimeError:
+                pass  # the loop is closed: the save goes on, fire-and-forget
+
+        self._c.async_save(*self._save_args(path, tree, metadata, mode, backpressure,
+                                             extra_files, run_dir, retention), admitted)
+        return await fut
+
+    @staticmethod
+    def _save_args(path, tree, metadata, mode, backpressure, extra_files, run_dir, retention):
+        return (os.fspath(path), tree, metadata if metadata is not None else {}, mode,
+                backpressure, dict(extra_files or {}), os.fspath(run_dir), retention or {})
+
+    def _handle(self, c, keep, mode: str) -> SaveHandle:
         if mode == "sync":
             return SaveHandle(c)
         handle = SaveHandle(c, keep)

@@ -123,14 +123,18 @@ def _numpy_leaf(arr: np.ndarray, path: str, for_restore: bool) -> Tuple[int, tup
     return (code, arr.shape, arr.__array_interface__["data"][0], flags.writeable)
 
 
-def _tensor_leaf(t, path: str) -> Tuple[int, tuple, int, bool]:
+def _torch_code_map() -> Dict[Any, int]:
     if not _torch_codes:
         torch = _torch()
         for name, code in DTYPE_CODE.items():
             tdt = getattr(torch, name, None)
             if isinstance(tdt, torch.dtype):
                 _torch_codes[tdt] = code
-    code = _torch_codes.get(t.dtype)
+    return _torch_codes
+
+
+def _tensor_leaf(t, path: str) -> Tuple[int, tuple, int, bool]:
+    code = _torch_code_map().get(t.dtype)
     if (code is None or not t.is_cpu or t.layout is not _torch().strided or not t.is_contiguous()
             or t.is_neg()):
         _tensor_problem(t, path)
@@ -145,7 +149,7 @@ def _tensor_problem(t, path: str) -> None:
     if t.layout is not _torch().strided:
         raise UnsupportedError(f"{_where(path)}: a tensor with layout {t.layout} is not supported "
                                "(only dense, strided tensors)")
-    if t.dtype not in _torch_codes:
+    if t.dtype not in _torch_code_map():  # filled here too: the save walk (C++) never fills it
         raise UnsupportedError(f"{_where(path)}: torch dtype {t.dtype} is not supported (ckpt "
                                f"stores {', '.join(_DTYPE_NAMES)})")
     if not t.is_contiguous():

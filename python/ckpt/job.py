@@ -218,20 +218,43 @@ class CheckpointedJob(BasicJob[C], Generic[C]):
                                          metadata: Dict[str, Any], **options) -> SaveHandle:
         """Starts a save to rel_path under checkpoints_dir; returns its awaitable handle.
         Options: mode ("sync" | "overlapped"), backpressure ("block" | "skip")."""
-        files = dict(options.pop("extra_files", None) or {})
-        files.update(self._job_files())
-        return self.runtime.save(self._abs(rel_path), tree, metadata, extra_files=files, **options)
+        return self.runtime.save(self._save_path(rel_path, options), tree, metadata, **options)
 
     def save_tree_and_metadata(self, suffix: PathArg, tree: Any, metadata: Dict[str, Any],
                                **options) -> SaveHandle:
         """Starts a save of this job's checkpoint `suffix`. It takes the run directory's writer
         lease and applies the retention set with set_retention."""
+        return self.save_tree_and_metadata_from_path(*self._suffix_args(suffix, options), tree,
+                                                     metadata, **options)
+
+    async def async_save_tree_and_metadata_from_path(self, rel_path: PathArg, tree: Any,
+                                                     metadata: Dict[str, Any],
+                                                     **options) -> SaveHandle:
+        """save_tree_and_metadata_from_path for asyncio (Runtime.async_save): waiting for
+        staging does not block the event loop; returns the handle once the save is admitted."""
+        return await self.runtime.async_save(self._save_path(rel_path, options), tree, metadata,
+                                             **options)
+
+    async def async_save_tree_and_metadata(self, suffix: PathArg, tree: Any,
+                                           metadata: Dict[str, Any], **options) -> SaveHandle:
+        """save_tree_and_metadata for asyncio (Runtime.async_save)."""
+        return await self.async_save_tree_and_metadata_from_path(
+            *self._suffix_args(suffix, options), tree, metadata, **options)
+
+    def _save_path(self, rel_path, options) -> str:
+        """The checkpoint path of rel_path; adds job.json and config.json to the options."""
+        files = dict(options.pop("extra_files", None) or {})
+        files.update(self._job_files())
+        options["extra_files"] = files
+        return self._abs(rel_path)
+
+    def _suffix_args(self, suffix, options):
+        """(rel_path,) of this job's `suffix`; sets the run directory and retention options."""
         spec = self.spec._json()
         options.setdefault("run_dir", _ckpt.run_dir(spec))
         if self._retention:
             options.setdefault("retention", self._retention)
-        return self.save_tree_and_metadata_from_path(_ckpt.rel_path(spec, _rel(suffix)), tree,
-                                                     metadata, **options)
+        return (_ckpt.rel_path(spec, _rel(suffix)),)
 
     def get_metadata_from_path(self, rel_path: PathArg) -> Dict[str, Any]:
         return _ckpt.read_metadata(self._abs(rel_path))

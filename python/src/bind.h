@@ -6,6 +6,8 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <vector>
 #include <string>
 
 // pybind11 and Python's headers draw warnings of their own under -Wpedantic; they are included as
@@ -43,6 +45,8 @@ class PyCallback {
   // With the GIL held: calls fn(arg) and drops the reference. Python exceptions the callback
   // raises are reported as unraisable (sys.unraisablehook), as asyncio does.
   void call(py::object arg);
+  // With the GIL held: a new reference to the object (None once called).
+  py::object get() const { return fn_ ? py::reinterpret_borrow<py::object>(fn_) : py::none(); }
 
  private:
   PyObject* fn_;
@@ -58,7 +62,42 @@ struct Flattened {
   std::string pytree_json;
   py::list keep;
 };
-Flattened flatten_pytree(py::handle root);
+class FlattenCache;
+// With a cache, a tree that repeats one of the last few walked through it (the same state_dict
+// saved every K steps) reuses that walk's tree skeleton and pytree.json: only containers, keys,
+// leaf types, dtypes, shapes and contiguity are compared, and data pointers and scalar values
+// read afresh (flatten.cc).
+Flattened flatten_pytree(py::handle root, FlattenCache* cache = nullptr);
+
+// The walks a Runtime remembers (used with the GIL held).
+class FlattenCache {
+ public:
+  struct Node;
+  struct Entry;
+  // Interned attribute names and objects the matcher compares with.
+  struct Names {
+    py::object odict = py::module_::import("collections").attr("OrderedDict");
+    py::object strided = py::none();
+    py::str metadata{"_metadata"}, dtype{"dtype"}, is_cpu{"is_cpu"}, layout{"layout"},
+        is_contiguous{"is_contiguous"}, is_neg{"is_neg"}, shape{"shape"}, data_ptr{"data_ptr"};
+  };
+  FlattenCache();
+  ~FlattenCache();
+  FlattenCache(const FlattenCache&) = delete;
+  FlattenCache& operator=(const FlattenCache&) = delete;
+
+  std::optional<Flattened> reuse(py::handle root);
+  void record(const Flattened& flat, std::vector<Node>& nodes,
+              const std::vector<std::string>& leaf_paths);
+  std::uint64_t hits() const { return hits_; }
+  void clear() { entries_.clear(); }
+
+ private:
+  static constexpr std::size_t kEntries = 4;
+  std::vector<std::shared_ptr<const Entry>> entries_;  // most recently used first
+  std::unique_ptr<Names> names_;
+  std::uint64_t hits_ = 0;
+};
 
 // --- convert.cc ------------------------------------------------------------------------------
 // A normalized restore template from ckpt/_tree.py: dict (str keys), list, or leaf tuple

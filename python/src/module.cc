@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 
 #include "io/error.h"
 #include "jobs/config_json.h"
@@ -115,6 +117,32 @@ class PyRegisterHandle : public PyHandle<RegisterHandle> {
   std::string suffix() const { return h_.suffix(); }
 };
 
+// Counts async_saves still waiting for admission: the C++ Runtime does not count them among the
+// operations in flight (docs/design.md, known gap 8), so drain() and close() wait for this
+// count to reach zero first; each then is an ordinary save in flight.
+class Admissions {
+ public:
+  void begin() {
+    std::lock_guard lock(mu_);
+    ++waiting_;
+  }
+  void end() {
+    std::lock_guard lock(mu_);
+    --waiting_;
+    cv_.notify_all();
+  }
+  // Without the GIL.
+  void wait_none() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return waiting_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::size_t waiting_ = 0;
+};
+
 class PyRuntime {
  public:
   explicit PyRuntime(const py::dict& kw) {
@@ -143,49 +171,61 @@ class PyRuntime {
 
   // Drains and destroys the Runtime (every save in flight completes first).
   void close() {
-    std::shared_ptr<Runtime> rt = std::move(rt_);
+    std::shared_ptr<Runtime> rt = std::move(rt_);  // with the GIL: no save starts after this
     if (!rt) return;
     py::gil_scoped_release nogil;
+    admissions_->wait_none();  // once admitted, each is a save in flight that rt's end drains
     rt.reset();
   }
   bool closed() const { return rt_ == nullptr; }
 
   // Returns (handle, the objects whose memory the save reads).
   py::tuple save(const std::string& path, py::handle tree, py::handle metadata,
-                    const std::string& mode, py::object backpressure,
-                    std::map<std::string, std::string> extra_files, const std::string& run_dir,
-                    py::dict retention) {
+                 const std::string& mode, py::object backpressure,
+                 std::map<std::string, std::string> extra_files, const std::string& run_dir,
+                 py::dict retention) {
     Runtime& rt = runtime();
-    SaveOptions o;
-    if (mode == "sync") o.mode = SnapshotMode::sync;
-    else if (mode == "overlapped") o.mode = SnapshotMode::overlapped;
-    else throw Error(Errc::invalid_argument, "mode must be 'sync' or 'overlapped', not '" + mode + "'");
-    if (!backpressure.is_none()) o.backpressure = parse_backpressure(backpressure.cast<std::string>());
-    o.extra_files = std::move(extra_files);
-    o.run_dir = run_dir;
-    for (auto [k, v] : retention) {
-      auto key = k.cast<std::string>();
-      if (key == "max_to_keep") o.retention.max_to_keep = v.cast<std::size_t>();
-      else if (key == "keep_period") o.retention.keep_period = v.cast<std::int64_t>();
-      else if (key == "best_metric") o.retention.best_metric = v.cast<std::string>();
-      else if (key == "best_mode_max") o.retention.best_mode_max = v.cast<bool>();
-      else if (key == "prefix") o.retention.prefix = v.cast<std::string>();
-      else throw Error(Errc::invalid_argument, "unknown retention option '" + key + "'");
-    }
-    boost::json::value meta = to_json(metadata, "metadata");
-    if (!meta.is_object()) throw Error(Errc::invalid_argument, "metadata must be a dict");
-    if (o.extra_files.count(kPytreeFile) != 0) {
-      throw Error(Errc::invalid_argument, std::string("extra file name '") + kPytreeFile +
-                                              "' is reserved for the tree's Python types");
-    }
-    Flattened flat = flatten_pytree(tree);
-    o.extra_files[kPytreeFile] = std::move(flat.pytree_json);
+    Prepared p = prepare(tree, metadata, mode, std::move(backpressure), std::move(extra_files),
+                         run_dir, retention);
     SaveHandle h;
     {
       py::gil_scoped_release nogil;
-      h = rt.save(path, flat.tree, meta.get_object(), o);
+      h = rt.save(path, p.flat.tree, p.meta.get_object(), p.options);
     }
-    return py::make_tuple(PySaveHandle(std::move(h)), std::move(flat.keep));
+    return py::make_tuple(PySaveHandle(std::move(h)), std::move(p.flat.keep));
+  }
+
+  // save() without blocking the caller: admission (the wait for staging under `block`
+  // backpressure) and, in sync mode, the copy run on the Runtime's threads; `done((error,
+  // handle, keep))` is then called on the dispatcher, `keep` being the objects whose memory the
+  // save reads (held here until then).
+  void async_save(const std::string& path, py::handle tree, py::handle metadata,
+                  const std::string& mode, py::object backpressure,
+                  std::map<std::string, std::string> extra_files, const std::string& run_dir,
+                  py::dict retention, py::object done) {
+    Runtime& rt = runtime();
+    Prepared p = prepare(tree, metadata, mode, std::move(backpressure), std::move(extra_files),
+                         run_dir, retention);
+    auto cb = std::make_shared<PyCallback>(std::move(done));
+    auto held = std::make_shared<PyCallback>(std::move(p.flat.keep));  // released on the dispatcher
+    std::shared_ptr<Admissions> admissions = admissions_;
+    admissions->begin();
+    py::gil_scoped_release nogil;
+    try {
+      rt.async_save(path, std::move(p.flat.tree), std::move(p.meta.get_object()),
+                    std::move(p.options),
+                    [cb, held, admissions](std::exception_ptr e, SaveHandle h) {
+                      dispatch([cb, held, e, h = std::move(h)]() mutable {
+                        py::object err = e ? make_py_error(e) : py::none();
+                        py::object handle = e ? py::none() : py::cast(PySaveHandle(std::move(h)));
+                        cb->call(py::make_tuple(err, handle, held->get()));
+                      });
+                      admissions->end();
+                    });
+    } catch (...) {
+      admissions->end();
+      throw;
+    }
   }
 
   PyRegisterHandle register_latest(const std::string& run_dir, const std::string& suffix) {
@@ -222,6 +262,7 @@ class PyRuntime {
     DrainReport report;
     {
       py::gil_scoped_release nogil;
+      admissions_->wait_none();
       report = rt.drain();
       dispatch_flush();  // the failures' log records reach logging before drain() returns
     }
@@ -239,7 +280,15 @@ class PyRuntime {
     d["staging_mapped"] = s.staging_mapped;
     d["staging_budget"] = s.staging_budget;
     d["engine"] = s.engine;
+    d["tree_reuses"] = cache_.hits();
     return d;
+  }
+
+  // The save-side walk alone, through the cache or not (for benchmarks and tests):
+  // (pytree.json, leaf count).
+  py::tuple flatten(py::handle tree, bool cached) {
+    Flattened f = flatten_pytree(tree, cached ? &cache_ : nullptr);
+    return py::make_tuple(f.pytree_json, f.tree.leaf_count());
   }
 
   std::vector<std::string> claim_and_clean(py::handle spec) {
@@ -252,11 +301,51 @@ class PyRuntime {
   }
 
  private:
+  struct Prepared {
+    SaveOptions options;
+    boost::json::value meta;
+    Flattened flat;
+  };
+  // What save() and async_save() check and build before anything is written: the options, the
+  // metadata as JSON, and the tree walked (flatten.cc) with its pytree.json.
+  Prepared prepare(py::handle tree, py::handle metadata, const std::string& mode,
+                   py::object backpressure, std::map<std::string, std::string> extra_files,
+                   const std::string& run_dir, const py::dict& retention) {
+    Prepared p;
+    SaveOptions& o = p.options;
+    if (mode == "sync") o.mode = SnapshotMode::sync;
+    else if (mode == "overlapped") o.mode = SnapshotMode::overlapped;
+    else throw Error(Errc::invalid_argument, "mode must be 'sync' or 'overlapped', not '" + mode + "'");
+    if (!backpressure.is_none()) o.backpressure = parse_backpressure(backpressure.cast<std::string>());
+    o.extra_files = std::move(extra_files);
+    o.run_dir = run_dir;
+    for (auto [k, v] : retention) {
+      auto key = k.cast<std::string>();
+      if (key == "max_to_keep") o.retention.max_to_keep = v.cast<std::size_t>();
+      else if (key == "keep_period") o.retention.keep_period = v.cast<std::int64_t>();
+      else if (key == "best_metric") o.retention.best_metric = v.cast<std::string>();
+      else if (key == "best_mode_max") o.retention.best_mode_max = v.cast<bool>();
+      else if (key == "prefix") o.retention.prefix = v.cast<std::string>();
+      else throw Error(Errc::invalid_argument, "unknown retention option '" + key + "'");
+    }
+    p.meta = to_json(metadata, "metadata");
+    if (!p.meta.is_object()) throw Error(Errc::invalid_argument, "metadata must be a dict");
+    if (o.extra_files.count(kPytreeFile) != 0) {
+      throw Error(Errc::invalid_argument, std::string("extra file name '") + kPytreeFile +
+                                              "' is reserved for the tree's Python types");
+    }
+    p.flat = flatten_pytree(tree, &cache_);
+    o.extra_files[kPytreeFile] = std::move(p.flat.pytree_json);
+    return p;
+  }
+
   Runtime& runtime() {
     if (!rt_) throw Error(Errc::invalid_argument, "the Runtime is closed");
     return *rt_;
   }
   std::shared_ptr<Runtime> rt_;
+  std::shared_ptr<Admissions> admissions_ = std::make_shared<Admissions>();
+  FlattenCache cache_;  // the last trees saved through this Runtime (flatten.cc)
 };
 
 jobs::ExecutionSpec spec_of(py::handle spec) {
@@ -308,12 +397,14 @@ PYBIND11_MODULE(_ckpt, m) {
       .def("close", &PyRuntime::close)
       .def_property_readonly("closed", &PyRuntime::closed)
       .def("save", &PyRuntime::save)
+      .def("async_save", &PyRuntime::async_save)
       .def("register_latest", &PyRuntime::register_latest)
       .def("claim_run_dir", &PyRuntime::claim_run_dir)
       .def("restore", &PyRuntime::restore)
       .def("reserve_staging", &PyRuntime::reserve_staging)
       .def("drain", &PyRuntime::drain)
       .def("stats", &PyRuntime::stats)
+      .def("_flatten", &PyRuntime::flatten)
       .def("claim_and_clean", &PyRuntime::claim_and_clean);
 
   m.def("shutdown", [] {

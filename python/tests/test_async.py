@@ -231,3 +231,74 @@ def test_unknown_runtime_options_are_refused():
         ckpt.Runtime(bogus=1)
     with pytest.raises(ckpt.InvalidArgumentError, match="backpressure"):
         ckpt.Runtime(backpressure="maybe")
+
+
+def test_async_save_waits_for_staging_without_blocking_the_event_loop(tmp_path):
+    # The first save holds 56 of the 64 MiB of staging until its units are written; the second
+    # needs 16, so its admission waits (block backpressure) while the loop's ticker goes on.
+    budget, mib = 64 << 20, 1 << 20
+    big, small = {"w": np.ones(7 << 20)}, {"w": np.full(2 << 20, 2.0)}
+
+    async def attempt(rt, k):
+        h1 = rt.save(tmp_path / f"a{k}", big, mode="overlapped")
+        in_use = rt.stats()["staging_in_use"]
+        ticks = 0
+        task = asyncio.ensure_future(rt.async_save(tmp_path / f"b{k}", small, {"k": k}))
+        while not task.done():
+            ticks += 1
+            await asyncio.sleep(0)
+        h2 = task.result()
+        assert isinstance(h2, ckpt.SaveHandle)
+        await h1
+        return in_use, ticks, await h2
+
+    with ckpt.Runtime(staging_budget=budget, backpressure="block", copy_threads=1) as rt:
+        for k in range(3):  # a fast disk may free the staging before the second save asks
+            in_use, ticks, t2 = asyncio.run(attempt(rt, k))
+            assert t2.state == "committed"
+            back, meta = rt.restore(tmp_path / f"b{k}")
+            assert meta == {"k": k} and (back["w"] == 2.0).all()
+            if in_use + 16 * mib > budget and ticks >= 3:
+                break
+        else:
+            pytest.fail(f"no attempt waited for staging: in use {in_use}, {ticks} loop ticks")
+
+
+def test_async_save_errors_and_overlapped_handles(rt, tmp_path):
+    async def main():
+        with pytest.raises(ckpt.UnsupportedError, match="w"):  # refused at the call
+            await rt.async_save(tmp_path / "x", {"w": np.array([object()])})
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(ckpt.CheckpointError):  # fails in the pipeline, raised by await
+            await (await rt.async_save(tmp_path / "file" / "c", state(1)))
+        s = state(2)
+        h = await rt.async_save(tmp_path / "o", s, mode="overlapped")
+        await h.snapshotted()
+        expected = s["w"].copy()
+        s["w"][:] = -1
+        await h
+        return expected
+
+    expected = asyncio.run(main())
+    assert not (tmp_path / "x").exists()
+    back, _ = rt.restore(tmp_path / "o")
+    assert np.array_equal(back["w"], expected)
+    assert rt.drain().ok
+
+
+def test_close_waits_for_an_async_save_still_waiting_for_staging(tmp_path):
+    rt = ckpt.Runtime(staging_budget=16 << 20, backpressure="block", copy_threads=1)
+    big, small = {"w": np.ones(7 << 18)}, {"w": np.full(1 << 19, 2.0)}  # 14 and 4 MiB
+
+    async def main():
+        rt.save(tmp_path / "a", big, mode="overlapped")  # holds most of the staging
+        task = asyncio.ensure_future(rt.async_save(tmp_path / "b", small))
+        await asyncio.sleep(0)  # the task has asked for staging
+        rt.close()  # waits for that admission, then drains both saves
+        return await task
+
+    h = asyncio.run(main())
+    assert h.result(timeout=30).state == "committed"
+    with ckpt.Runtime() as other:
+        back, _ = other.restore(tmp_path / "b")
+    assert (back["w"] == 2.0).all()

@@ -108,6 +108,25 @@ def test_save_handles_are_awaitable(spec):
     assert Counter.latest(spec) == "a"
 
 
+def test_async_save_tree_and_metadata_saves_a_job_checkpoint(spec):
+    job = Counter(spec)
+    job.set_retention(max_to_keep=1)
+
+    async def main():
+        job.w += 5
+        h1 = await job.async_save_tree_and_metadata("a", job.state(), {"x": 1})
+        await h1
+        h2 = await job.async_save_tree_and_metadata_from_path(
+            "general/default/counter/b", job.state(), {"x": 2}, mode="overlapped")
+        await h2.snapshotted()
+        return await h2
+
+    assert asyncio.run(main()).state == "committed"
+    assert job.get_metadata("a") == {"x": 1} and job.get_metadata("b") == {"x": 2}
+    rebuilt, _ = Counter.from_checkpoint("a", spec, resume=True)
+    assert type(rebuilt) is Counter and rebuilt.w.tolist() == [5] * 4
+
+
 def test_restore_and_from_checkpoint_rebuild_the_registered_class(spec):
     job = SubCounter(spec, CounterConfig(steps=2, tags={"a": 1}))
     ckpt.job.run(job)

@@ -107,3 +107,95 @@ def test_tensors_and_arrays_come_back_as_what_they_were(rt, tmp_path):
     back, _ = rt.restore(tmp_path / "c")
     assert isinstance(back["t"], torch.Tensor) and isinstance(back["n"], np.ndarray)
     assert isinstance(back["p"], torch.Tensor) and back["p"].tolist() == [1.0, 1.0]
+
+
+def _base_tree():
+    from collections import OrderedDict
+    m = OrderedDict(w=torch.arange(6.0).reshape(2, 3), b=torch.zeros(3))
+    m._metadata = OrderedDict({"": {"version": 1}})
+    return {"m": m, "o": {"state": {0: {"buf": torch.ones(2, 3)}},
+                          "pg": [{"lr": 0.1, "params": [0], "nesterov": False, "foreach": None}]},
+            "np": np.arange(4, dtype=np.int32), "step": 1, "t": (1, "x")}
+
+
+def _replace(key, value):
+    def mutate(t):
+        node = t
+        *parents, last = key
+        for k in parents:
+            node = node[k]
+        node[last] = value(node[last]) if callable(value) else value
+    return mutate
+
+
+def _resize(t):
+    t["m"]["w"].resize_(3, 2)
+
+
+def _meta(t):
+    t["m"]._metadata[""]["version"] = 2
+
+
+# (what changes, whether the cached walk may be reused)
+CHANGES = {
+    "new values, same objects": (lambda t: t["m"]["w"].add_(1), True),
+    "a replaced tensor": (_replace(("m", "w"), lambda w: w + 7), True),
+    "a new scalar value": (_replace(("step",), 2), True),
+    "a new float value": (_replace(("o", "pg", 0, "lr"), 0.01), True),
+    "a shape": (_replace(("m", "b"), torch.zeros(4)), False),
+    "a tensor resized in place": (_resize, False),
+    "a dtype": (_replace(("m", "b"), lambda b: b.double()), False),
+    "a key": (lambda t: t["m"].update(c=t["m"].pop("b")), False),
+    "an int key": (lambda t: t["o"]["state"].update({1: t["o"]["state"].pop(0)}), False),
+    "a scalar type": (_replace(("step",), 1.0), False),
+    "a bool for an int": (_replace(("step",), True), False),
+    "a tuple for a list": (_replace(("o", "pg", 0, "params"), (0,)), False),
+    "a numpy array for a tensor": (_replace(("m", "b"), np.zeros(3, np.float32)), False),
+    "a numpy dtype": (_replace(("np",), lambda a: a.astype(np.int64)), False),
+    "a numpy shape": (_replace(("np",), lambda a: a.reshape(2, 2)), False),
+    "the module metadata": (_meta, False),
+    "None for a value": (_replace(("o", "pg", 0, "foreach"), 0), False),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_repeated_tree_reuses_the_walk_only_while_it_repeats(rt, tmp_path, change):
+    mutate, reused = CHANGES[change]
+    rt.save(tmp_path / "a", _base_tree()).result()
+    tree = _base_tree()  # new objects, as state_dict() makes at each call
+    mutate(tree)
+    before = rt.stats()["tree_reuses"]
+    rt.save(tmp_path / "b", tree).result()
+    assert rt.stats()["tree_reuses"] == before + (1 if reused else 0)
+    back, _ = rt.restore(tmp_path / "b")
+    same(tree, back)
+    assert rt.restore(tmp_path / "b", _base_tree() if reused else tree)  # in place, too
+
+
+@pytest.mark.parametrize("bad", ["non-contiguous", "negative view", "sparse"])
+def test_a_repeated_tree_with_a_bad_tensor_is_refused_naming_the_path(rt, tmp_path, bad):
+    rt.save(tmp_path / "a", _base_tree()).result()
+    tree = _base_tree()
+    w = tree["m"]["w"]
+    tree["m"]["w"] = {"non-contiguous": lambda: w.t().contiguous().t(),
+                      "negative view": lambda: torch._neg_view(w),
+                      "sparse": lambda: w.to_sparse()}[bad]()
+    with pytest.raises(ckpt.CheckpointError, match="m/w"):
+        rt.save(tmp_path / "b", tree)
+    assert not (tmp_path / "b").exists()
+
+
+def test_overlapped_saves_of_a_repeated_tree_read_each_call_s_memory(rt, tmp_path):
+    trees = [_base_tree() for _ in range(3)]
+    handles = []
+    for i, t in enumerate(trees):
+        t["m"]["w"].fill_(i)
+        t["step"] = i
+        handles.append(rt.save(tmp_path / f"c{i}", t, mode="overlapped"))
+    for h in handles:
+        h.result(timeout=30)
+    assert rt.stats()["tree_reuses"] >= 2
+    for i, t in enumerate(trees):
+        back, _ = rt.restore(tmp_path / f"c{i}")
+        same(t, back)
+        assert back["step"] == i and (back["m"]["w"] == i).all()
