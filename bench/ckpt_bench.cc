@@ -44,6 +44,8 @@ RuntimeOptions BenchOptions::runtime_options() const {
   RuntimeOptions o;
   o.engine = io::parse_engine_kind(engine);
   o.copy_threads = copy_threads;
+  o.overlapped_copy_threads = overlapped_copy_threads;
+  o.copy_nice = copy_nice;
   o.staging_budget = staging_mb << 20;
   o.unit_bytes = unit_kb << 10;
   o.queue_depth = queue_depth;
@@ -401,6 +403,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "uring", "threads"}));
   app.add_flag("--json", o.json, "print one JSON object on stdout (the table goes to stderr)");
   app.add_option("--copy-threads", o.copy_threads, "copy threads (0: hardware threads)");
+  app.add_option("--overlapped-copy-threads", o.overlapped_copy_threads,
+                 "threads an overlapped copy uses (0: the Runtime's default, all copy threads)");
+  app.add_option("--copy-nice", o.copy_nice, "nice value of the copy threads");
   app.add_option("--staging-mb", o.staging_mb, "staging budget in MiB (0: two saves' worth)");
   app.add_option("--unit-kb", o.unit_kb, "write unit in KiB (0: the Runtime's default)");
   app.add_option("--queue-depth", o.queue_depth, "IO requests in flight")

@@ -61,6 +61,10 @@ def command(args, workload, v, run_dir, times_path):
         common += ["--mode", v["mode"]]
     if args.pin:
         common += ["--pin", args.pin]
+    if args.overlapped_copy_threads:
+        common += ["--overlapped-copy-threads", str(args.overlapped_copy_threads)]
+    if args.copy_nice is not None:
+        common += ["--copy-nice", str(args.copy_nice)]
     if workload == "train_loop":
         return [args.train_loop, *common, "--state-mb", str(args.state_mb), "--sweep",
                 "--hidden", str(args.hidden), "--batch", str(args.batch), "--keep", "2"]
@@ -163,6 +167,9 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--torch-args", default="", help="more arguments for train_torch.py")
     p.add_argument("--pin", default="", help="LOOP_CPU,CKPT_CPU")
+    p.add_argument("--overlapped-copy-threads", type=int, default=0,
+                   help="threads an overlapped copy uses (0: the Runtime's default)")
+    p.add_argument("--copy-nice", type=int, help="nice value of ckpt's copy threads")
     p.add_argument("--train-loop", default=os.path.join(ROOT, "build", "examples", "train_loop"))
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
     args = p.parse_args()
@@ -190,10 +197,15 @@ def main():
     rows = {name: summarize(rs, base) for name, rs in runs.items()}
     text = table(args.workload, rows, args)
     print(text)
-    stem = os.path.join(args.out, f"overhead-{args.workload}{'-pinned' if args.pin else ''}")
+    tag = ("-pinned" if args.pin else "") + (
+        f"-oct{args.overlapped_copy_threads}" if args.overlapped_copy_threads else "") + (
+        f"-nice{args.copy_nice}" if args.copy_nice is not None else "")
+    stem = os.path.join(args.out, f"overhead-{args.workload}{tag}")
     png = plot(args.workload, {name: rs[-1]["step_ms"] for name, rs in runs.items()}, ks, stem)
     result = {"workload": args.workload, "steps": args.steps, "rounds": args.rounds,
               "ks": ks, "pin": args.pin, "command": " ".join(sys.argv), "rows": rows,
+              "overlapped_copy_threads": args.overlapped_copy_threads,
+              "copy_nice": args.copy_nice,
               "digest": digests.pop(), "png": png,
               "machine": {"cpus": os.cpu_count(), "loadavg_after": os.getloadavg()}}
     if args.workload == "train_loop":

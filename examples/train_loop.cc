@@ -374,6 +374,10 @@ int main(int argc, char** argv) {
   auto* sweep = app.add_flag("--sweep", config.sweep, "each step writes every state element");
   std::string step_times;
   app.add_option("--step-times", step_times, "write each step's duration in ms to this file");
+  RuntimeOptions ro;
+  app.add_option("--overlapped-copy-threads", ro.overlapped_copy_threads,
+                 "threads an overlapped copy uses (0: the Runtime's default)");
+  app.add_option("--copy-nice", ro.copy_nice, "nice value of ckpt's copy threads");
   std::vector<int> pin;
   app.add_option("--pin", pin, "LOOP_CPU,CKPT_CPU: the training thread on one CPU, ckpt's on another")
       ->delimiter(',')
@@ -395,7 +399,6 @@ int main(int argc, char** argv) {
   if (batch->count()) overrides["batch"] = config.batch;
   if (sweep->count()) overrides["sweep"] = config.sweep;
   try {
-    RuntimeOptions ro;
     ro.engine = io::parse_engine_kind(engine);
     ro.staging_budget = 2 * (static_cast<std::uint64_t>(std::max<std::int64_t>(config.state_mb, 1)) << 20) + (64u << 20);
     if (!pin.empty()) pin_this_thread(pin[1]);  // the Runtime's threads inherit this CPU

@@ -256,6 +256,9 @@ def main(argv=None) -> int:
     p.add_argument("--saver", default="ckpt", choices=["ckpt", "torch"],
                    help="torch: torch.save + fsync every --save-every steps (no resume)")
     p.add_argument("--step-times", help="write each step's duration in ms to this file")
+    p.add_argument("--overlapped-copy-threads", type=int, default=0,
+                   help="threads an overlapped copy uses (0: the Runtime's default)")
+    p.add_argument("--copy-nice", type=int, help="nice value of ckpt's copy threads")
     p.add_argument("--pin", help="LOOP_CPU,CKPT_CPU: the loop on one CPU, ckpt's threads on another")
     a = p.parse_args(argv)
     if a.saver == "torch" and a.resume:
@@ -274,7 +277,8 @@ def main(argv=None) -> int:
     try:
         if pin:
             os.sched_setaffinity(0, {pin[1]})  # the Runtime's threads inherit this CPU
-        rt = ckpt.Runtime(engine=a.engine)
+        rt = ckpt.Runtime(engine=a.engine, overlapped_copy_threads=a.overlapped_copy_threads,
+                          copy_nice=a.copy_nice)
         if pin:
             os.sched_setaffinity(0, {pin[0]})  # and the training loop runs on this one
         ckpt.set_default_runtime(rt)

@@ -1,6 +1,11 @@
 // The Runtime: construction, draining, shutdown and statistics. Its stages live beside it:
 // save_pipeline.cc, restore.cc, run_dirs.cc; runtime_impl.h holds what they share.
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <latch>
 
 #include "runtime/runtime_impl.h"
 
@@ -42,6 +47,23 @@ std::unique_ptr<io::TrackingEngine> make_runtime_engine(const RuntimeOptions& o)
   return std::make_unique<io::TrackingEngine>(std::move(engine));
 }
 
+// Sets every thread of `pool` to `nice` (docs/design.md, "Pacing"): one task per thread, each
+// held at a latch until all have started, so no thread runs two of them. The tasks share the
+// latch: a thread may still be inside arrive_and_wait() after this function has returned.
+void renice_pool(asio::thread_pool& pool, unsigned threads, int nice) {
+  if (nice == 0) return;
+  auto started = std::make_shared<std::latch>(threads);
+  for (unsigned t = 0; t < threads; ++t) {
+    asio::post(pool, [started, nice] {
+      if (::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice) != 0) {
+        log().warn("copy thread priority {}: {}", nice, std::strerror(errno));
+      }
+      started->arrive_and_wait();
+    });
+  }
+  started->wait();
+}
+
 }  // namespace
 
 Runtime::Impl::Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> external)
@@ -49,6 +71,7 @@ Runtime::Impl::Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> ex
       engine(make_runtime_engine(options)),
       pool(options.staging_budget, options.unit_bytes, engine.get()),
       workers(options.copy_threads) {
+  renice_pool(workers, options.copy_threads, options.copy_nice);
   std::function<bool()> on_runtime_thread;
   if (external) {
     ex = asio::make_strand(*external);
@@ -69,6 +92,8 @@ Runtime::Impl::Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> ex
 
 RuntimeOptions Runtime::Impl::normalize(RuntimeOptions o) {
   o.copy_threads = default_threads(o.copy_threads);
+  if (o.overlapped_copy_threads == 0) o.overlapped_copy_threads = o.copy_threads;
+  o.overlapped_copy_threads = std::min(o.overlapped_copy_threads, o.copy_threads);
   if (o.staging_budget == 0) o.staging_budget = default_budget();
   o.unit_bytes = std::max<std::uint64_t>(io::align_up(o.unit_bytes), io::kAlignment);
   if (o.queue_depth == 0) o.queue_depth = 1;

@@ -62,6 +62,13 @@ struct RuntimeOptions {
   unsigned queue_depth = 32;            // IO requests in flight
   unsigned io_threads = 4;              // thread-pool engine workers
   unsigned copy_threads = 0;            // copy/checksum threads; 0: one per hardware thread
+  // Threads an overlapped save's copy runs on while the training loop computes beside it
+  // (docs/design.md, "Pacing"); 0: all copy_threads. A sync save's copy always uses all of them.
+  unsigned overlapped_copy_threads = 0;
+  // Nice value of the copy threads (0: the caller's priority; up to 19). A positive value lets
+  // the training loop's thread preempt them when they compete for a core (docs/design.md,
+  // "Pacing"); the copy still uses every idle core.
+  int copy_nice = 0;
   std::uint64_t staging_budget = 0;     // bytes; 0: a quarter of physical memory
   std::uint64_t unit_bytes = 4u << 20;  // extent grid, staging chunk and write request size
   Backpressure backpressure = Backpressure::block;

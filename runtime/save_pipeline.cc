@@ -50,7 +50,7 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
     if (on_done) on_done(nullptr);
     return;
   }
-  unsigned helpers = caller_joins ? options.copy_threads - 1 : options.copy_threads;
+  unsigned helpers = caller_joins ? options.copy_threads - 1 : options.overlapped_copy_threads;
   helpers = static_cast<unsigned>(std::min<std::size_t>(helpers, sweep->total));
   for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
   if (caller_joins) {

@@ -34,7 +34,7 @@ class Runtime:
     """Asynchronous saves, registration of ``latest`` and restores (runtime/runtime.h).
 
     Options (all optional): engine ("auto" | "uring" | "threads"), queue_depth, io_threads,
-    copy_threads, staging_budget (bytes), unit_bytes, backpressure ("block" | "skip"),
+    copy_threads, overlapped_copy_threads, copy_nice, staging_budget (bytes), unit_bytes, backpressure ("block" | "skip"),
     allow_direct, io_timeout (seconds; 0: none), lock_wait (seconds).
 
     ``save`` returns once the tree has been copied into staging memory (mode="sync", the only

@@ -154,6 +154,8 @@ class PyRuntime {
       else if (key == "queue_depth") o.queue_depth = v.cast<unsigned>();
       else if (key == "io_threads") o.io_threads = v.cast<unsigned>();
       else if (key == "copy_threads") o.copy_threads = v.cast<unsigned>();
+      else if (key == "overlapped_copy_threads") o.overlapped_copy_threads = v.cast<unsigned>();
+      else if (key == "copy_nice") o.copy_nice = v.cast<int>();
       else if (key == "staging_budget") o.staging_budget = v.cast<std::uint64_t>();
       else if (key == "unit_bytes") o.unit_bytes = v.cast<std::uint64_t>();
       else if (key == "backpressure") o.backpressure = parse_backpressure(v.cast<std::string>());
