@@ -45,14 +45,21 @@ import ckpt  # noqa: E402  (PYTHONPATH=build/python)
 
 
 # ---- states ----------------------------------------------------------------------------------
-def resnet50_state():
+def resnet50_and_sgd():
+    """A random-init ResNet-50 and an SGD-momentum optimizer after one step (one momentum buffer
+    per parameter)."""
     import torchvision
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for p in model.parameters():
         p.grad = torch.full_like(p, 1e-3)
-    opt.step()  # creates one momentum buffer per parameter
+    opt.step()
+    return model, opt
+
+
+def resnet50_state():
+    model, opt = resnet50_and_sgd()
     return {"model": model.state_dict(), "optim": opt.state_dict(), "step": 1}
 
 

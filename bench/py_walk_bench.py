@@ -14,21 +14,19 @@ next to the state_dict() calls themselves. Prints the load average: the machine 
 """
 import argparse
 import os
+import sys
 import timeit
 
 import torch
-import torchvision
 
 import ckpt
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from py_bench import resnet50_and_sgd  # noqa: E402
+
 
 def state_fn():
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 1e-3)
-    opt.step()
+    model, opt = resnet50_and_sgd()
     return lambda: {"model": model.state_dict(), "optim": opt.state_dict(), "step": 1}
 
 
