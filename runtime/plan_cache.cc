@@ -14,6 +14,7 @@ class KeyWriter {
  public:
   explicit KeyWriter(const std::string* expect) : expect_(expect) {}
   void put(const void* p, std::size_t n) {
+    if (n == 0) return;  // p may be null (an empty shape's data()): memcmp/append must not see it
     if (same_ && expect_ != nullptr && pos_ + n <= expect_->size() &&
         std::memcmp(expect_->data() + pos_, p, n) == 0) {
       pos_ += n;
