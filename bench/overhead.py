@@ -122,6 +122,13 @@ def table(workload, rows, args):
         lines.append(f"  {name:<24}{r['steps_per_s']:>10.2f}"
                      f"{(f'{o * 100:+.1f}%' if o is not None else '-'):>10}"
                      f"{s['p50']:>9.1f}{s['p90']:>9.1f}{s['p99']:>9.1f}{s['max']:>9.1f}")
+    none = rows.get("none", {}).get("rounds", [])
+    if len(none) >= 2:
+        # The same loop without checkpoints, run again: overheads smaller than this spread are
+        # indistinguishable from the machine's own drift.
+        lo, hi = min(none), max(none)
+        lines.append(f"  noise floor: the no-checkpoint runs ranged {lo:.2f}-{hi:.2f} steps/s "
+                     f"({(hi / lo - 1) * 100:.1f}% apart)")
     return "\n".join(lines)
 
 

@@ -66,9 +66,10 @@ struct RuntimeOptions {
   // (docs/design.md, "Pacing"); 0: all copy_threads. A sync save's copy always uses all of them.
   unsigned overlapped_copy_threads = 0;
   // Nice value of the copy threads (0: the caller's priority; up to 19). A positive value lets
-  // the training loop's thread preempt them when they compete for a core (docs/design.md,
-  // "Pacing"); the copy still uses every idle core.
-  int copy_nice = 0;
+  // the training loop's thread preempt them when they compete for a core; the copy still uses
+  // every idle core, and a sync save's caller joins its copy at its own priority. 10 by default:
+  // measured with bench/overhead.py (docs/design.md, "Pacing").
+  int copy_nice = 10;
   std::uint64_t staging_budget = 0;     // bytes; 0: a quarter of physical memory
   std::uint64_t unit_bytes = 4u << 20;  // extent grid, staging chunk and write request size
   Backpressure backpressure = Backpressure::block;
