@@ -466,7 +466,7 @@ TEST_CASE("latest with a NUL or control characters is reported corrupt, escaped,
   CHECK(lines_of(r.text).size() == 1);
 }
 
-TEST_CASE("inspect and list show owned and shared bytes; export makes a self-contained copy") {
+TEST_CASE("inspect and list show owned and shared bytes, and export makes a self-contained copy") {
   TempDir run;
   {
     RuntimeOptions o;
