@@ -28,6 +28,10 @@ struct BenchOptions {
   std::uint64_t small_kb = 4;
   bool recheck = true;  // baselines measured again after the saves (drift check)
   bool keep = false;
+  // --incremental: the measured saves are incremental (each after a step that changes
+  // changed_fraction of the leaves), next to the same number of full saves in the same run.
+  bool incremental = false;
+  double changed_fraction = 1.0;
 
   std::string work_dir;  // dir/ckpt_bench-<pid>: everything the run writes, removed at the end
 

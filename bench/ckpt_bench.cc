@@ -6,6 +6,14 @@
 //   build/bench/ckpt_bench --dir /tmp/ckbench --state-mb 2048 --leaves 64 --mode overlapped --json
 //   build/bench/ckpt_bench --dir /tmp/ckbench --state-mb 256 --leaves 100000 --engine threads
 //   build/bench/ckpt_bench --dir /tmp/ckbench --small --saves 500      # small-checkpoint latency
+//   build/bench/ckpt_bench --dir /tmp/ckbench --state-mb 1024 --incremental --changed-fraction 0.05
+//
+// --incremental: after the full saves, the same number of incremental saves into a run directory
+// (SaveOptions::incremental, runtime/incremental.h), each after a step that changes
+// --changed-fraction of the leaves (the same leaves each step; the full saves take the same steps).
+// Three incremental warm-up saves come first (the base, then two that share: they also tell
+// the Runtime which units change); only the newest two checkpoints are kept. JSON: `save` is the
+// incremental series (with bytes_written), `full_save` the full one, `incremental` the ratios.
 //
 // One run, in this order: the baselines (warm memcpy with 1 and with --copy-threads threads; raw
 // O_DIRECT io_uring write of the same bytes with fsync; raw O_DIRECT read back), then one warm-up
@@ -62,6 +70,7 @@ struct SaveSample {
   double step_ms = 0;           // the simulated training step, waits included
   std::uint64_t bytes = 0;
   std::uint64_t stored_bytes = 0;
+  std::uint64_t written_bytes = 0;  // data bytes this save wrote (incremental: not shared)
   double blocked_ms() const { return stall_ms + snapshot_wait_ms; }
 };
 
@@ -72,7 +81,8 @@ json::object sample_json(const SaveSample& s) {
           {"durable_ms", s.durable_ms},
           {"step_ms", s.step_ms},
           {"bytes", s.bytes},
-          {"stored_bytes", s.stored_bytes}};
+          {"stored_bytes", s.stored_bytes},
+          {"bytes_written", s.written_bytes}};
 }
 
 double gbps(std::uint64_t bytes, double ms) {
@@ -86,8 +96,9 @@ void progress(const std::string& line) { std::fprintf(stderr, "ckpt_bench: %s\n"
 // One save, then the simulated step; waits until the save is durable (saves are spaced further
 // apart than their write time, as in training, so each save's durable time is its own).
 SaveSample save_and_step(Runtime& rt, SyntheticState& state, const std::string& path,
-                         bool overlapped, std::uint64_t step) {
-  SaveOptions so;
+                         bool overlapped, std::uint64_t step, const SaveOptions& options = {},
+                         double changed_fraction = 1.0) {
+  SaveOptions so = options;
   so.mode = overlapped ? SnapshotMode::overlapped : SnapshotMode::sync;
   json::object meta{{"step", step}};
   SaveSample s;
@@ -102,7 +113,7 @@ SaveSample save_and_step(Runtime& rt, SyntheticState& state, const std::string& 
     h.wait_snapshotted();
     s.snapshot_wait_ms = ms_since(tw);
   }
-  state.update();
+  state.update(changed_fraction);
   s.step_ms = ms_since(t1);
   h.wait();
   SaveTimings t = h.timings();
@@ -110,7 +121,38 @@ SaveSample save_and_step(Runtime& rt, SyntheticState& state, const std::string& 
   s.durable_ms = to_ms(t.durable);
   s.bytes = t.bytes;
   s.stored_bytes = t.stored_bytes;
+  s.written_bytes = t.written_bytes;
   return s;
+}
+
+// The incremental series: saves into one run directory, keeping the newest two.
+std::vector<SaveSample> incremental_saves(Runtime& rt, SyntheticState& state, const BenchOptions& o,
+                                          const std::string& run, std::uint32_t& expected_crc,
+                                          std::string& last) {
+  SaveOptions so;
+  so.incremental = true;
+  so.run_dir = run;
+  const bool overlapped = o.mode == "overlapped";
+  std::vector<std::string> kept;
+  std::vector<SaveSample> samples;
+  const int warmups = 3;
+  for (int k = 1; k <= warmups + o.saves; ++k) {
+    progress(k <= warmups ? fmt::format("incremental warm-up save {}/{}", k, warmups)
+                          : fmt::format("incremental save {}/{}", k - warmups, o.saves));
+    if (k == warmups + o.saves) expected_crc = state.checksum();
+    std::string path = fmt::format("{}/step_{:06}", run, k);
+    SaveSample s = save_and_step(rt, state, path, overlapped, static_cast<std::uint64_t>(k), so,
+                                 o.changed_fraction);
+    if (k > warmups) samples.push_back(s);
+    kept.push_back(path);
+    if (kept.size() > 2) {
+      // Deleting a base never breaks what shares its data (hard links): rm -rf is enough.
+      fs::remove_all(kept.front());
+      kept.erase(kept.begin());
+    }
+    last = path;
+  }
+  return samples;
 }
 
 std::uint64_t default_staging_mb(const BenchOptions& o, std::uint64_t leaf_bytes) {
@@ -164,16 +206,26 @@ json::object run_full(BenchOptions& o) {
   std::uint32_t expected_crc = 0;
   std::string last;
   f0 = page_faults();
+  const double fraction = o.incremental ? o.changed_fraction : 1.0;
   for (int k = 1; k <= o.saves; ++k) {
     progress(fmt::format("save {}/{}", k, o.saves));
     // The state as the last save sees it; the step after the save changes every element.
     if (k == o.saves) expected_crc = state.checksum();
     std::string path = fmt::format("{}/step_{:06}", run, k);
-    samples.push_back(save_and_step(rt, state, path, overlapped, static_cast<std::uint64_t>(k)));
+    samples.push_back(save_and_step(rt, state, path, overlapped, static_cast<std::uint64_t>(k),
+                                    SaveOptions(), fraction));
     fs::remove_all(k == 1 ? run + "/warmup" : last);  // disk space: keep only the newest
     last = path;
   }
   std::uint64_t save_faults = page_faults() - f0;
+  std::vector<SaveSample> full_samples;
+  if (o.incremental) {
+    fs::remove_all(last);
+    full_samples = std::move(samples);
+    f0 = page_faults();
+    samples = incremental_saves(rt, state, o, o.work_dir + "/run_inc", expected_crc, last);
+    save_faults = page_faults() - f0;
+  }
   RuntimeStats stats = rt.stats();
 
   std::vector<double> restore_ms;
@@ -209,10 +261,31 @@ json::object run_full(BenchOptions& o) {
   }
 
   // ---- report ----------------------------------------------------------------------------
-  auto pick = [&](double SaveSample::*field) {
+  auto pick_from = [&](const std::vector<SaveSample>& from, double SaveSample::*field) {
     std::vector<double> v;
-    for (const auto& s : samples) v.push_back(s.*field);
+    for (const auto& s : from) v.push_back(s.*field);
     return summarize(v);
+  };
+  auto pick = [&](double SaveSample::*field) { return pick_from(samples, field); };
+  auto series_json = [&](const std::vector<SaveSample>& from) {
+    json::array per_save;
+    std::vector<double> blocked_v, written_v;
+    for (const auto& s : from) {
+      per_save.push_back(sample_json(s));
+      blocked_v.push_back(s.blocked_ms());
+      written_v.push_back(static_cast<double>(s.written_bytes));
+    }
+    return json::object{
+        {"stall_ms", to_json(pick_from(from, &SaveSample::stall_ms))},
+        {"snapshot_ms", to_json(pick_from(from, &SaveSample::snapshot_ms))},
+        {"snapshot_wait_ms", to_json(pick_from(from, &SaveSample::snapshot_wait_ms))},
+        {"blocked_ms", to_json(summarize(blocked_v))},
+        {"durable_ms", to_json(pick_from(from, &SaveSample::durable_ms))},
+        {"step_ms", to_json(pick_from(from, &SaveSample::step_ms))},
+        {"bytes", from.empty() ? 0 : from.back().bytes},
+        {"stored_bytes", from.empty() ? 0 : from.back().stored_bytes},
+        {"bytes_written", to_json(summarize(written_v))},
+        {"per_save", per_save}};
   };
   std::vector<double> blocked;
   for (const auto& s : samples) blocked.push_back(s.blocked_ms());
@@ -231,17 +304,20 @@ json::object run_full(BenchOptions& o) {
                     {"queue_depth", o.queue_depth}};
   out["baseline"] = base;
   if (o.recheck) out["baseline_after"] = after;
-  json::array per_save;
-  for (const auto& s : samples) per_save.push_back(sample_json(s));
-  out["save"] = {{"stall_ms", to_json(stall)},
-                 {"snapshot_ms", to_json(pick(&SaveSample::snapshot_ms))},
-                 {"snapshot_wait_ms", to_json(pick(&SaveSample::snapshot_wait_ms))},
-                 {"blocked_ms", to_json(blocked_s)},
-                 {"durable_ms", to_json(durable)},
-                 {"step_ms", to_json(pick(&SaveSample::step_ms))},
-                 {"bytes", samples.empty() ? 0 : samples.back().bytes},
-                 {"stored_bytes", samples.empty() ? 0 : samples.back().stored_bytes},
-                 {"per_save", per_save}};
+  out["save"] = series_json(samples);
+  if (o.incremental) {
+    out["full_save"] = series_json(full_samples);
+    Summary full_durable = pick_from(full_samples, &SaveSample::durable_ms);
+    Summary full_stall = pick_from(full_samples, &SaveSample::stall_ms);
+    std::vector<double> written_v;
+    for (const auto& s : samples) written_v.push_back(static_cast<double>(s.written_bytes));
+    Summary written = summarize(written_v);
+    out["incremental"] = {
+        {"changed_fraction", o.changed_fraction},
+        {"bytes_written_over_state", ratio(written.p50, static_cast<double>(bytes))},
+        {"durable_over_full", ratio(durable.p50, full_durable.p50)},
+        {"stall_over_full", ratio(stall.p50, full_stall.p50)}};
+  }
   json::object warm_j = sample_json(warm);
   warm_j["faults"] = warm_faults;
   out["warmup"] = warm_j;
@@ -323,7 +399,7 @@ std::string full_table(const json::object& r) {
     line("  {:<8} {:>9.2f} {:>12.1f} {:>11.2f} {:>11.1f} {:>11.2f} {:>8.1f}", name,
          num(x.at("stall_ms")), num(x.at("snapshot_ms")),
          num(x.at("stall_ms")) + num(x.at("snapshot_wait_ms")), num(x.at("durable_ms")),
-         gbps(x.at("stored_bytes").to_number<std::uint64_t>(), num(x.at("durable_ms"))),
+         gbps(x.at("bytes_written").to_number<std::uint64_t>(), num(x.at("durable_ms"))),
          num(x.at("step_ms")));
   };
   save_line("warm-up", r.at("warmup").as_object());
@@ -331,7 +407,7 @@ std::string full_table(const json::object& r) {
   for (const auto& x : save.at("per_save").as_array())
     save_line(std::to_string(++k), x.as_object());
   line("  (blocked = stall + time the loop waited in wait_snapshotted(); write GB/s counts the");
-  line("   {} bytes of data file written per save)", stored);
+  line("   data bytes each save wrote; {} bytes of data files per checkpoint)", stored);
   line("");
   line("summary                  p50        p90        max");
   auto sum_line = [&](const char* name, const json::object& x) {
@@ -352,6 +428,24 @@ std::string full_table(const json::object& r) {
        num(ratios.at("write_over_raw")));
   line("  raw read / restore           {:>7.3f}   (1 = raw disk speed)",
        num(ratios.at("restore_over_raw")));
+  if (r.contains("incremental")) {
+    const auto& inc = r.at("incremental").as_object();
+    const auto& full = r.at("full_save").as_object();
+    line("");
+    line("incremental saves (changed fraction {:.2f}) against full saves, p50:",
+         num(inc.at("changed_fraction")));
+    line("  full:        stall {:>9.2f} ms  durable {:>9.1f} ms  written {:>12.0f} bytes",
+         num(full.at("stall_ms").as_object().at("p50")),
+         num(full.at("durable_ms").as_object().at("p50")),
+         num(full.at("bytes_written").as_object().at("p50")));
+    line("  incremental: stall {:>9.2f} ms  durable {:>9.1f} ms  written {:>12.0f} bytes",
+         num(save.at("stall_ms").as_object().at("p50")),
+         num(save.at("durable_ms").as_object().at("p50")),
+         num(save.at("bytes_written").as_object().at("p50")));
+    line("  written / state {:.4f}   durable / full {:.3f}   stall / full {:.3f}",
+         num(inc.at("bytes_written_over_state")), num(inc.at("durable_over_full")),
+         num(inc.at("stall_over_full")));
+  }
   line("");
   line("page faults per save: {:.1f} (warm-up save: {})", num(r.at("faults_per_save")),
        num(r.at("warmup").as_object().at("faults")));
@@ -419,6 +513,11 @@ int main(int argc, char** argv) {
   app.add_flag("--recheck,!--no-recheck", o.recheck,
                "measure the baselines again after the saves to flag drift (default on)");
   app.add_flag("--keep", o.keep, "keep what the run wrote under DIR/ckpt_bench-<pid>");
+  app.add_flag("--incremental", o.incremental,
+               "measure incremental saves next to full ones (runtime/incremental.h)");
+  app.add_option("--changed-fraction", o.changed_fraction,
+                 "with --incremental: fraction of the leaves each step changes")
+      ->check(CLI::Range(0.0, 1.0));
   CLI11_PARSE(app, argc, argv);
   if (o.small && app.count("--saves") == 0) o.saves = 200;
   if (o.copy_threads == 0) o.copy_threads = std::max(std::thread::hardware_concurrency(), 1u);

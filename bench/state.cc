@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -69,9 +70,21 @@ double SyntheticState::forward() const {
   return total;
 }
 
-void SyntheticState::update() {
+void SyntheticState::update(double fraction) {
+  if (update_order_.size() != leaves_.size()) {
+    update_order_.resize(leaves_.size());
+    for (std::size_t i = 0; i < update_order_.size(); ++i) update_order_[i] = i;
+    std::uint32_t x = 12345;
+    for (std::size_t i = update_order_.size(); i > 1; --i) {  // Fisher-Yates, fixed seed
+      x = x * 1664525u + 1013904223u;
+      std::swap(update_order_[i - 1], update_order_[(x >> 8) % i]);
+    }
+  }
+  fraction = std::clamp(fraction, 0.0, 1.0);
+  auto n = static_cast<std::size_t>(std::lround(fraction * static_cast<double>(leaves_.size())));
   std::uint64_t numel = leaf_bytes_ / sizeof(float);
-  for (float* f : leaves_) {
+  for (std::size_t j = 0; j < n; ++j) {
+    float* f = leaves_[update_order_[j]];
     for (std::uint64_t k = 0; k < numel; ++k) f[k] += 1e-3f;
   }
 }

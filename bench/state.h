@@ -29,7 +29,10 @@ class SyntheticState {
   std::vector<std::span<const std::byte>> spans() const;
 
   double forward() const;  // reads every element; the result keeps the reads from being elided
-  void update();           // writes every element
+  // Writes every element of round(fraction x leaves) leaves (all by default): the same leaves
+  // at every call, a fixed pseudo-random choice, as a frozen base with trained adapters or a
+  // model with an EMA copy updated elsewhere changes the same arrays each step.
+  void update(double fraction = 1.0);
   std::uint32_t checksum() const;  // CRC32C over every leaf in order
 
  private:
@@ -37,6 +40,7 @@ class SyntheticState {
   std::size_t arena_bytes_ = 0;
   std::uint64_t leaf_bytes_ = 0;
   std::vector<float*> leaves_;
+  std::vector<std::size_t> update_order_;  // a fixed permutation of the leaves
   Tree tree_;
 };
 

@@ -20,6 +20,9 @@
 //   after_data_fsync    runtime/runtime.cc, the data file is fsynced, nothing else written yet
 //   before_dir_rename   io::commit_directory, the temporary directory is complete and fsynced
 //   after_dir_rename    io::commit_directory, renamed (the commit), parent not yet fsynced
+//   before_removal_rename, after_removal_rename   runtime/retention.cc (retention, ckpt gc):
+//                       a checkpoint about to be / just renamed to <suffix>.tmp-del-<tag>
+//   removal_unlink      runtime/retention.cc, before each file of a removed checkpoint is unlinked
 //   before_<tag>_rename io::atomic_replace_file, the temporary file is written and fsynced
 //   after_<tag>_rename  io::atomic_replace_file, renamed, parent not yet fsynced
 // atomic_replace_file's tag is "latest" for the latest pointer (write_latest), else "replace".

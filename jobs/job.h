@@ -182,6 +182,10 @@ class CheckpointedJob : public BasicJob<C> {
   // more when its saves and registrations drain. Set policy.prefix (e.g. "step/") to rotate
   // only those checkpoints; without it, max_to_keep counts every checkpoint of the run.
   void set_retention(RetentionPolicy policy) { retention_ = std::move(policy); }
+  // Incremental saves for this job (SaveOptions::incremental, runtime/incremental.h): each save
+  // writes only what changed since the previous checkpoint of its run and shares the rest.
+  // A save's own SaveOptions::incremental wins.
+  void set_incremental(bool on) { incremental_ = on; }
 
  protected:
   // Takes the run directory's writer lease (a second writer fails here with Error(busy) naming
@@ -195,6 +199,7 @@ class CheckpointedJob : public BasicJob<C> {
     std::string path = resolve_rel_path(checkpoints_dir(this->spec()), rel_path);
     auto files = detail::job_files(*this);
     options.extra_files.insert(files.begin(), files.end());
+    if (!options.incremental && incremental_) options.incremental = *incremental_;
     return path;
   }
   // The rel_path of suffix in this job's run; sets the run directory and retention of options.
@@ -205,6 +210,7 @@ class CheckpointedJob : public BasicJob<C> {
   }
 
   RetentionPolicy retention_;
+  std::optional<bool> incremental_;
 };
 
 template <typename C>

@@ -9,6 +9,7 @@
 #include "io/error.h"
 #include "io/file.h"
 #include "runtime/checkpoint.h"
+#include "runtime/incremental.h"
 
 namespace ckpt {
 
@@ -140,6 +141,9 @@ std::vector<CheckpointInfo> list_checkpoints(const std::string& run_dir) {
         Manifest m = read_manifest(info.path);
         info.bytes = m.total_bytes;
         info.stored_bytes = m.stored_bytes();
+        StorageReport storage = storage_report(info.path, m);
+        info.owned_bytes = storage.owned;
+        info.shared_bytes = storage.shared;
         info.leaves = m.leaves.size();
         info.created_unix_ns = m.created_unix_ns;
         info.metadata = read_metadata(info.path);

@@ -18,6 +18,10 @@ struct CheckpointInfo {
   std::optional<std::int64_t> step;  // metadata "step", when it is an integer
   std::uint64_t bytes = 0;           // payload bytes
   std::uint64_t stored_bytes = 0;    // bytes of the data files
+  // Of those, bytes in files no other name shares, and bytes in files other checkpoints share
+  // (incremental saves link unchanged data, runtime/incremental.h).
+  std::uint64_t owned_bytes = 0;
+  std::uint64_t shared_bytes = 0;
   std::size_t leaves = 0;
   std::int64_t created_unix_ns = 0;
   boost::json::object metadata;

@@ -41,7 +41,10 @@ struct SaveTimings {
   std::chrono::nanoseconds snapshot{0};  // call to the copy being complete
   std::chrono::nanoseconds durable{0};   // call to committed (durable and renamed)
   std::uint64_t bytes = 0;               // payload bytes
-  std::uint64_t stored_bytes = 0;        // bytes written to the data file
+  std::uint64_t stored_bytes = 0;        // bytes of the checkpoint's data files
+  // Bytes this save wrote to data files: stored_bytes, or for an incremental save only what
+  // it did not share with its base (known once committed).
+  std::uint64_t written_bytes = 0;
 };
 
 namespace detail {

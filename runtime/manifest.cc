@@ -106,9 +106,9 @@ std::uint64_t manifest_size_bound(const Manifest& m) {
     for (const auto& k : node.keys) n += 16 + k.size();
   }
   for (const auto& l : m.leaves)
-    n += 128 + l.path.size() + 8 * l.shape.size() + 96 * l.extents.size();
+    n += 128 + l.path.size() + 8 * l.shape.size() + 112 * l.extents.size();
   for (const auto* files : {&m.data_files, &m.json_files}) {
-    for (const auto& f : *files) n += 64 + f.name.size();
+    for (const auto& f : *files) n += 80 + f.name.size() + f.origin.size();
   }
   n += 64 * m.blocks.size();
   return n;
@@ -187,8 +187,10 @@ std::pair<NodeVector, LeafVector> build_tree(flatbuffers::FlatBufferBuilder& b, 
   for (const auto& l : m.leaves) {
     extents.clear();
     for (const auto& e : l.extents) {
+      const fb::Hash128 hash(e.hash.lo, e.hash.hi);
       extents.push_back(fb::CreateExtent(b, e.file, e.offset, e.length, e.stored_length, e.crc32c,
-                                         e.leaf_offset, e.process_index));
+                                         e.leaf_offset, e.process_index, 0, 0,
+                                         e.has_hash ? &hash : nullptr));
     }
     auto path = b.CreateString(l.path);
     auto shape = b.CreateVector(l.shape);
@@ -236,8 +238,12 @@ void encode_manifest(const Manifest& m, const ManifestParts* parts, const Encode
   }
   auto files = [&](const std::vector<FileInfo>& in) {
     std::vector<flatbuffers::Offset<fb::FileEntry>> out;
-    for (const auto& f : in)
-      out.push_back(fb::CreateFileEntry(b, b.CreateString(f.name), f.size, f.crc32c));
+    for (const auto& f : in) {
+      auto name = b.CreateString(f.name);
+      flatbuffers::Offset<flatbuffers::String> origin;
+      if (!f.origin.empty()) origin = b.CreateString(f.origin);
+      out.push_back(fb::CreateFileEntry(b, name, f.size, f.crc32c, origin));
+    }
     return b.CreateVector(out);
   };
   flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<fb::Block>>> blocks;
@@ -420,7 +426,8 @@ std::vector<FileInfo> read_files(const flatbuffers::Vector<flatbuffers::Offset<f
   std::vector<FileInfo> out;
   if (v == nullptr) return out;
   for (const auto* f : *v) {
-    out.push_back({f->name() ? f->name()->str() : std::string(), f->size(), f->crc32c()});
+    out.push_back({f->name() ? f->name()->str() : std::string(), f->size(), f->crc32c(),
+                   f->origin() ? f->origin()->str() : std::string()});
   }
   return out;
 }
@@ -539,8 +546,13 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
                                     info.path),
                         path);
           }
-          info.extents.push_back({e->file(), e->offset(), e->length(), e->stored_length(),
-                                  e->crc32c(), e->leaf_offset(), e->process_index()});
+          ExtentInfo& x = info.extents.emplace_back(
+              ExtentInfo{e->file(), e->offset(), e->length(), e->stored_length(), e->crc32c(),
+                         e->leaf_offset(), e->process_index()});
+          if (const fb::Hash128* h = e->content_hash()) {
+            x.has_hash = true;
+            x.hash = {h->lo(), h->hi()};
+          }
         }
       }
       check_leaf(info, m, path);

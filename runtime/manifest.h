@@ -27,6 +27,13 @@ inline constexpr std::string_view kMetadataName = "metadata.json";
 
 std::string data_file_name(std::uint32_t index);  // "data-00000.bin"
 
+// A 128-bit content hash (XXH3-128) of an extent's bytes: incremental saves (runtime/incremental.h).
+struct ContentHash {
+  std::uint64_t lo = 0;
+  std::uint64_t hi = 0;
+  friend bool operator==(const ContentHash&, const ContentHash&) = default;
+};
+
 struct ExtentInfo {
   std::uint32_t file = 0;
   std::uint64_t offset = 0;
@@ -35,6 +42,8 @@ struct ExtentInfo {
   std::uint32_t crc32c = 0;
   std::uint64_t leaf_offset = 0;
   std::uint32_t process_index = 0;
+  bool has_hash = false;  // content_hash is set (saves with incremental on)
+  ContentHash hash;
 };
 
 // A checksummed range of a data file (format version 2's Block; for version 1, decode_manifest
@@ -65,6 +74,9 @@ struct FileInfo {
   std::string name;
   std::uint64_t size = 0;
   std::uint32_t crc32c = 0;
+  // Data files an incremental save linked from an earlier checkpoint: the checkpoint that first
+  // wrote it (informational, schemas/checkpoint.fbs).
+  std::string origin;
 };
 
 struct Manifest {

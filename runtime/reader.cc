@@ -247,6 +247,10 @@ VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
   std::uint64_t unit = unit_size(options.unit_bytes, m);
   for (std::uint32_t fi = 0; fi < m.data_files.size(); ++fi) {
     std::string path = dir + "/" + m.data_files[fi].name;
+    // A file an incremental save shares with the checkpoint that wrote it says so.
+    std::string label = m.data_files[fi].origin.empty()
+                            ? path
+                            : path + " (shared, first written by " + m.data_files[fi].origin + ")";
     try {
       io::File file = io::open_direct(path, io::OpenMode::read, options.allow_direct);
       std::uint64_t size = file.size();
@@ -264,12 +268,15 @@ VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
       UnitPipe pipe(engine, unit, options.queue_depth);
       pipe.read_all(units, files, [&](const Unit& u, const std::byte* buf) {
         for (const Piece& p : verify_unit(u, buf, m, crc)) {
-          report.problems.push_back(path + ": " + describe_bad(m, p));
+          report.problems.push_back(label + ": " + describe_bad(m, p));
         }
         report.bytes_checked += u.length;
       });
     } catch (const Error& e) {
-      report.problems.push_back(e.what());
+      report.problems.push_back(label == path
+                                    ? std::string(e.what())
+                                    : std::string(e.what()) + " (shared, first written by " +
+                                          m.data_files[fi].origin + ")");
     }
   }
   return report;

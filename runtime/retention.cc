@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "io/crash_point.h"
 #include "io/durable.h"
 #include "io/error.h"
 #include "io/log.h"
@@ -69,12 +70,14 @@ std::vector<std::string> select_for_removal(const std::vector<CheckpointInfo>& c
 std::string doom_checkpoint(const std::string& path) {
   std::string doomed = path + std::string(io::kTmpMarker) + "del-" + io::unique_tag();
   io::note_live_tmp(doomed);
+  CKPT_CRASH_POINT("before_removal_rename");
   if (::rename(path.c_str(), doomed.c_str()) != 0) {
     int err = errno;
     io::forget_live_tmp(doomed);
     if (err == ENOENT) return {};  // removed already
     throw sys_error("rename", path, err);
   }
+  CKPT_CRASH_POINT("after_removal_rename");
   fs::path parent = fs::path(path).parent_path();
   try {
     io::fsync_dir(parent.empty() ? "." : parent.string(), "removal_parent");
@@ -88,6 +91,15 @@ std::string doom_checkpoint(const std::string& path) {
 void bury(const std::string& doomed) noexcept {
   if (doomed.empty()) return;
   try {
+    // File by file, a crash point before each unlink: a crash mid-removal leaves a temporary
+    // with some files gone. Files an incremental save shares are other checkpoints' names too
+    // (hard links, runtime/incremental.h): unlinking this name never frees their bytes.
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(doomed, ec)) {
+      if (entry.is_directory(ec)) continue;
+      CKPT_CRASH_POINT("removal_unlink");
+      ::unlink(entry.path().c_str());
+    }
     io::remove_tree(doomed);
   } catch (const std::exception& e) {
     log().error("could not delete {} (a leftover now): {}", doomed, e.what());

@@ -91,6 +91,10 @@ struct RuntimeOptions {
   // writer; save() and register_latest() then fail with Errc::busy naming its pid) or its
   // mutation lock (`ckpt gc` in the middle of a pass). See runtime/run_lock.h.
   std::chrono::milliseconds lock_wait{10000};
+  // Incremental saves by default (SaveOptions::incremental overrides per save): extents get a
+  // content hash, and bytes the base checkpoint already holds are shared with it by hard links
+  // instead of written (runtime/incremental.h, docs/design.md section 13).
+  bool incremental = false;
   // Wraps the storage engine the Runtime builds (tests inject faults with io::FaultEngine).
   std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_engine;
 };
@@ -106,6 +110,15 @@ struct SaveOptions {
   // Applied to run_dir after the commit, and once more when the run directory's saves and
   // registrations have drained, so the policy holds at the end.
   RetentionPolicy retention;
+  // Incremental save (default: RuntimeOptions::incremental). Each extent is content-hashed on
+  // the copy threads; an extent the base holds is not written but shared with it (a hard link
+  // of the base's data file into this checkpoint), so deleting either never breaks the other.
+  // The base: incremental_base when set (a committed checkpoint directory, on the same file
+  // system to share anything), else the checkpoint of run_dir this Runtime committed last,
+  // else the one run_dir's `latest` names; none: everything is written (with hashes, so that
+  // the next save can share it). A base that is gone or unreadable is logged and ignored.
+  std::optional<bool> incremental;
+  std::string incremental_base;
 };
 
 struct DrainReport {

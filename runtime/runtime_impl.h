@@ -27,6 +27,7 @@
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/commit.h"
+#include "runtime/incremental.h"
 #include "runtime/plan_cache.h"
 #include "runtime/run_lock.h"
 #include "runtime/runtime.h"
@@ -98,6 +99,16 @@ struct SaveOp {
   // before the temporary directory is made until the save ends.
   Protection protection;
   bool run_dir_counted = false;  // admitted: counts among run_dir's operations until it ends
+  // Incremental saves (runtime/incremental.h): the hashing, packing and placement of this save;
+  // its base (empty: none, or `latest` of run_dir when base_from_latest); per unit, whether it
+  // is written whole as soon as copied (it changed in the previous save of this plan).
+  std::shared_ptr<IncrementalSave> inc;
+  std::string inc_base;
+  bool inc_base_from_latest = false;
+  std::vector<std::uint8_t> speculate;
+  // Once committed: the manifest it wrote and that file's trailer (the next save's cached base).
+  std::shared_ptr<const Manifest> inc_committed;
+  std::string inc_trailer;
 };
 
 // The pool as seen by engine completions, which may outlive a save that timed out and even the
@@ -246,6 +257,18 @@ struct Runtime::Impl {
     bool pass_again = false;
   };
   std::map<std::string, RunDir> run_dirs;
+  // Per run directory: the checkpoint this Runtime committed there last (an incremental save's
+  // default base) and, when it was incremental, its plan and per unit the number of
+  // consecutive saves in which it changed (from 2 on, the next save of the same plan writes it
+  // whole as soon as it is copied).
+  struct LastCommit {
+    std::string dir;
+    std::shared_ptr<const PlanSkeleton> plan;
+    std::vector<std::uint8_t> changed;
+    std::shared_ptr<const Manifest> manifest;  // what it wrote (incremental saves only)
+    std::string trailer;                       // and the trailer of its manifest.ckpt
+  };
+  std::map<std::string, LastCommit> last_commits;
   std::vector<std::shared_ptr<detail::SaveShared>> failed_saves;
   std::vector<std::shared_ptr<detail::RegisterShared>> failed_registers;
   // async_drain waiters: called (off the lock) with the report when active drops to 0.
@@ -323,7 +346,15 @@ struct Runtime::Impl {
   // Unit i is in its chunk: written now if the data file is open, else once it is.
   void unit_copied(const std::shared_ptr<SaveOp>& op, std::size_t i);
   void issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i);
+  // The unit's second part on a copy thread: its checksum, or for an incremental save its
+  // hashing (and, unless written whole, packing and write).
   void post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t i);
+  void submit_write(const std::shared_ptr<SaveOp>& op, std::size_t i, std::uint64_t offset,
+                    std::uint64_t length);
+  // Incremental saves: the base, chosen at prepare (on the caller's thread) from the options and
+  // this Runtime's last commit in the run directory; what the last commit teaches is recorded.
+  void plan_incremental(SaveOp& op);
+  void note_commit(const SaveOp& op);
   // The copy of a sync save is done: the checksums it held go to the copy pool.
   void release_checksums(const std::shared_ptr<SaveOp>& op);
   // Completes when every unit was written and checksummed (or skipped after a failure) and every

@@ -10,6 +10,12 @@
 //                ─► fsync dir ─► rename to <dir>, fsync parent (commit) ─► handle completes
 //                ─► retention
 //
+// An incremental save (runtime/incremental.h) links its base's files into the temporary
+// directory when it opens the data file; a unit is then hashed, packed and checksummed on a copy
+// thread (after the caller's copy in sync mode, like the checksums) and only what the base lacks
+// is written, at the next free offset; units that keep changing are written whole at once and
+// hashed afterwards. The data file is truncated to what was used before its fsync.
+//
 // So time to durable approaches max(copy, write) rather than copy + write. Threads: the
 // coroutines run on one strand (the Runtime's io_context thread, or a strand over the executor it
 // was given) and only orchestrate; copies, checksums and blocking file-system calls run on the
@@ -123,8 +129,21 @@ void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
     op->tmp_dir = make_tmp_dir(op->final_dir);
     op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
                                options.allow_direct);
-    // Sized before the writes: ext4 serializes direct writes that extend a file.
+    // Sized before the writes: ext4 serializes direct writes that extend a file. (An
+    // incremental save uses less of it and truncates it before its fsync.)
     op->data.truncate(op->plan->manifest.data_files[0].size);
+    if (op->inc) {
+      if (op->inc_base_from_latest) {
+        try {
+          if (auto suffix = read_latest(op->options.run_dir))
+            op->inc_base = op->options.run_dir + "/" + *suffix;
+        } catch (const Error& e) {
+          log().warn("incremental save of {}: no base ({})", op->final_dir, e.what());
+        }
+      }
+      if (!op->inc_base.empty())
+        op->inc->attach_base(op->inc_base, op->tmp_dir, op->options.run_dir);
+    }
   } catch (...) {
     w.fail(std::current_exception());
   }
@@ -164,8 +183,22 @@ void part_done(const std::shared_ptr<SaveOp>& op, const std::shared_ptr<PoolGate
 }  // namespace
 
 void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t i) {
-  asio::post(workers, [op, i, gate = gate] {
-    checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
+  asio::post(workers, [this, op, i, gate = gate] {
+    if (!op->inc) {
+      checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
+    } else if (op->speculate[i]) {
+      op->inc->hash_whole(i, op->chunks[i]);  // written already
+    } else if (op->writes->failed()) {
+      part_done(op, gate, i);  // its write is skipped
+    } else {
+      // Hashed, packed and checksummed here; written only when something is left.
+      IncrementalSave::Write w = op->inc->process_unit(i, op->chunks[i]);
+      if (w.length == 0) {
+        part_done(op, gate, i);
+      } else {
+        submit_write(op, i, w.offset, w.length);
+      }
+    }
     part_done(op, gate, i);
   });
 }
@@ -187,6 +220,11 @@ void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i)
     return;
   }
   const Unit& u = op->plan->units[i];
+  // Written whole now (a full save's unit, or an incremental one expected to have changed), or
+  // by its processing task (an incremental unit that may be shared).
+  const bool whole = !op->inc || op->speculate[i];
+  IncrementalSave::Write at{u.offset, u.length};
+  if (op->inc && whole) at = op->inc->reserve_whole(i);  // before its hashing may start
   // The checksum on a copy thread (the write needs none to start), held back while a sync
   // save's caller is still copying.
   bool hold;
@@ -196,10 +234,15 @@ void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i)
     if (hold) op->writes->held.push_back(i);
   }
   if (!hold) post_checksum(op, i);
-  io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], u.length, u.offset};
+  if (whole) submit_write(op, i, at.offset, at.length);
+}
+
+void Runtime::Impl::submit_write(const std::shared_ptr<SaveOp>& op, std::size_t i,
+                                 std::uint64_t offset, std::uint64_t length) {
+  io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], length, offset};
   op->writes->stage->submitted();
-  engine->submit(r, [op, w = op->writes, gate = gate, i, len = u.length,
-                     off = u.offset](std::int64_t res) {
+  engine->submit(r, [op, w = op->writes, gate = gate, i, len = length,
+                     off = offset](std::int64_t res) {
     w->stage->completed();
     if (res < 0) {
       w->fail(std::make_exception_ptr(sys_error("write", op->data.path(), static_cast<int>(-res))));
@@ -244,8 +287,21 @@ asio::awaitable<void> Runtime::Impl::fsync_data(const std::shared_ptr<SaveOp>& o
 asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   std::exception_ptr failure;
   const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
+  const auto trim = [op] {
+    op->data.truncate(op->inc->own_size());
+    op->inc->drop_unused_links(op->tmp_dir);
+  };
   const auto commit = [op] {
     op->data.close();
+    if (op->inc) {
+      Manifest m = op->inc->build_manifest(op->plan->manifest);
+      m.created_unix_ns = op->created_unix_ns;
+      finish_checkpoint(op->tmp_dir, op->final_dir, m, op->metadata, op->options.extra_files);
+      // Kept for the next save, which then need not decode it from disk.
+      op->inc_trailer = manifest_trailer(op->final_dir);
+      op->inc_committed = std::make_shared<const Manifest>(std::move(m));
+      return;
+    }
     // The shared skeleton, completed with this save's own parts.
     ManifestParts parts;
     parts.created_unix_ns = op->created_unix_ns;
@@ -265,6 +321,7 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
       mark_snapshotted(*op);
     }
     co_await await_writes(op);
+    if (op->inc) co_await on_workers(trim);
     co_await fsync_data(op);
     CKPT_FAULT_POINT("after_data_fsync", op->data.path());
     if (op->previous) {
@@ -289,7 +346,12 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   {
     std::lock_guard lock(op->shared->mu);
     op->shared->timings.durable = Clock::now() - op->start;
+    if (op->inc) {
+      op->shared->timings.stored_bytes = op->inc->stored_bytes();
+      op->shared->timings.written_bytes = op->inc->own_size();
+    }
   }
+  note_commit(*op);
   op->shared->state = SaveState::committed;
   finish_save(op, nullptr);
   end_op();
@@ -372,7 +434,58 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   op->shared->runtime = link;
   op->shared->timings.bytes = op->plan->manifest.total_bytes;
   op->shared->timings.stored_bytes = op->plan->manifest.stored_bytes();
+  op->shared->timings.written_bytes = op->shared->timings.stored_bytes;
+  if (options.incremental.value_or(this->options.incremental)) plan_incremental(*op);
   return op;
+}
+
+void Runtime::Impl::plan_incremental(SaveOp& op) {
+  op.inc = std::make_shared<IncrementalSave>(op.plan->manifest, op.plan->units);
+  op.speculate.assign(op.plan->units.size(), 0);
+  const std::string& run_dir = op.options.run_dir;
+  if (!op.options.incremental_base.empty()) {
+    op.inc_base = clean_checkpoint_dir(op.options.incremental_base);
+  } else if (!run_dir.empty()) {
+    std::lock_guard lock(mu);
+    auto it = last_commits.find(run_dir);
+    if (it == last_commits.end()) {
+      op.inc_base_from_latest = true;  // read on a copy thread, off the stall
+    } else {
+      op.inc_base = it->second.dir;
+      if (it->second.manifest) op.inc->use_cached_base(it->second.manifest, it->second.trailer);
+      // Written whole at once: units that changed in each of the last two saves of this plan.
+      if (it->second.plan == op.plan) {
+        for (std::size_t i = 0; i < op.speculate.size(); ++i)
+          op.speculate[i] = it->second.changed[i] >= 2 ? 1 : 0;
+      }
+    }
+  }
+  if (op.inc_base.empty() && !op.inc_base_from_latest) {
+    op.speculate.assign(op.plan->units.size(), 1);  // nothing to share: write as it comes
+  }
+}
+
+void Runtime::Impl::note_commit(const SaveOp& op) {
+  if (op.options.run_dir.empty()) return;
+  std::lock_guard lock(mu);
+  LastCommit& last = last_commits[op.options.run_dir];
+  last.dir = op.final_dir;
+  last.manifest = op.inc_committed;
+  last.trailer = op.inc_trailer;
+  if (!op.inc) {
+    last.plan = nullptr;
+    last.changed.clear();
+    return;
+  }
+  // Streaks of saves in which each unit changed (reset by a save of another plan).
+  std::vector<std::uint8_t> changed = op.inc->changed_units();
+  const bool same = last.plan == op.plan && last.changed.size() == changed.size();
+  for (std::size_t i = 0; i < changed.size(); ++i) {
+    std::uint8_t before = same ? last.changed[i] : 0;
+    changed[i] = changed[i] ? static_cast<std::uint8_t>(std::min(before + 1, 255)) : 0;
+  }
+  last.plan = op.plan;
+  last.changed = std::move(changed);
 }
 
 void Runtime::Impl::mark_skipped(const std::shared_ptr<SaveOp>& op) {

@@ -1,6 +1,8 @@
 #pragma once
 // Shared test helpers: scratch directories and deterministic trees.
 #include <spdlog/sinks/ostream_sink.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -8,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -95,6 +98,19 @@ struct LogCapture {
     return out.str();
   }
 };
+
+// Runs fn() in a forked child (which must not touch doctest) and returns its exit status, or
+// 128 + the signal that ended it.
+template <typename Fn>
+int in_child(Fn&& fn) {
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) ::_exit(fn());
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
+}
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& command, std::string* output = nullptr);

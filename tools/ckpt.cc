@@ -10,6 +10,8 @@
 //           [--prefix P] [--wait S] [--dry-run] [--leftovers] [--json]
 //                                        removes what the retention policy does not keep; safe
 //                                        beside a live writer (runtime/run_lock.h)
+//   ckpt export SRC DST [--json]         a self-contained copy of a checkpoint (one whose
+//                                        files an incremental save shares with others, too)
 //
 // Exit codes: 0 ok, 1 something corrupt, missing or failed, 2 a usage error. Errors are one line
 // on stderr, "ckpt: <what>"; with --json, stdout carries exactly one JSON document.
@@ -84,6 +86,13 @@ int run(int argc, char** argv) {
                "Also remove *.tmp-* leftovers of interrupted writes (refused while a writer is live)");
   gc->add_flag("--json", json, "Print one JSON document");
 
+  std::string export_dst;
+  CLI::App* exp = app.add_subcommand(
+      "export", "Write a self-contained copy of a checkpoint (nothing shared with another)");
+  exp->add_option("SRC", path, "Checkpoint directory")->required();
+  exp->add_option("DST", export_dst, "Where the copy goes (committed atomically)")->required();
+  exp->add_flag("--json", json, "Print one JSON document");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -100,6 +109,7 @@ int run(int argc, char** argv) {
   if (inspect->parsed()) return run_inspect(path, json);
   if (verify->parsed()) return run_verify(path, json, io::parse_engine_kind(engine));
   if (gc->parsed()) return run_gc(path, gc_options, json);
+  if (exp->parsed()) return run_export(path, export_dst, json);
   return run_latest(path);
 }
 

@@ -43,6 +43,10 @@ struct GcOptions {
 // Removes the checkpoints the retention policy does not keep.
 int run_gc(const std::string& run_dir, const GcOptions& options, bool json);
 
+// Writes a self-contained copy of the checkpoint src at dst: every file copied (none shared with
+// another checkpoint), every block's checksum checked on the way, committed atomically.
+int run_export(const std::string& src, const std::string& dst, bool json);
+
 // Throws Error(not_found) unless `path` is an existing directory.
 void require_directory(const std::string& path, const char* what);
 

@@ -9,6 +9,7 @@
 
 #include "io/error.h"
 #include "runtime/checkpoint.h"
+#include "runtime/incremental.h"
 #include "runtime/json.h"
 #include "tools/commands.h"
 #include "tools/format.h"
@@ -29,19 +30,32 @@ json::object file_json(const FileInfo& f, const char* kind) {
           {"crc32c", data ? json::value(nullptr) : json::value(f.crc32c)}};
 }
 
+// A data file with its sharing: links (other checkpoints naming the same file) and origin.
+json::object data_file_json(const FileInfo& f, std::uint64_t links) {
+  json::object o = file_json(f, "data");
+  o["links"] = links;
+  o["shared"] = links > 1;
+  o["origin"] = f.origin.empty() ? json::value(nullptr) : json::value(f.origin);
+  return o;
+}
+
+std::string hash_hex(const ContentHash& h) { return fmt::format("{:016x}{:016x}", h.hi, h.lo); }
+
 json::object leaf_json(const Manifest& m, const LeafInfo& leaf) {
   json::array shape;
   for (auto d : leaf.shape) shape.push_back(d);
   json::array extents;
   for (const auto& e : leaf.extents) {
     // decode_manifest checked that e.file indexes data_files.
-    extents.push_back(json::object{{"file", m.data_files[e.file].name},
-                                   {"offset", e.offset},
-                                   {"length", e.length},
-                                   {"stored_length", e.stored_length},
-                                   {"crc32c", e.crc32c},
-                                   {"leaf_offset", e.leaf_offset},
-                                   {"process_index", e.process_index}});
+    extents.push_back(json::object{
+        {"file", m.data_files[e.file].name},
+        {"offset", e.offset},
+        {"length", e.length},
+        {"stored_length", e.stored_length},
+        {"crc32c", e.crc32c},
+        {"leaf_offset", e.leaf_offset},
+        {"process_index", e.process_index},
+        {"content_hash", e.has_hash ? json::value(hash_hex(e.hash)) : json::value(nullptr)}});
   }
   return {{"path", leaf.path},
           {"dtype", to_string(leaf.dtype)},
@@ -50,7 +64,7 @@ json::object leaf_json(const Manifest& m, const LeafInfo& leaf) {
           {"extents", std::move(extents)}};
 }
 
-void print_json(const std::string& dir, const Manifest& m,
+void print_json(const std::string& dir, const Manifest& m, const StorageReport& storage,
                 const std::optional<json::object>& metadata, const std::string& metadata_error) {
   json::object doc;
   doc["path"] = dir;
@@ -60,6 +74,8 @@ void print_json(const std::string& dir, const Manifest& m,
   doc["created"] = local_time_iso8601(m.created_unix_ns);
   doc["total_bytes"] = m.total_bytes;
   doc["stored_bytes"] = m.stored_bytes();
+  doc["owned_bytes"] = storage.owned;
+  doc["shared_bytes"] = storage.shared;
   doc["alignment"] = m.alignment;
   doc["process_count"] = m.process_count;
   doc["leaf_count"] = m.leaves.size();
@@ -67,7 +83,8 @@ void print_json(const std::string& dir, const Manifest& m,
   doc["metadata"] = metadata ? encode_json(*metadata, "metadata") : json::value(nullptr);
   if (!metadata_error.empty()) doc["metadata_error"] = one_line(metadata_error);
   json::array files;
-  for (const auto& f : m.data_files) files.push_back(file_json(f, "data"));
+  for (std::size_t i = 0; i < m.data_files.size(); ++i)
+    files.push_back(data_file_json(m.data_files[i], storage.links[i]));
   for (const auto& f : m.json_files) files.push_back(file_json(f, "json"));
   doc["files"] = std::move(files);
   json::array leaves;
@@ -88,7 +105,7 @@ std::string bytes_both(std::uint64_t n) {
   return n < 1024 ? fmt::format("{} B", n) : fmt::format("{} ({} bytes)", human_bytes(n), n);
 }
 
-void print_text(const std::string& dir, const Manifest& m,
+void print_text(const std::string& dir, const Manifest& m, const StorageReport& storage,
                 const std::optional<json::object>& metadata, const std::string& metadata_error) {
   Table summary({"checkpoint", dir});
   summary.add_row({"format version", std::to_string(m.format_version)});
@@ -96,6 +113,10 @@ void print_text(const std::string& dir, const Manifest& m,
   summary.add_row({"created", local_time_iso8601(m.created_unix_ns)});
   summary.add_row({"total bytes", bytes_both(m.total_bytes)});
   summary.add_row({"stored bytes", bytes_both(m.stored_bytes())});
+  summary.add_row(
+      {"owned bytes", bytes_both(storage.owned) + " (in files no other checkpoint names)"});
+  summary.add_row(
+      {"shared bytes", bytes_both(storage.shared) + " (in files other checkpoints name too)"});
   summary.add_row({"leaves", std::to_string(m.leaves.size())});
   summary.add_row({"checksummed blocks", std::to_string(m.blocks.size())});
   summary.add_row({"processes", std::to_string(m.process_count)});
@@ -109,10 +130,15 @@ void print_text(const std::string& dir, const Manifest& m,
   }
 
   fmt::print("\nfiles:\n");
-  Table files({"NAME", "SIZE", "CRC32C"}, {false, true, false});
-  for (const auto& f : m.data_files) files.add_row({f.name, std::to_string(f.size), "per block"});
+  Table files({"NAME", "SIZE", "CRC32C", "LINKS", "FIRST WRITTEN BY"},
+              {false, true, false, true, false});
+  for (std::size_t i = 0; i < m.data_files.size(); ++i) {
+    const FileInfo& f = m.data_files[i];
+    files.add_row({f.name, std::to_string(f.size), "per block", std::to_string(storage.links[i]),
+                   f.origin.empty() ? "this checkpoint" : f.origin});
+  }
   for (const auto& f : m.json_files)
-    files.add_row({f.name, std::to_string(f.size), crc_hex(f.crc32c)});
+    files.add_row({f.name, std::to_string(f.size), crc_hex(f.crc32c), "", ""});
   fmt::print("{}", files.render("  "));
 
   fmt::print("\nleaves:\n");
@@ -136,10 +162,11 @@ int run_inspect(const std::string& dir, bool json_out) {
   } catch (const Error& e) {
     metadata_error = e.what();
   }
+  StorageReport storage = storage_report(dir, m);
   if (json_out) {
-    print_json(dir, m, metadata, metadata_error);
+    print_json(dir, m, storage, metadata, metadata_error);
   } else {
-    print_text(dir, m, metadata, metadata_error);
+    print_text(dir, m, storage, metadata, metadata_error);
   }
   return metadata ? kExitOk : kExitFailed;
 }

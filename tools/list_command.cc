@@ -66,6 +66,8 @@ json::object info_json(const CheckpointInfo& c, bool is_latest) {
     o["step"] = c.step ? json::value(*c.step) : json::value(nullptr);
     o["bytes"] = c.bytes;
     o["stored_bytes"] = c.stored_bytes;
+    o["owned_bytes"] = c.owned_bytes;
+    o["shared_bytes"] = c.shared_bytes;
     o["leaves"] = c.leaves;
     o["created_unix_ns"] = c.created_unix_ns;
     o["created"] = local_time_iso8601(c.created_unix_ns);
@@ -105,15 +107,19 @@ int run_list(const std::string& run_dir, bool json_out) {
       fmt::print("no checkpoints in {}\n", run_dir);
     }
   } else {
-    Table table({"", "SUFFIX", "STEP", "SIZE", "LEAVES", "CREATED"},
-                {false, false, true, true, true, false});
+    // OWNED: bytes of data files only this checkpoint names; SHARED: of files other checkpoints
+    // name too (incremental saves).
+    Table table({"", "SUFFIX", "STEP", "SIZE", "OWNED", "SHARED", "LEAVES", "CREATED"},
+                {false, false, true, true, true, true, true, false});
     for (const auto& c : infos) {
       std::string mark = is_latest(c) ? "*" : "";
       if (!c.error.empty()) {
-        table.add_row({mark, c.suffix, "-", "-", "-", "unreadable: " + one_line(c.error)});
+        table.add_row(
+            {mark, c.suffix, "-", "-", "-", "-", "-", "unreadable: " + one_line(c.error)});
         continue;
       }
       table.add_row({mark, c.suffix, c.step ? std::to_string(*c.step) : "-", human_bytes(c.bytes),
+                     human_bytes(c.owned_bytes), human_bytes(c.shared_bytes),
                      std::to_string(c.leaves), local_time_iso8601(c.created_unix_ns)});
     }
     fmt::print("{}", table.render());

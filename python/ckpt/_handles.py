@@ -26,6 +26,7 @@ class SaveTimings:
     durable: float
     bytes: int
     stored_bytes: int
+    written_bytes: int = 0  # data bytes the save wrote (incremental saves share the rest)
 
 
 def _settle(fut: asyncio.Future, err, value) -> None:

@@ -35,7 +35,9 @@ class Runtime:
 
     Options (all optional): engine ("auto" | "uring" | "threads"), queue_depth, io_threads,
     copy_threads, overlapped_copy_threads, copy_nice, staging_budget (bytes), unit_bytes, backpressure ("block" | "skip"),
-    allow_direct, io_timeout (seconds; 0: none), lock_wait (seconds).
+    allow_direct, io_timeout (seconds; 0: none), lock_wait (seconds), incremental (bool: every
+    save writes only what changed since the previous checkpoint of its ``run_dir`` and shares the
+    rest with it through hard links; see docs/design.md section 13).
 
     ``save`` returns once the tree has been copied into staging memory (mode="sync", the only
     stall) or at once (mode="overlapped": do not change the arrays before

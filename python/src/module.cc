@@ -106,6 +106,7 @@ class PySaveHandle : public PyHandle<SaveHandle> {
     d["durable"] = seconds(t.durable);
     d["bytes"] = t.bytes;
     d["stored_bytes"] = t.stored_bytes;
+    d["written_bytes"] = t.written_bytes;
     return d;
   }
   void on_snapshotted(py::object fn) const { h_.async_snapshotted(deliver(std::move(fn))); }
@@ -160,6 +161,7 @@ class PyRuntime {
       else if (key == "unit_bytes") o.unit_bytes = v.cast<std::uint64_t>();
       else if (key == "backpressure") o.backpressure = parse_backpressure(v.cast<std::string>());
       else if (key == "allow_direct") o.allow_direct = v.cast<bool>();
+      else if (key == "incremental") o.incremental = v.cast<bool>();
       else if (key == "io_timeout") o.io_timeout = duration_cast<milliseconds>(to_ns(v.cast<double>()));
       else if (key == "lock_wait") o.lock_wait = duration_cast<milliseconds>(to_ns(v.cast<double>()));
       else throw Error(Errc::invalid_argument, "unknown Runtime option '" + key + "'");

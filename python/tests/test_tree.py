@@ -157,3 +157,19 @@ def test_errors_map_to_the_hierarchy(rt, tmp_path):
         f.write(b"\x01\x02\x03")
     with pytest.raises(ckpt.CorruptError, match="checksum"):
         rt.restore(tmp_path / "c")
+
+
+def test_incremental_saves_write_only_what_changed_and_restore(tmp_path):
+    run = tmp_path / "run"
+    tree = {"frozen": np.arange(64 * 1024, dtype=np.float32),
+            "adapter": np.zeros(1024, dtype=np.float32)}
+    with ckpt.Runtime(staging_budget=16 << 20, incremental=True, lock_wait=2.0) as rt:
+        first = rt.save(run / "1", tree, {"step": 1}, run_dir=run).result()
+        assert first.written_bytes == first.stored_bytes
+        tree["adapter"] += 1
+        second = rt.save(run / "2", tree, {"step": 2}, run_dir=run).result()
+        assert second.written_bytes < first.written_bytes // 8
+        back, meta = rt.restore(run / "2")
+    assert meta["step"] == 2
+    same(back["frozen"], tree["frozen"])
+    same(back["adapter"], tree["adapter"])

@@ -1,6 +1,7 @@
 // The jobs API: every method of the seed, configs and merge patches, the registry, path safety.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -139,6 +140,21 @@ TEST_CASE("save_tree_and_metadata and get_tree_and_metadata round trip a job's s
   CHECK(md.at("step").as_int64() == 1);
   CHECK(other->values == std::vector<float>{1, 2, 3, 4});
   CHECK(other->get_metadata("step/1").at("step").as_int64() == 1);
+}
+
+TEST_CASE("a job with incremental saves shares what did not change and restores it") {
+  TempDir dir;
+  auto job = make_job(dir, "inc", ToyConfig{4096});
+  job->set_incremental(true);
+  std::fill(job->values.begin(), job->values.end(), 1.0f);
+  job->save_tree_and_metadata("step/1", job->state(), step_md(1)).wait();
+  SaveHandle h = job->save_tree_and_metadata("step/2", job->state(), step_md(2));
+  h.wait();
+  CHECK(h.timings().written_bytes == 0);  // nothing changed
+  CHECK(h.timings().stored_bytes == 4096 * 4);
+  auto other = make_job(dir, "inc", ToyConfig{4096});
+  other->get_tree_and_metadata("step/2", other->state());
+  CHECK(other->values == job->values);
 }
 
 TEST_CASE("a job loads another job's checkpoint through the _from_path methods") {

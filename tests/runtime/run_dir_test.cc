@@ -22,6 +22,7 @@
 using namespace ckpt;
 using ckpt::test::catch_error;
 using ckpt::test::contains;
+using ckpt::test::in_child;
 using ckpt::test::TempDir;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
@@ -55,17 +56,6 @@ RuntimeOptions small_options() {
   o.unit_bytes = 1u << 20;
   o.lock_wait = 2000ms;
   return o;
-}
-
-// Runs fn in a child process and returns its exit status (the child must not touch doctest).
-template <typename Fn>
-int in_child(Fn&& fn) {
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) ::_exit(fn());
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
 }  // namespace

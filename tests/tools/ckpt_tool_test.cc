@@ -14,6 +14,7 @@
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/manifest.h"
+#include "runtime/runtime.h"
 #include "tests/test_util.h"
 
 #ifndef CKPT_TOOL_PATH
@@ -463,6 +464,55 @@ TEST_CASE("latest with a NUL or control characters is reported corrupt, escaped,
   CHECK(r.text.find("\\x00") != std::string::npos);
   CHECK(r.text.find('\x1b') == std::string::npos);
   CHECK(lines_of(r.text).size() == 1);
+}
+
+TEST_CASE("inspect and list show owned and shared bytes, and export makes a self-contained copy") {
+  TempDir run;
+  {
+    RuntimeOptions o;
+    o.engine = io::EngineKind::threads;
+    o.staging_budget = 8u << 20;
+    o.incremental = true;
+    Runtime rt(o);
+    SaveOptions so;
+    so.run_dir = run.path();
+    Tree tree = small_tree(1);
+    boost::json::object md{{"step", 1}};
+    rt.save(run / "a", tree, md, so).wait();
+    test::fill_pattern(tree.flatten().at(0).second, 99);  // one leaf changes
+    md["step"] = 2;
+    rt.save(run / "b", tree, md, so).wait();
+  }
+  Run r = ckpt_tool("inspect --json " + q(run / "b"), Stream::out);
+  INFO(r.text);
+  REQUIRE(r.rc == 0);
+  boost::json::value doc = boost::json::parse(r.text);
+  CHECK(doc.at("shared_bytes").to_number<std::uint64_t>() == 4096);
+  CHECK(doc.at("owned_bytes").to_number<std::uint64_t>() == 4096);
+  const auto& files = doc.at("files").as_array();
+  CHECK(std::any_of(files.begin(), files.end(), [](const auto& f) {
+    return f.at("name").as_string() == "data-00001.bin" && f.at("origin").as_string() == "a" &&
+           f.at("links").template to_number<int>() == 2;
+  }));
+  CHECK(doc.at("leaves").at(0).at("extents").at(0).at("content_hash").is_string());
+  Run text = ckpt_tool("inspect " + q(run / "b"), Stream::out);
+  CHECK(text.text.find("shared bytes") != std::string::npos);
+  Run list = ckpt_tool("list --json " + q(run.path()), Stream::out);
+  REQUIRE(list.rc == 0);
+  boost::json::value rows = boost::json::parse(list.text).at("checkpoints");
+  CHECK(rows.at(1).at("shared_bytes").to_number<std::uint64_t>() == 4096);
+
+  TempDir out;
+  Run e = ckpt_tool("export " + q(run / "b") + " " + q(out / "copy"));
+  INFO(e.text);
+  REQUIRE(e.rc == 0);
+  std::filesystem::remove_all(run / "a");
+  std::filesystem::remove_all(run / "b");
+  CHECK(ckpt_tool("verify " + q(out / "copy")).rc == 0);
+  Run after = ckpt_tool("inspect --json " + q(out / "copy"), Stream::out);
+  CHECK(boost::json::parse(after.text).at("shared_bytes").to_number<std::uint64_t>() == 0);
+  Run bad = ckpt_tool("export " + q(run / "b") + " " + q(out / "again"), Stream::err);
+  CHECK(bad.rc == 1);
 }
 
 }  // namespace ckpt
