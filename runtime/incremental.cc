@@ -364,7 +364,6 @@ void export_checkpoint(const std::string& src_dir, const std::string& dst_dir) {
   const std::string tmp = make_tmp_dir(dst);
   try {
     // Data files: copied block by block, each block's CRC32C checked on the way.
-    std::vector<std::byte> buf;
     std::size_t next_block = 0;
     for (std::uint32_t f = 0; f < m.data_files.size(); ++f) {
       const std::string in_path = src + "/" + m.data_files[f].name;
@@ -378,17 +377,11 @@ void export_checkpoint(const std::string& src_dir, const std::string& dst_dir) {
       io::File out = io::open_buffered(tmp + "/" + m.data_files[f].name, io::OpenMode::write_new);
       for (; next_block < m.blocks.size() && m.blocks[next_block].file == f; ++next_block) {
         const BlockInfo& b = m.blocks[next_block];
-        buf.resize(b.length);
-        std::size_t at = 0;
-        while (at < b.length) {
-          ssize_t n =
-              ::pread(in.fd(), buf.data() + at, b.length - at, static_cast<off_t>(b.offset + at));
-          if (n < 0 && errno == EINTR) continue;
-          if (n < 0) throw sys_error("read", in_path, errno);
-          if (n == 0) throw Error(Errc::corrupt, "file shorter than its blocks", in_path);
-          at += static_cast<std::size_t>(n);
+        const std::string block = read_range(in.fd(), b.offset, b.length, in_path);
+        if (block.size() < b.length) {
+          throw Error(Errc::corrupt, "file shorter than its blocks", in_path);
         }
-        if (crc32c(buf.data(), b.length) != b.crc32c) {
+        if (crc32c(block.data(), b.length) != b.crc32c) {
           throw Error(
               Errc::corrupt,
               fmt::format("checksum mismatch in the block at offset {} ({} bytes) holding {}",
@@ -396,7 +389,7 @@ void export_checkpoint(const std::string& src_dir, const std::string& dst_dir) {
                           block_leaves(m, static_cast<std::uint32_t>(next_block))),
               in_path);
         }
-        out.write_all(std::string_view(reinterpret_cast<const char*>(buf.data()), b.length));
+        out.write_all(block);
       }
       out.sync();
       out.close();
