@@ -2,6 +2,7 @@
 // Command-line options of ckpt_bench, resolved (no zero means "default" after resolve()).
 #include <boost/json/object.hpp>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "runtime/runtime.h"
@@ -28,6 +29,7 @@ struct BenchOptions {
   std::uint64_t small_kb = 4;
   bool recheck = true;  // baselines measured again after the saves (drift check)
   bool keep = false;
+  bool sharded = false;  // --sharded: a collective save over the processes of an MPI job
 
   std::string work_dir;  // dir/ckpt_bench-<pid>: everything the run writes, removed at the end
 
@@ -36,5 +38,11 @@ struct BenchOptions {
 
 // The small-checkpoint benchmark (--small): returns its JSON object.
 boost::json::object run_small(const BenchOptions& options);
+
+// The sharded benchmark (--sharded, bench/sharded_bench.cc): prints on process 0; returns the
+// exit status. The communicator: MPI's when started by mpirun (and built with MPI), else one
+// process.
+int run_sharded(BenchOptions& options, std::shared_ptr<Communicator> comm);
+std::shared_ptr<Communicator> bench_communicator(int* argc, char*** argv);
 
 }  // namespace ckpt::bench

@@ -35,6 +35,10 @@ struct ExtentInfo {
   std::uint32_t crc32c = 0;
   std::uint64_t leaf_offset = 0;
   std::uint32_t process_index = 0;
+  // A shard of a sharded leaf (docs/design.md, section 13): the box of the global array these
+  // bytes hold, row-major; empty for the whole array (a replicated leaf, or any unsharded one).
+  Shape slice_start;
+  Shape slice_shape;
 };
 
 // A checksummed range of a data file (format version 2's Block; for version 1, decode_manifest
@@ -81,6 +85,8 @@ struct Manifest {
   std::vector<BlockInfo> blocks;  // tile each data file, in file order
 
   const FileInfo* json_file(std::string_view name) const;
+  // Written by a collective save: several processes' data files, or extents that are boxes.
+  bool sharded() const;
   std::uint64_t stored_bytes() const;  // sum of data file sizes
 };
 
