@@ -13,6 +13,7 @@
 #include "io/fault_engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
+#include "runtime/manifest.h"
 #include "runtime/runtime.h"
 #include "tests/runtime/shard_fixture.h"
 #include "tests/test_util.h"
@@ -350,6 +351,61 @@ TEST_CASE("one process saves with a sharding, and a sharded checkpoint's damage 
   REQUIRE(e);
   CHECK(e->code() == Errc::corrupt);
   CHECK(test::count_wrong(t) > 0);  // untouched: still zeros
+}
+
+TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overlap or leave "
+          "part of it uncovered") {
+  // Two processes, one float32 [4, 2] leaf in two row boxes of 8 bytes each.
+  auto make = [] {
+    Manifest m;
+    Tree t;
+    t["w"] = Array::zeros(DType::f32, {4, 2});
+    describe_structure(t, m);
+    m.process_count = 2;
+    m.total_bytes = 32;
+    LeafInfo leaf{"w", DType::f32, {4, 2}, 32, {}};
+    for (std::uint32_t r = 0; r < 2; ++r) {
+      m.data_files.push_back(FileInfo{data_file_name(r), 4096, 0});
+      m.blocks.push_back(BlockInfo{r, 0, 4096, 0});
+      ExtentInfo e;
+      e.file = r;
+      e.length = e.stored_length = 16;
+      e.process_index = r;
+      e.slice_start = {2 * r, 0};
+      e.slice_shape = {2, 2};
+      leaf.extents.push_back(e);
+    }
+    m.leaves.push_back(leaf);
+    return m;
+  };
+  auto rejected = [](const Manifest& m) -> std::string {
+    try {
+      decode_manifest(encode_manifest(m), "manifest.ckpt");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  Manifest good = make();
+  Manifest d = decode_manifest(encode_manifest(good), "manifest.ckpt");
+  CHECK(d.sharded());
+  CHECK(d.leaves[0].extents[1].slice_start == Shape{2, 0});
+  Manifest m = make();
+  m.leaves[0].extents[1].slice_start = {3, 0};
+  CHECK(test::contains(rejected(m), "slice outside the global shape"));
+  m = make();
+  m.leaves[0].extents[1].slice_start = {1, 0};
+  CHECK(test::contains(rejected(m), "boxes overlap"));
+  m = make();
+  m.leaves[0].extents[1].slice_shape = {1, 2};
+  m.leaves[0].extents[1].length = m.leaves[0].extents[1].stored_length = 8;
+  CHECK(test::contains(rejected(m), "do not cover the leaf"));
+  m = make();
+  m.leaves[0].extents[1].length = m.leaves[0].extents[1].stored_length = 12;
+  CHECK(test::contains(rejected(m), "differs from its box"));
+  m = make();
+  m.leaves[0].extents[1].process_index = 2;
+  CHECK(test::contains(rejected(m), "beyond the process count"));
 }
 
 }  // namespace ckpt
