@@ -2,6 +2,7 @@
 // Command-line options of ckpt_bench, resolved (no zero means "default" after resolve()).
 #include <boost/json/object.hpp>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "runtime/runtime.h"
@@ -32,6 +33,7 @@ struct BenchOptions {
   // changed_fraction of the leaves), next to the same number of full saves in the same run.
   bool incremental = false;
   double changed_fraction = 1.0;
+  bool sharded = false;  // --sharded: a collective save over the processes of an MPI job
 
   std::string work_dir;  // dir/ckpt_bench-<pid>: everything the run writes, removed at the end
 
@@ -40,5 +42,11 @@ struct BenchOptions {
 
 // The small-checkpoint benchmark (--small): returns its JSON object.
 boost::json::object run_small(const BenchOptions& options);
+
+// The sharded benchmark (--sharded, bench/sharded_bench.cc): prints on process 0; returns the
+// exit status. The communicator: MPI's when started by mpirun (and built with MPI), else one
+// process.
+int run_sharded(BenchOptions& options, std::shared_ptr<Communicator> comm);
+std::shared_ptr<Communicator> bench_communicator(int* argc, char*** argv);
 
 }  // namespace ckpt::bench

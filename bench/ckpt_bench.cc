@@ -518,6 +518,8 @@ int main(int argc, char** argv) {
   app.add_option("--changed-fraction", o.changed_fraction,
                  "with --incremental: fraction of the leaves each step changes")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_flag("--sharded", o.sharded,
+               "collective save of one global state split over the processes (under mpirun)");
   CLI11_PARSE(app, argc, argv);
   if (o.small && app.count("--saves") == 0) o.saves = 200;
   if (o.copy_threads == 0) o.copy_threads = std::max(std::thread::hardware_concurrency(), 1u);
@@ -525,6 +527,17 @@ int main(int argc, char** argv) {
 
   namespace fs = std::filesystem;
   int rc = 0;
+  if (o.sharded) {
+    try {
+      fs::create_directories(o.dir);
+      o.dir = fs::canonical(o.dir).string();
+      if (o.staging_mb == 0) o.staging_mb = 64;  // run_sharded sizes it to two saves at least
+      return run_sharded(o, bench_communicator(&argc, &argv));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ckpt_bench: %s\n", e.what());
+      return 1;
+    }
+  }
   try {
     fs::create_directories(o.dir);
     o.dir = fs::canonical(o.dir).string();

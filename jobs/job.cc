@@ -115,6 +115,10 @@ std::vector<std::string> checkpoints(const ExecutionSpec& spec) {
 std::optional<std::string> latest(const ExecutionSpec& spec) { return read_latest(run_dir(spec)); }
 
 void claim_and_clean(Runtime& rt, const ExecutionSpec& spec) {
+  // A collective job (a Runtime with a communicator): process 0 alone holds the run directory
+  // and cleans it. The others' first save cannot create anything before process 0 took part in
+  // its check (docs/design.md, section 14), so the cleaning never meets their temporaries.
+  if (const auto& comm = rt.options().communicator; comm && comm->rank() != 0) return;
   const std::string dir = run_dir(spec);
   rt.claim_run_dir(dir);
   for (const auto& path : clean_run_dir(dir)) {

@@ -14,6 +14,8 @@
 
 namespace ckpt {
 
+class Sharding;  // runtime/sharding.h
+
 struct WriteOptions {
   std::uint64_t extent_bytes = 16u << 20;  // extent grid: leaves are cut at its multiples
   std::uint64_t unit_bytes = 16u << 20;    // one write request; staging per save is depth × this
@@ -39,6 +41,10 @@ struct ReadOptions {
   // how helpers are started (empty: a std::thread each; the Runtime posts to its copy pool).
   unsigned threads = 0;
   std::function<void(std::function<void()>)> spawn;
+  // Template leaves that are boxes of global arrays (runtime/sharding.h; null: every leaf is its
+  // whole array). Any checkpoint can be restored into boxes, a sharded one into any
+  // decomposition (runtime/sharded_read.h).
+  const Sharding* sharding = nullptr;
 };
 
 // Writes `tree` and `metadata` as the checkpoint directory `dir` (created with its parents),

@@ -32,7 +32,9 @@ void check_extra_files(const std::map<std::string, std::string>& extra_files);
 void check_metadata(const boost::json::object& metadata);
 
 // Creates the parents of final_dir durably and the temporary directory beside it; returns it.
-std::string make_tmp_dir(const std::string& final_dir);
+// With `shared_tag` (a collective save's, runtime/collective_commit.h) the directory is
+// `<final_dir>.tmp-<shared_tag>`, which another process of the save may have created already.
+std::string make_tmp_dir(const std::string& final_dir, const std::string& shared_tag = {});
 
 // Writes metadata.json, the extra files and the manifest into tmp_dir, fsyncs it and renames it
 // to final_dir (the commit point). The data files must be written and fsynced already.

@@ -47,6 +47,16 @@ const FileInfo* Manifest::json_file(std::string_view name) const {
   return nullptr;
 }
 
+bool Manifest::sharded() const {
+  if (process_count > 1) return true;
+  for (const auto& l : leaves) {
+    for (const auto& e : l.extents) {
+      if (!e.slice_shape.empty()) return true;
+    }
+  }
+  return false;
+}
+
 std::uint64_t Manifest::stored_bytes() const {
   std::uint64_t n = 0;
   for (const auto& f : data_files) n += f.size;
@@ -188,8 +198,13 @@ std::pair<NodeVector, LeafVector> build_tree(flatbuffers::FlatBufferBuilder& b, 
     extents.clear();
     for (const auto& e : l.extents) {
       const fb::Hash128 hash(e.hash.lo, e.hash.hi);
+      flatbuffers::Offset<flatbuffers::Vector<std::uint64_t>> start, shape;
+      if (!e.slice_shape.empty()) {
+        start = b.CreateVector(e.slice_start);
+        shape = b.CreateVector(e.slice_shape);
+      }
       extents.push_back(fb::CreateExtent(b, e.file, e.offset, e.length, e.stored_length, e.crc32c,
-                                         e.leaf_offset, e.process_index, 0, 0,
+                                         e.leaf_offset, e.process_index, start, shape,
                                          e.has_hash ? &hash : nullptr));
     }
     auto path = b.CreateString(l.path);
@@ -278,7 +293,8 @@ void encode_manifest(const Manifest& m, const ManifestParts* parts, const Encode
 
 namespace {
 
-void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
+// Rank, shape and size of any leaf.
+void check_leaf_size(const LeafInfo& l, const std::string& path) {
   auto fail = [&](const std::string& why) { corrupt(path, "leaf '" + l.path + "': " + why); };
   if (l.shape.size() > kMaxRank) fail("rank too large");
   std::uint64_t nbytes = 0;
@@ -288,6 +304,11 @@ void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
     fail("shape " + shape_to_string(l.shape) + " overflows");
   }
   if (nbytes != l.nbytes) fail(fmt::format("nbytes {} does not match shape and dtype", l.nbytes));
+}
+
+void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
+  auto fail = [&](const std::string& why) { corrupt(path, "leaf '" + l.path + "': " + why); };
+  check_leaf_size(l, path);
   std::uint64_t expect = 0;
   for (const auto& e : l.extents) {
     if (e.file >= m.data_files.size()) fail("extent names a missing data file");
@@ -308,6 +329,78 @@ void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
     expect += e.length;
   }
   if (expect != l.nbytes) fail("extents do not cover the leaf");
+}
+
+// A vector of u64 from the manifest; the Verifier aligns a vector's length, not its elements.
+Shape read_u64s(const flatbuffers::Vector<std::uint64_t>* v, const std::string& leaf,
+                const std::string& path) {
+  Shape out;
+  if (v == nullptr || v->size() == 0) return out;
+  if (reinterpret_cast<std::uintptr_t>(v->data()) % alignof(std::uint64_t) != 0) {
+    corrupt(path, "leaf '" + leaf + "': misaligned vector");
+  }
+  if (v->size() > kMaxRank) corrupt(path, "leaf '" + leaf + "': rank too large");
+  out.assign(v->begin(), v->end());
+  return out;
+}
+
+bool has_slices(const LeafInfo& l) {
+  return std::any_of(l.extents.begin(), l.extents.end(), [](const ExtentInfo& e) {
+    return !e.slice_start.empty() || !e.slice_shape.empty();
+  });
+}
+
+// A leaf of a sharded manifest (format version 2, docs/design.md, section 14): each extent is the
+// row-major bytes of one box (its slice; no slice: the whole array), and the boxes tile the array.
+void check_sharded_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
+  auto fail = [&](const std::string& why) { corrupt(path, "leaf '" + l.path + "': " + why); };
+  if (m.format_version == kFormatVersion1) fail("sharded extents in a version 1 manifest");
+  check_leaf_size(l, path);
+  std::uint64_t covered = 0;
+  const std::uint32_t processes = std::max<std::uint32_t>(m.process_count, 1);
+  for (const auto& e : l.extents) {
+    if (e.file >= m.data_files.size()) fail("extent names a missing data file");
+    if (e.process_index >= processes) fail("extent names a process beyond the process count");
+    if (e.stored_length != e.length || e.crc32c != 0 || e.leaf_offset != 0) {
+      fail("sharded extent has a stored length, checksum or leaf offset of its own");
+    }
+    std::uint64_t box_bytes = l.nbytes;
+    if (!e.slice_start.empty() || !e.slice_shape.empty()) {
+      if (e.slice_start.size() != l.shape.size() || e.slice_shape.size() != l.shape.size())
+        fail("slice rank differs from the leaf's");
+      for (std::size_t d = 0; d < l.shape.size(); ++d) {
+        if (e.slice_start[d] > l.shape[d] || e.slice_shape[d] > l.shape[d] - e.slice_start[d])
+          fail("slice outside the global shape");
+      }
+      box_bytes = array_nbytes(l.dtype, e.slice_shape);  // inside the shape: no overflow
+    }
+    if (e.length == 0 || e.length != box_bytes) fail("extent length differs from its box's");
+    std::uint64_t size = m.data_files[e.file].size;
+    if (e.offset > size || e.length > size - e.offset) {
+      fail(fmt::format("extent at offset {} runs past the end of {}", e.offset,
+                       m.data_files[e.file].name));
+    }
+    covered += e.length;
+  }
+  if (covered != l.nbytes) fail("the boxes do not cover the leaf exactly");
+  // Sizes add up; with few boxes also check they are disjoint (a reader never writes outside a
+  // box either way: overlaps could only make a hostile manifest's data wrong, never unsafe).
+  constexpr std::size_t kPairwise = 64;
+  if (l.extents.size() <= kPairwise) {
+    for (std::size_t a = 0; a < l.extents.size(); ++a) {
+      for (std::size_t b = a + 1; b < l.extents.size(); ++b) {
+        const auto& x = l.extents[a];
+        const auto& y = l.extents[b];
+        if (x.slice_shape.empty() || y.slice_shape.empty()) fail("boxes overlap");
+        bool apart = false;
+        for (std::size_t d = 0; d < l.shape.size() && !apart; ++d) {
+          apart = x.slice_start[d] >= y.slice_start[d] + y.slice_shape[d] ||
+                  y.slice_start[d] >= x.slice_start[d] + x.slice_shape[d];
+        }
+        if (!apart) fail("boxes overlap");
+      }
+    }
+  }
 }
 
 void check_structure(const Manifest& m, const std::string& path) {
@@ -481,13 +574,6 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   m.writer = fm->writer() ? fm->writer()->str() : std::string();
   m.total_bytes = fm->total_bytes();
   m.process_count = fm->process_count();
-  if (m.process_count > 1) {
-    throw Error(Errc::unsupported,
-                fmt::format("checkpoint written by {} processes; this build reads single-process "
-                            "checkpoints",
-                            m.process_count),
-                path);
-  }
   m.data_files = read_files(fm->data_files());
   m.json_files = read_files(fm->json_files());
   for (const auto& f : m.data_files) {
@@ -539,23 +625,27 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
       info.nbytes = l->nbytes();
       if (l->extents()) {
         for (const auto* e : *l->extents()) {
-          if ((e->slice_start() && e->slice_start()->size() > 0) ||
-              (e->slice_shape() && e->slice_shape()->size() > 0) || e->process_index() != 0) {
-            throw Error(Errc::unsupported,
-                        fmt::format("leaf '{}' has sharded extents, which this build cannot read",
-                                    info.path),
-                        path);
-          }
-          ExtentInfo& x = info.extents.emplace_back(
-              ExtentInfo{e->file(), e->offset(), e->length(), e->stored_length(), e->crc32c(),
-                         e->leaf_offset(), e->process_index()});
+          ExtentInfo& x = info.extents.emplace_back();
+          x.file = e->file();
+          x.offset = e->offset();
+          x.length = e->length();
+          x.stored_length = e->stored_length();
+          x.crc32c = e->crc32c();
+          x.leaf_offset = e->leaf_offset();
+          x.process_index = e->process_index();
+          x.slice_start = read_u64s(e->slice_start(), info.path, path);
+          x.slice_shape = read_u64s(e->slice_shape(), info.path, path);
           if (const fb::Hash128* h = e->content_hash()) {
             x.has_hash = true;
             x.hash = {h->lo(), h->hi()};
           }
         }
       }
-      check_leaf(info, m, path);
+      if (m.process_count > 1 || has_slices(info)) {
+        check_sharded_leaf(info, m, path);
+      } else {
+        check_leaf(info, m, path);
+      }
       if (total + info.nbytes < total) corrupt(path, "total bytes overflow");
       total += info.nbytes;
       m.leaves.push_back(std::move(info));

@@ -44,6 +44,10 @@ struct ExtentInfo {
   std::uint32_t process_index = 0;
   bool has_hash = false;  // content_hash is set (saves with incremental on)
   ContentHash hash;
+  // A shard of a sharded leaf (docs/design.md, section 14): the box of the global array these
+  // bytes hold, row-major; empty for the whole array (a replicated leaf, or any unsharded one).
+  Shape slice_start;
+  Shape slice_shape;
 };
 
 // A checksummed range of a data file (format version 2's Block; for version 1, decode_manifest
@@ -93,6 +97,8 @@ struct Manifest {
   std::vector<BlockInfo> blocks;  // tile each data file, in file order
 
   const FileInfo* json_file(std::string_view name) const;
+  // Written by a collective save: several processes' data files, or extents that are boxes.
+  bool sharded() const;
   std::uint64_t stored_bytes() const;  // sum of data file sizes
 };
 

@@ -15,6 +15,8 @@
 #include "runtime/json.h"
 #include "runtime/layout.h"
 #include "runtime/limits.h"
+#include "runtime/sharded_read.h"
+#include "runtime/sharding.h"
 #include "runtime/staged_read.h"
 #include "runtime/template_match.h"
 #include "runtime/unit_pipe.h"
@@ -142,6 +144,10 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   boost::json::object metadata =
       parse_metadata(read_checked_file(dir, m, std::string(kMetadataName)),
                      dir + "/" + std::string(kMetadataName));
+  if (m.sharded() || (options.sharding != nullptr && !options.sharding->empty())) {
+    read_resharded(engine, dir, m, templ, options.sharding, partial, options);
+    return metadata;
+  }
   TemplateMatch match = match_template(m, templ, partial);
   if (!match.problems.empty()) {
     const auto& problems = match.problems;
@@ -160,34 +166,13 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   std::uint64_t staged_unit = unit;
   for (const auto& b : m.blocks) staged_unit = std::max(staged_unit, b.length);
   std::vector<Unit> units = plan_units(m, staged_unit, wanted);
-  std::uint64_t total = 0;
-  for (const Unit& u : units) total += u.length;
-
   StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
   if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   // Staging: buffers lent by the caller (the Runtime's pool), else memory of our own within
   // staging_bytes, else the two-pass read.
-  std::vector<std::byte*> lent;
-  if (options.borrow && !units.empty()) lent = options.borrow(units.size(), staged_unit);
-  struct GiveBack {
-    const ReadOptions& o;
-    const std::vector<std::byte*>& b;
-    ~GiveBack() {
-      if (!b.empty() && o.give_back) o.give_back(b);
-    }
-  } give_back{options, lent};
-  std::vector<std::byte*> buffers = lent;
-  io::AlignedBuffer own;
-  if (buffers.empty() && !units.empty() && total <= options.staging_bytes) {
-    own = io::AlignedBuffer(static_cast<std::size_t>(total));
-    std::uint64_t at = 0;
-    for (const Unit& u : units) {
-      buffers.push_back(own.data() + at);
-      at += u.length;
-    }
-  }
-  if (!buffers.empty() || units.empty()) {
-    staged_read(engine, m, units, data.ptrs, buffers, targets, staged);
+  ReadStaging staging(units, staged_unit, options.staging_bytes, options.borrow, options.give_back);
+  if (!staging.buffers().empty() || units.empty()) {
+    staged_read(engine, m, units, data.ptrs, staging.buffers(), targets, staged);
     return metadata;
   }
   two_pass_read(engine, m, plan_units(m, unit, wanted), data, unit, options, targets);

@@ -7,8 +7,10 @@ namespace ckpt {
 // copy threads, and scattered into the template only once all verified. The chunks are borrowed
 // from the pool when it has them free (pre-faulted: no page faults); otherwise the reader maps
 // its own staging up to the budget, or reads twice.
-boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ, bool partial) {
+boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ, bool partial,
+                                           const Sharding* sharding) {
   ReadOptions ro;
+  ro.sharding = sharding;
   ro.unit_bytes = options.unit_bytes;
   ro.queue_depth = options.queue_depth;
   ro.allow_direct = options.allow_direct;
@@ -28,6 +30,11 @@ boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ,
 
 boost::json::object Runtime::restore(const std::string& path, Tree& templ, bool partial) {
   return impl_->restore(path, templ, partial);
+}
+
+boost::json::object Runtime::restore(const std::string& path, Tree& templ,
+                                     const Sharding& sharding, bool partial) {
+  return impl_->restore(path, templ, partial, &sharding);
 }
 
 void Runtime::start_async_restore(

@@ -96,7 +96,8 @@ asio::awaitable<void> Runtime::Impl::run_register(std::shared_ptr<detail::Regist
                                                   std::shared_ptr<detail::SaveShared> save,
                                                   std::shared_ptr<Event> previous,
                                                   std::shared_ptr<Protection> protection,
-                                                  std::exception_ptr unpublished) {
+                                                  std::exception_ptr unpublished, bool collective,
+                                                  std::uint64_t seq) {
   std::exception_ptr failure;
   if (previous) {
     co_await async_wait_event(previous, ex, asio::as_tuple(asio::use_awaitable));
@@ -120,12 +121,22 @@ asio::awaitable<void> Runtime::Impl::run_register(std::shared_ptr<detail::Regist
     require_committed_checkpoint(reg->run_dir, reg->suffix);
     write_latest(reg->run_dir, reg->suffix);
   };
-  if (!failure) {
+  // A collective registration: process 0 moves `latest`, then every process gets its result.
+  const bool writes_latest = !collective || options.communicator->rank() == 0;
+  if (!failure && writes_latest) {
     try {
       co_await on_workers(move_latest);
     } catch (...) {
       failure = std::current_exception();
     }
+  }
+  if (collective) {
+    auto agreed = std::make_shared<std::exception_ptr>(failure);
+    const auto agree = [this, agreed, seq] {
+      *agreed = collective_outcome(*options.communicator, seq, options.collective_timeout, *agreed);
+    };
+    co_await on_collective(seq, agree);
+    failure = *agreed;
   }
   if (failure) {
     log().error("latest in {} not moved to {}: {}", reg->run_dir, reg->suffix,
@@ -151,9 +162,21 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
   auto reg = std::make_shared<detail::RegisterShared>();
   reg->run_dir = clean_checkpoint_dir(run_dir);
   reg->suffix = suffix;
+  const std::shared_ptr<Communicator>& comm = impl_->options.communicator;
+  const bool collective = comm != nullptr;
+  const std::uint64_t seq = collective ? impl_->collective_steps.allocate(*comm) : 0;
   // Published before this returns: from here `ckpt gc` spares the checkpoint to be registered.
-  auto protection =
-      std::make_shared<Protection>(impl_->lease_for(reg->run_dir), std::string(suffix));
+  // In a collective registration only process 0 writes, so only it takes the lease.
+  std::shared_ptr<Protection> protection;
+  try {
+    protection = (collective && comm->rank() != 0)
+                     ? std::make_shared<Protection>()
+                     : std::make_shared<Protection>(impl_->lease_for(reg->run_dir),
+                                                    std::string(suffix));
+  } catch (...) {
+    if (collective) impl_->collective_steps.skip(seq);
+    throw;
+  }
   // A failure to publish (a full disk: the saves in flight are filling it) fails the handle, like
   // every other failure of the registration, rather than this call.
   std::exception_ptr unpublished;
@@ -182,7 +205,8 @@ RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::s
     ++impl_->active;
     ++impl_->run_dirs[reg->run_dir].active;
   }
-  asio::co_spawn(impl_->ex, impl_->run_register(reg, save, previous, protection, unpublished),
+  asio::co_spawn(impl_->ex,
+                 impl_->run_register(reg, save, previous, protection, unpublished, collective, seq),
                  [](std::exception_ptr e) {
                    if (e) log().critical("register pipeline ended abnormally");
                  });

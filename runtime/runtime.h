@@ -48,8 +48,10 @@
 
 #include "io/engine.h"
 #include "runtime/async_call.h"
+#include "runtime/communicator.h"
 #include "runtime/handles.h"
 #include "runtime/retention.h"
+#include "runtime/sharding.h"
 #include "runtime/tree.h"
 
 namespace ckpt {
@@ -97,6 +99,15 @@ struct RuntimeOptions {
   bool incremental = false;
   // Wraps the storage engine the Runtime builds (tests inject faults with io::FaultEngine).
   std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_engine;
+  // Multi-process checkpoints (docs/design.md, section 14). With a communicator, every save and
+  // register_latest of this Runtime is collective: every process calls them for the same paths,
+  // in the same order (the n-th collective call of each process belongs together); each process
+  // writes its own shards, process 0 commits, and every handle completes with the same result.
+  // Such saves refuse Backpressure::skip (processes could decide differently). Null: one process.
+  std::shared_ptr<Communicator> communicator;
+  // The deadline of each collective step: a process that does not report within it (its IO hangs
+  // past io_timeout, it is stopped, it died) fails the save on the others, naming it.
+  std::chrono::milliseconds collective_timeout{60000};
 };
 
 struct SaveOptions {
@@ -119,6 +130,11 @@ struct SaveOptions {
   // the next save can share it). A base that is gone or unreadable is logged and ignored.
   std::optional<bool> incremental;
   std::string incremental_base;
+  // The leaves of the tree that are shards (boxes of global arrays, runtime/sharding.h); the
+  // others are replicated: every process holds the whole array, and one of them writes it. A save
+  // with a sharding, or any save of a Runtime with a communicator, is collective. In a collective
+  // save only process 0's run_dir (lease, protection, retention), metadata and extra files count.
+  Sharding sharding;
 };
 
 struct DrainReport {
@@ -189,6 +205,11 @@ class Runtime {
 
   // Reads the checkpoint at `path` into `templ` (see restore_checkpoint); returns the metadata.
   boost::json::object restore(const std::string& path, Tree& templ, bool partial = false);
+  // The same into a template whose leaves are boxes of the global arrays (`sharding`), from a
+  // checkpoint saved in any decomposition by any number of processes (runtime/sharded_read.h).
+  // Not collective: each process reads the bytes its boxes need.
+  boost::json::object restore(const std::string& path, Tree& templ, const Sharding& sharding,
+                              bool partial = false);
   // Signature void(std::exception_ptr, boost::json::object). The template's arrays must stay
   // alive until completion.
   template <typename Token>

@@ -26,6 +26,8 @@
 #include "io/tracking_engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
+#include "runtime/collective_commit.h"
+#include "runtime/collective_queue.h"
 #include "runtime/commit.h"
 #include "runtime/incremental.h"
 #include "runtime/plan_cache.h"
@@ -109,6 +111,8 @@ struct SaveOp {
   // Once committed: the manifest it wrote and that file's trailer (the next save's cached base).
   std::shared_ptr<const Manifest> inc_committed;
   std::string inc_trailer;
+  // A collective save (runtime/collective_commit.h): this process's part; null for a plain save.
+  std::shared_ptr<ShardedSave> sharded;
 };
 
 // The pool as seen by engine completions, which may outlive a save that timed out and even the
@@ -275,6 +279,15 @@ struct Runtime::Impl {
   std::vector<std::function<void(DrainReport)>> idle_waiters;
   RuntimeStats counters;
 
+  // Collective saves and registrations: the communicator (options.communicator, else a
+  // single-process one for saves with a sharding), and the thread of their blocking steps, in
+  // operation order (runtime/collective_queue.h). Last: destroyed first, after the drain.
+  std::shared_ptr<Communicator> solo = std::make_shared<SingleProcessCommunicator>();
+  std::shared_ptr<Communicator> communicator() const {
+    return options.communicator ? options.communicator : solo;
+  }
+  CollectiveQueue collective_steps;
+
   Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> external);
 
   static RuntimeOptions normalize(RuntimeOptions o);
@@ -284,7 +297,8 @@ struct Runtime::Impl {
 
   // Restores read through pre-faulted staging chunks when the pool has them free (a fresh mapping
   // costs its page faults on every restore), else through memory of their own.
-  boost::json::object restore(const std::string& path, Tree& templ, bool partial);
+  boost::json::object restore(const std::string& path, Tree& templ, bool partial,
+                              const Sharding* sharding = nullptr);
 
   void begin_op();
 
@@ -306,6 +320,23 @@ struct Runtime::Impl {
     return detail::async_call<void(std::exception_ptr)>(
         ex, asio::use_awaitable, [this, fn](auto done) mutable {
           asio::post(workers, [fn = std::move(fn), done]() mutable {
+            try {
+              fn();
+              done(std::exception_ptr());
+            } catch (...) {
+              done(std::current_exception());
+            }
+          });
+        });
+  }
+
+  // Runs fn() on the collective thread in the turn of operation `seq`; the awaiting coroutine
+  // resumes on its own executor.
+  template <typename F>
+  asio::awaitable<void> on_collective(std::uint64_t seq, const F& fn) {
+    return detail::async_call<void(std::exception_ptr)>(
+        ex, asio::use_awaitable, [this, seq, fn](auto done) mutable {
+          collective_steps.post(seq, [fn = std::move(fn), done]() mutable {
             try {
               fn();
               done(std::exception_ptr());
@@ -416,7 +447,8 @@ struct Runtime::Impl {
                                      std::shared_ptr<detail::SaveShared> save,
                                      std::shared_ptr<Event> previous,
                                      std::shared_ptr<Protection> protection,
-                                     std::exception_ptr unpublished);
+                                     std::exception_ptr unpublished, bool collective,
+                                     std::uint64_t seq);
 };
 
 }  // namespace ckpt

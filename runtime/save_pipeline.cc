@@ -126,8 +126,11 @@ void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
   Writes& w = *op->writes;
   try {
     op->protection.publish();
-    op->tmp_dir = make_tmp_dir(op->final_dir);
-    op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(0), io::OpenMode::write_new,
+    // A collective save's processes share one temporary directory, each writing data-<rank>.bin.
+    op->tmp_dir = op->sharded ? make_tmp_dir(op->final_dir, op->sharded->tmp_tag)
+                              : make_tmp_dir(op->final_dir);
+    const auto file = static_cast<std::uint32_t>(op->sharded ? op->sharded->comm->rank() : 0);
+    op->data = io::open_direct(op->tmp_dir + "/" + data_file_name(file), io::OpenMode::write_new,
                                options.allow_direct);
     // Sized before the writes: ext4 serializes direct writes that extend a file. (An
     // incremental save uses less of it and truncates it before its fsync.)
@@ -312,7 +315,29 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   const auto clean_up = [op] {
     // Requests the watchdog gave up on may still use the descriptor: it closes with the op.
     if (!op->io_abandoned) op->data = io::File();
-    abandon_tmp_dir(op->tmp_dir);
+    // A collective save's directory is shared: collective_commit has dealt with it.
+    if (!op->sharded) abandon_tmp_dir(op->tmp_dir);
+  };
+  // Every process reports, process 0 commits, everyone gets the outcome (collective_commit.h).
+  auto agreed = std::make_shared<std::exception_ptr>();
+  const auto collective = [op, agreed] {
+    if (!*agreed) {
+      try {
+        op->data.close();
+      } catch (...) {
+        *agreed = std::current_exception();
+      }
+    }
+    ShardResult r;
+    r.failure = *agreed;
+    r.local = &op->plan->manifest;
+    r.block_crc = &op->block_crc;
+    r.tmp_dir = op->tmp_dir;
+    r.final_dir = op->final_dir;
+    r.metadata = &op->metadata;
+    r.extra_files = &op->options.extra_files;
+    r.created_unix_ns = op->created_unix_ns;
+    *agreed = collective_commit(*op->sharded, r);
   };
   try {
     if (op->options.mode == SnapshotMode::overlapped) {
@@ -329,7 +354,7 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
       co_await async_wait_event(previous_done, ex, asio::as_tuple(asio::use_awaitable));
       op->previous.reset();
     }
-    co_await on_workers(commit);
+    if (!op->sharded) co_await on_workers(commit);
   } catch (...) {
     failure = std::current_exception();
   }
@@ -338,6 +363,12 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
     co_await async_wait_event(op->writes->done, ex, asio::as_tuple(asio::use_awaitable));
   }
   if (!op->io_abandoned) release_all(*op);  // else the engine's completions return them
+  if (op->sharded) {
+    // Also after a local failure: the others must hear of it.
+    *agreed = failure;
+    co_await on_collective(op->sharded->seq, collective);
+    failure = *agreed;
+  }
   if (failure) {
     if (!op->tmp_dir.empty()) co_await on_workers(clean_up);
     fail_save(op, failure);
@@ -404,11 +435,46 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
                                                const SaveOptions& options) {
   auto op = std::make_shared<SaveOp>();
   op->start = Clock::now();
-  op->final_dir = clean_checkpoint_dir(path);
-  check_checkpoint_dir_name(op->final_dir);
-  check_extra_files(options.extra_files);
-  check_metadata(metadata);
-  PlannedSave planned = plan_cache.plan(tree, this->options.unit_bytes);
+  const bool collective = this->options.communicator != nullptr || !options.sharding.empty();
+  if (!collective) {
+    op->final_dir = clean_checkpoint_dir(path);
+    check_checkpoint_dir_name(op->final_dir);
+    check_extra_files(options.extra_files);
+    check_metadata(metadata);
+  }
+  PlannedSave planned;
+  if (collective) {
+    // The number first: whatever fails below, every process takes part in the same check.
+    std::shared_ptr<Communicator> comm = communicator();
+    const std::uint64_t seq = collective_steps.allocate(*comm);
+    std::exception_ptr refused;
+    try {
+      op->final_dir = clean_checkpoint_dir(path);
+      check_checkpoint_dir_name(op->final_dir);
+      check_extra_files(options.extra_files);
+      check_metadata(metadata);
+      if (options.backpressure.value_or(this->options.backpressure) == Backpressure::skip) {
+        throw Error(Errc::invalid_argument,
+                    "a collective save cannot use Backpressure::skip (processes could decide "
+                    "differently)",
+                    path);
+      }
+    } catch (...) {
+      refused = std::current_exception();
+    }
+    ShardedPlan sp;
+    try {
+      sp = plan_sharded_save(tree, options.sharding, comm, seq, this->options.collective_timeout,
+                             op->final_dir, refused);
+    } catch (...) {
+      collective_steps.skip(seq);
+      throw;
+    }
+    op->sharded = std::move(sp.save);
+    planned = plan_cache.plan(sp.local, this->options.unit_bytes);
+  } else {
+    planned = plan_cache.plan(tree, this->options.unit_bytes);
+  }
   op->plan = std::move(planned.plan);
   op->sources = std::move(planned.sources);
   op->owners = std::move(planned.owners);
@@ -422,7 +488,9 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   }
   op->metadata = metadata;
   op->options = options;
-  if (!options.run_dir.empty()) {
+  // Process 0 alone holds the run directory's lease and protects and retains in it.
+  if (op->sharded && op->sharded->comm->rank() != 0) op->options.run_dir.clear();
+  if (!op->options.run_dir.empty()) {
     op->options.run_dir = clean_checkpoint_dir(options.run_dir);
     std::string suffix = suffix_in_run_dir(op->options.run_dir, op->final_dir);
     // The lease now (a second writer fails here, before anything is written); the suffix is
@@ -435,7 +503,15 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   op->shared->timings.bytes = op->plan->manifest.total_bytes;
   op->shared->timings.stored_bytes = op->plan->manifest.stored_bytes();
   op->shared->timings.written_bytes = op->shared->timings.stored_bytes;
-  if (options.incremental.value_or(this->options.incremental)) plan_incremental(*op);
+  if (options.incremental.value_or(this->options.incremental)) {
+    // A collective save writes everything (docs/design.md, section 14): each process's data file
+    // would need its own base, which the processes of a resharded restart do not have.
+    if (!op->sharded) {
+      plan_incremental(*op);
+    } else if (options.incremental.value_or(false)) {
+      log().warn("save of {}: a collective save is not incremental; writing it whole", op->final_dir);
+    }
+  }
   return op;
 }
 
@@ -560,7 +636,13 @@ SaveHandle Runtime::save(const std::string& path, const Tree& tree,
     }
     chunks = std::move(*granted);
   } else {
-    chunks = impl_->pool.acquire(n);
+    try {
+      chunks = impl_->pool.acquire(n);
+    } catch (...) {
+      // Over the budget: this process fails here; the others fail at the report deadline.
+      if (op->sharded) impl_->collective_steps.skip(op->sharded->seq);
+      throw;
+    }
   }
   impl_->admitted(op, std::move(chunks));
   impl_->start_writes(op);
@@ -620,6 +702,7 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
       impl_->pool.acquire_async(n, on_granted);
     }
   } catch (...) {
+    if (op->sharded) impl_->collective_steps.skip(op->sharded->seq);
     done(std::current_exception(), SaveHandle());
   }
 }

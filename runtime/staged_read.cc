@@ -221,4 +221,28 @@ void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector
   if (st->error) std::rethrow_exception(st->error);
 }
 
+ReadStaging::ReadStaging(
+    const std::vector<Unit>& units, std::uint64_t unit_bytes, std::uint64_t own_limit,
+    const std::function<std::vector<std::byte*>(std::size_t, std::uint64_t)>& borrow,
+    std::function<void(const std::vector<std::byte*>&)> give_back)
+    : give_back_(std::move(give_back)) {
+  if (units.empty()) return;
+  if (borrow) lent_ = borrow(units.size(), unit_bytes);
+  buffers_ = lent_;
+  std::uint64_t total = 0;
+  for (const Unit& u : units) total += u.length;
+  if (buffers_.empty() && total <= own_limit) {
+    own_ = io::AlignedBuffer(static_cast<std::size_t>(total));
+    std::uint64_t at = 0;
+    for (const Unit& u : units) {
+      buffers_.push_back(own_.data() + at);
+      at += u.length;
+    }
+  }
+}
+
+ReadStaging::~ReadStaging() {
+  if (!lent_.empty() && give_back_) give_back_(lent_);
+}
+
 }  // namespace ckpt

@@ -33,4 +33,24 @@ void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector
 // True when every piece of every unit is a whole block (the units can be verified in parallel).
 bool whole_blocks(const std::vector<Unit>& units);
 
+// Staging for reading `units`: buffers lent by `borrow` (each at least `unit_bytes`; handed back
+// to `give_back` on destruction), else, when the units' total is at most `own_limit`, memory of
+// its own. buffers() is empty when neither was possible.
+class ReadStaging {
+ public:
+  ReadStaging(const std::vector<Unit>& units, std::uint64_t unit_bytes, std::uint64_t own_limit,
+              const std::function<std::vector<std::byte*>(std::size_t, std::uint64_t)>& borrow,
+              std::function<void(const std::vector<std::byte*>&)> give_back);
+  ~ReadStaging();
+  ReadStaging(const ReadStaging&) = delete;
+  ReadStaging& operator=(const ReadStaging&) = delete;
+  const std::vector<std::byte*>& buffers() const { return buffers_; }
+
+ private:
+  std::vector<std::byte*> lent_;
+  std::function<void(const std::vector<std::byte*>&)> give_back_;
+  io::AlignedBuffer own_;
+  std::vector<std::byte*> buffers_;
+};
+
 }  // namespace ckpt

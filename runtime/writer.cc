@@ -85,7 +85,7 @@ SavePlan plan_save(const Tree& tree, std::uint64_t extent_bytes, std::uint64_t u
   return plan;
 }
 
-std::string make_tmp_dir(const std::string& final_dir) {
+std::string make_tmp_dir(const std::string& final_dir, const std::string& shared_tag) {
   // A checkpoint never nests inside another one (it would be neither listed nor kept), and a
   // save never replaces a directory that is not a checkpoint (the exchange would delete it).
   std::error_code ec;
@@ -104,9 +104,10 @@ std::string make_tmp_dir(const std::string& final_dir) {
   }
   std::string parent = fs::path(final_dir).parent_path().string();
   if (!parent.empty()) io::make_dirs(parent);
-  std::string tmp = final_dir + std::string(io::kTmpMarker) + io::unique_tag();
+  std::string tmp = final_dir + std::string(io::kTmpMarker) +
+                    (shared_tag.empty() ? io::unique_tag() : shared_tag);
   io::note_live_tmp(tmp);  // before it exists, until committed or abandoned: cleanup spares it
-  if (::mkdir(tmp.c_str(), 0755) != 0) {
+  if (::mkdir(tmp.c_str(), 0755) != 0 && (shared_tag.empty() || errno != EEXIST)) {
     int err = errno;
     io::forget_live_tmp(tmp);
     throw sys_error("mkdir", tmp, err);

@@ -5,7 +5,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libboost1.81-dev libboost-json1.81-dev liburing-dev
       libflatbuffers-dev flatbuffers-compiler libspdlog-dev doctest-dev libisal-dev libxxhash-dev libcli11-dev
-      pybind11-dev python3-dev python3-numpy python3-torch python3-torchvision python3-pytest)
+      pybind11-dev python3-dev python3-numpy python3-torch python3-torchvision python3-pytest
+      libopenmpi-dev openmpi-bin)
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(fio gnuplot-nox python3-h5py); fi
 if [[ "${1:-}" == "--fuzz" ]]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()

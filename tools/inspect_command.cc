@@ -47,15 +47,22 @@ json::object leaf_json(const Manifest& m, const LeafInfo& leaf) {
   json::array extents;
   for (const auto& e : leaf.extents) {
     // decode_manifest checked that e.file indexes data_files.
-    extents.push_back(json::object{
-        {"file", m.data_files[e.file].name},
-        {"offset", e.offset},
-        {"length", e.length},
-        {"stored_length", e.stored_length},
-        {"crc32c", e.crc32c},
-        {"leaf_offset", e.leaf_offset},
-        {"process_index", e.process_index},
-        {"content_hash", e.has_hash ? json::value(hash_hex(e.hash)) : json::value(nullptr)}});
+    json::object x{{"file", m.data_files[e.file].name},
+                   {"offset", e.offset},
+                   {"length", e.length},
+                   {"stored_length", e.stored_length},
+                   {"crc32c", e.crc32c},
+                   {"leaf_offset", e.leaf_offset},
+                   {"process_index", e.process_index},
+                   {"content_hash", e.has_hash ? json::value(hash_hex(e.hash)) : json::value(nullptr)}};
+    if (!e.slice_shape.empty()) {  // a shard: the box of the global array it holds
+      json::array start, box;
+      for (auto d : e.slice_start) start.push_back(d);
+      for (auto d : e.slice_shape) box.push_back(d);
+      x["slice_start"] = std::move(start);
+      x["slice_shape"] = std::move(box);
+    }
+    extents.push_back(std::move(x));
   }
   return {{"path", leaf.path},
           {"dtype", to_string(leaf.dtype)},
@@ -148,6 +155,22 @@ void print_text(const std::string& dir, const Manifest& m, const StorageReport& 
                     human_bytes(leaf.nbytes), std::to_string(leaf.extents.size())});
   }
   fmt::print("{}", leaves.render("  "));
+
+  if (!m.sharded()) return;
+  // The shard layout: each leaf's boxes (global shape above), by process.
+  fmt::print("\nshards:\n");
+  Table shards({"PATH", "PROCESS", "START", "SHAPE", "FILE", "OFFSET", "BYTES"},
+               {false, true, false, false, false, true, true});
+  for (const auto& leaf : m.leaves) {
+    for (const auto& e : leaf.extents) {
+      bool whole = e.slice_shape.empty();
+      shards.add_row({leaf.path, std::to_string(e.process_index),
+                      whole ? std::string("replicated") : shape_to_string(e.slice_start),
+                      shape_to_string(whole ? leaf.shape : e.slice_shape),
+                      m.data_files[e.file].name, std::to_string(e.offset), human_bytes(e.length)});
+    }
+  }
+  fmt::print("{}", shards.render("  "));
 }
 
 }  // namespace

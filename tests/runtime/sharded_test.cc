@@ -1,0 +1,411 @@
+// Collective (sharded) saves and resharding restores, with the processes of a job simulated by
+// threads joined by an in-process communicator (LocalGroup): the protocol of
+// runtime/collective_commit.h runs as under MPI, but cheaply, deterministically and under the
+// sanitizers. tests/runtime/mpi_shard_test.cc runs the same state under mpirun.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <latch>
+#include <thread>
+
+#include "io/fault_engine.h"
+#include "runtime/catalog.h"
+#include "runtime/checkpoint.h"
+#include "runtime/manifest.h"
+#include "runtime/runtime.h"
+#include "tests/runtime/shard_fixture.h"
+#include "tests/test_util.h"
+
+namespace ckpt {
+namespace {
+
+using test::ShardedState;
+using Clock = std::chrono::steady_clock;
+
+RuntimeOptions small_options() {
+  RuntimeOptions o;
+  o.copy_threads = 1;
+  o.io_threads = 1;
+  o.queue_depth = 4;
+  o.unit_bytes = 4096;  // several blocks per data file even for this small state
+  o.staging_budget = 4u << 20;
+  o.collective_timeout = std::chrono::seconds(10);
+  return o;
+}
+
+// Runs fn(rank) on `count` threads; returns each one's error message ("" when it succeeded).
+std::vector<std::string> on_ranks(int count, const std::function<void(int)>& fn) {
+  std::vector<std::string> errors(static_cast<std::size_t>(count));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < count; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(r);
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = e.what();
+        if (errors[static_cast<std::size_t>(r)].empty()) errors[static_cast<std::size_t>(r)] = "?";
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+// Saves the fixture's state from `parts` simulated processes as run_dir/suffix and registers it.
+void collective_save(int parts, const std::string& run_dir, const std::string& suffix) {
+  LocalGroup group(parts);
+  auto errors = on_ranks(parts, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    Runtime rt(o);
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r),
+                                              static_cast<std::uint64_t>(parts), true, true);
+    SaveOptions so;
+    so.sharding = s.sharding;
+    so.run_dir = run_dir;
+    boost::json::object meta;
+    meta["step"] = 1;
+    rt.save(run_dir + "/" + suffix, s.tree, meta, so).wait();
+    rt.register_latest(run_dir, suffix).wait();
+  });
+  for (int r = 0; r < parts; ++r) CHECK_MESSAGE(errors[static_cast<std::size_t>(r)].empty(), errors[static_cast<std::size_t>(r)]);
+}
+
+// Restores run_dir/suffix as `parts` processes would (each its own box: restores are not
+// collective) and returns the number of wrong elements over all of them.
+std::uint64_t resharded_restore(int parts, const std::string& dir) {
+  Runtime rt(small_options());
+  std::uint64_t wrong = 0;
+  for (int r = 0; r < parts; ++r) {
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r),
+                                              static_cast<std::uint64_t>(parts), false, false);
+    rt.restore(dir, s.tree, s.sharding);
+    wrong += test::count_wrong(s);
+  }
+  return wrong;
+}
+
+}  // namespace
+
+TEST_CASE("communicator collectives agree across an in-process group and time out naming the "
+          "silent process") {
+  LocalGroup group(3);
+  const auto deadline = [] { return Clock::now() + std::chrono::seconds(5); };
+  std::vector<std::vector<std::string>> gathered(3);
+  std::vector<Agreement> agreed(3);
+  std::vector<std::string> broadcast(3);
+  auto errors = on_ranks(3, [&](int r) {
+    auto c = group.member(r);
+    gathered[static_cast<std::size_t>(r)] = c->allgather(7, "p" + std::to_string(r), deadline());
+    broadcast[static_cast<std::size_t>(r)] = c->broadcast(8, r == 1 ? "from 1" : "", 1, deadline());
+    agreed[static_cast<std::size_t>(r)] =
+        c->agree(9, r == 2 ? Status::failure("disk full") : Status(), deadline());
+  });
+  for (int r = 0; r < 3; ++r) {
+    CHECK(errors[static_cast<std::size_t>(r)].empty());
+    CHECK(gathered[static_cast<std::size_t>(r)] == std::vector<std::string>{"p0", "p1", "p2"});
+    CHECK(broadcast[static_cast<std::size_t>(r)] == "from 1");
+    CHECK_FALSE(agreed[static_cast<std::size_t>(r)].ok);
+    CHECK(agreed[static_cast<std::size_t>(r)].failed_rank == 2);
+    CHECK(agreed[static_cast<std::size_t>(r)].message == "process 2: disk full");
+  }
+  group.silence(1);
+  auto start = Clock::now();
+  auto late = on_ranks(3, [&](int r) {
+    group.member(r)->barrier(10, Clock::now() + std::chrono::milliseconds(200));
+  });
+  CHECK(Clock::now() - start < std::chrono::seconds(3));
+  CHECK(test::contains(late[0], "process 1 did not answer"));
+  CHECK_FALSE(late[2].empty());  // its broadcast never came: process 0 failed first
+  SingleProcessCommunicator one;
+  CHECK(one.allgather(1, "x", deadline()) == std::vector<std::string>{"x"});
+  CHECK(one.agree(2, Status(), deadline()).ok);
+}
+
+TEST_CASE("a sharded save restores into other decompositions: 4 to 2, 2 to 3, 3 to 1, 1 to 4") {
+  test::TempDir tmp;
+  const std::pair<int, int> matrix[] = {{4, 2}, {2, 3}, {3, 1}, {1, 4}};
+  for (auto [n, m] : matrix) {
+    CAPTURE(n);
+    CAPTURE(m);
+    const std::string run = tmp / ("run" + std::to_string(n));
+    collective_save(n, run, "step/1");
+    const std::string dir = run + "/step/1";
+    CHECK(read_latest(run) == std::optional<std::string>("step/1"));
+    CHECK(resharded_restore(m, dir) == 0);
+    Manifest man = read_manifest(dir);
+    CHECK(man.process_count == static_cast<std::uint32_t>(n));
+    CHECK(man.data_files.size() == static_cast<std::size_t>(n));
+    for (const auto& leaf : man.leaves) {
+      CAPTURE(leaf.path);
+      if (leaf.path == "w" || leaf.path == "t") {
+        // One box per process that holds any of the leaf (t's third axis has 3 elements).
+        CHECK(leaf.extents.size() == static_cast<std::size_t>(leaf.path == "t" ? std::min(n, 3) : n));
+      } else {
+        CHECK(leaf.extents.size() == 1);  // a replicated leaf is written once
+        CHECK(leaf.extents[0].slice_shape.empty());
+      }
+    }
+    CHECK(test::find_tmp_entries(run).empty());
+    auto report = verify_checkpoint(*io::make_engine(), dir);
+    CHECK_MESSAGE(report.ok(), (report.problems.empty() ? "" : report.problems[0]));
+    // The whole arrays, through a plain template.
+    Tree whole = make_template(man);
+    Runtime rt(small_options());
+    rt.restore(dir, whole);
+    ShardedState one = test::make_sharded_state(0, 1, false, false);
+    one.tree = whole;
+    CHECK(test::count_wrong(one) == 0);
+  }
+}
+
+TEST_CASE("replicated leaves are spread over the processes by bytes") {
+  test::TempDir tmp;
+  LocalGroup group(2);
+  auto errors = on_ranks(2, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    Runtime rt(o);
+    Tree t;
+    for (int i = 0; i < 4; ++i) t["r" + std::to_string(i)] = Array::zeros(DType::u8, {4096});
+    rt.save(tmp / "c", t, {}, SaveOptions()).wait();
+  });
+  CHECK(errors[0].empty());
+  CHECK(errors[1].empty());
+  Manifest man = read_manifest(tmp / "c");
+  std::vector<int> per_process(2, 0);
+  for (const auto& leaf : man.leaves) {
+    REQUIRE(leaf.extents.size() == 1);
+    ++per_process[leaf.extents[0].process_index];
+  }
+  CHECK(per_process == std::vector<int>{2, 2});
+  CHECK(man.data_files[0].size == 8192);
+  CHECK(man.data_files[1].size == 8192);
+}
+
+TEST_CASE("processes whose trees differ fail save() on every process, naming the path and the "
+          "processes, and write nothing") {
+  test::TempDir tmp;
+  LocalGroup group(3);
+  auto errors = on_ranks(3, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    Runtime rt(o);
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
+    if (r == 2) s.tree["bias"] = Array::zeros(DType::f32, {6});
+    SaveOptions so;
+    so.sharding = s.sharding;
+    rt.save(tmp / "c", s.tree, {}, so).wait();
+  });
+  for (const auto& e : errors) {
+    CHECK(test::contains(e, "process 2 has leaf 'bias': float32 [6], replicated where process 0 "
+                            "has leaf 'bias': float64 [6], replicated"));
+  }
+  CHECK(test::list_dir(tmp.path()).empty());
+}
+
+TEST_CASE("one process's write error fails the save on every process, naming it, and commits "
+          "nothing") {
+  test::TempDir tmp;
+  collective_save(3, tmp / "run", "step/1");
+  LocalGroup group(3);
+  std::vector<std::string> save_errors(3), register_errors(3);
+  auto errors = on_ranks(3, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    io::FaultEngine* faults = nullptr;
+    o.wrap_engine = test::wrap_in_faults(&faults);
+    Runtime rt(o);
+    if (r == 1) faults->arm({io::Request::Op::write, 1, io::FaultKind::error, EIO, false});
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
+    SaveOptions so;
+    so.sharding = s.sharding;
+    so.run_dir = tmp / "run";
+    auto h = rt.save(tmp / "run/step/2", s.tree, {}, so);
+    auto reg = rt.register_latest(tmp / "run", "step/2");
+    if (auto e = test::catch_error([&] { h.wait(); })) save_errors[static_cast<std::size_t>(r)] = e->what();
+    if (auto e = test::catch_error([&] { reg.wait(); })) register_errors[static_cast<std::size_t>(r)] = e->what();
+    rt.drain();
+  });
+  for (int r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    CHECK(errors[static_cast<std::size_t>(r)].empty());
+    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "process 1: "));
+    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "Input/output error"));
+    CHECK(test::contains(register_errors[static_cast<std::size_t>(r)], "process 1: "));
+  }
+  CHECK_FALSE(std::filesystem::exists(tmp / "run/step/2"));
+  CHECK(test::find_tmp_entries(tmp / "run").empty());
+  CHECK(read_latest(tmp / "run") == std::optional<std::string>("step/1"));
+}
+
+TEST_CASE("a process whose IO hangs fails every process's save within the IO timeout") {
+  test::TempDir tmp;
+  LocalGroup group(3);
+  std::vector<std::string> save_errors(3);
+  std::vector<double> seconds(3);
+  io::FaultEngine* stuck = nullptr;
+  auto errors = on_ranks(3, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    o.io_timeout = std::chrono::milliseconds(300);
+    io::FaultEngine* faults = nullptr;
+    o.wrap_engine = test::wrap_in_faults(&faults);
+    Runtime rt(o);
+    if (r == 2) {
+      faults->arm({io::Request::Op::write, 1, io::FaultKind::hang, 0, false});
+      stuck = faults;
+    }
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
+    SaveOptions so;
+    so.sharding = s.sharding;
+    auto start = Clock::now();
+    auto h = rt.save(tmp / "c", s.tree, {}, so);
+    if (auto e = test::catch_error([&] { h.wait(); })) save_errors[static_cast<std::size_t>(r)] = e->what();
+    seconds[static_cast<std::size_t>(r)] = std::chrono::duration<double>(Clock::now() - start).count();
+    if (r == 2) faults->release_hung();
+    rt.drain();
+  });
+  for (int r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    CHECK(errors[static_cast<std::size_t>(r)].empty());
+    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "process 2: "));
+    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "IO timeout"));
+    CHECK(seconds[static_cast<std::size_t>(r)] < 3.0);
+    MESSAGE("process ", r, " failed after ", seconds[static_cast<std::size_t>(r)], " s");
+  }
+  CHECK(stuck != nullptr);
+  CHECK_FALSE(std::filesystem::exists(tmp / "c"));
+  CHECK(test::find_tmp_entries(tmp.path()).empty());
+}
+
+TEST_CASE("a process that stops answering fails the others at the collective deadline, naming "
+          "it") {
+  // Process 1's first write never completes and it has no IO timeout: it never reports.
+  test::TempDir tmp;
+  LocalGroup group(3);
+  std::vector<std::string> save_errors(3);
+  std::vector<double> seconds(3);
+  std::latch others_done(2);
+  auto errors = on_ranks(3, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    o.collective_timeout = std::chrono::milliseconds(300);
+    io::FaultEngine* faults = nullptr;
+    o.wrap_engine = test::wrap_in_faults(&faults);
+    Runtime rt(o);
+    if (r == 1) faults->arm({io::Request::Op::write, 1, io::FaultKind::hang, 0, false});
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
+    SaveOptions so;
+    so.sharding = s.sharding;
+    auto start = Clock::now();
+    auto h = rt.save(tmp / "c", s.tree, {}, so);
+    if (r == 1) {
+      others_done.wait();
+      faults->release_hung();  // it reports late, and learns the outcome process 0 sent
+    }
+    if (auto e = test::catch_error([&] { h.wait(); })) save_errors[static_cast<std::size_t>(r)] = e->what();
+    seconds[static_cast<std::size_t>(r)] = std::chrono::duration<double>(Clock::now() - start).count();
+    if (r != 1) others_done.count_down();
+  });
+  for (int r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    CHECK(errors[static_cast<std::size_t>(r)].empty());
+    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "process 1 did not answer"));
+  }
+  CHECK(seconds[0] < 3.0);
+  MESSAGE("process 0 failed after ", seconds[0], " s, process 2 after ", seconds[2], " s");
+  CHECK_FALSE(std::filesystem::exists(tmp / "c"));
+}
+
+TEST_CASE("one process saves with a sharding, and a sharded checkpoint's damage is named by its "
+          "shard file") {
+  test::TempDir tmp;
+  Runtime rt(small_options());
+  ShardedState s = test::make_sharded_state(0, 1, true, true);
+  SaveOptions so;
+  so.sharding = s.sharding;
+  rt.save(tmp / "one", s.tree, {}, so).wait();
+  CHECK(resharded_restore(3, tmp / "one") == 0);
+  collective_save(2, tmp / "run", "s");
+  // The tool: list, inspect (the shard layout) and verify understand it.
+  const std::string tool = CKPT_TOOL_PATH;
+  std::string out;
+  CHECK(test::run_command(tool + " list " + tmp / "run", &out) == 0);
+  CHECK(test::contains(out, "s"));
+  CHECK(test::run_command(tool + " inspect " + tmp / "run/s", &out) == 0);
+  CHECK(test::contains(out, "shards:"));
+  CHECK(test::contains(out, "data-00001.bin"));
+  CHECK(test::contains(out, "replicated"));
+  CHECK(test::run_command(tool + " verify " + tmp / "run/s", &out) == 0);
+  test::flip_byte(tmp / "run/s/data-00001.bin", 10);
+  CHECK(test::run_command(tool + " verify " + tmp / "run/s", &out) != 0);
+  CHECK(test::contains(out, "data-00001.bin"));
+  auto report = verify_checkpoint(*io::make_engine(), tmp / "run/s");
+  REQUIRE(report.problems.size() == 1);
+  CHECK(test::contains(report.problems[0], "data-00001.bin"));
+  ShardedState t = test::make_sharded_state(0, 1, false, false);
+  auto e = test::catch_error([&] { rt.restore(tmp / "run/s", t.tree, t.sharding); });
+  REQUIRE(e);
+  CHECK(e->code() == Errc::corrupt);
+  CHECK(test::count_wrong(t) > 0);  // untouched: still zeros
+}
+
+TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overlap or leave "
+          "part of it uncovered") {
+  // Two processes, one float32 [4, 2] leaf in two row boxes of 8 bytes each.
+  auto make = [] {
+    Manifest m;
+    Tree t;
+    t["w"] = Array::zeros(DType::f32, {4, 2});
+    describe_structure(t, m);
+    m.process_count = 2;
+    m.total_bytes = 32;
+    LeafInfo leaf{"w", DType::f32, {4, 2}, 32, {}};
+    for (std::uint32_t r = 0; r < 2; ++r) {
+      m.data_files.push_back(FileInfo{data_file_name(r), 4096, 0});
+      m.blocks.push_back(BlockInfo{r, 0, 4096, 0});
+      ExtentInfo e;
+      e.file = r;
+      e.length = e.stored_length = 16;
+      e.process_index = r;
+      e.slice_start = {2 * r, 0};
+      e.slice_shape = {2, 2};
+      leaf.extents.push_back(e);
+    }
+    m.leaves.push_back(leaf);
+    return m;
+  };
+  auto rejected = [](const Manifest& m) -> std::string {
+    try {
+      decode_manifest(encode_manifest(m), "manifest.ckpt");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  Manifest good = make();
+  Manifest d = decode_manifest(encode_manifest(good), "manifest.ckpt");
+  CHECK(d.sharded());
+  CHECK(d.leaves[0].extents[1].slice_start == Shape{2, 0});
+  Manifest m = make();
+  m.leaves[0].extents[1].slice_start = {3, 0};
+  CHECK(test::contains(rejected(m), "slice outside the global shape"));
+  m = make();
+  m.leaves[0].extents[1].slice_start = {1, 0};
+  CHECK(test::contains(rejected(m), "boxes overlap"));
+  m = make();
+  m.leaves[0].extents[1].slice_shape = {1, 2};
+  m.leaves[0].extents[1].length = m.leaves[0].extents[1].stored_length = 8;
+  CHECK(test::contains(rejected(m), "do not cover the leaf"));
+  m = make();
+  m.leaves[0].extents[1].length = m.leaves[0].extents[1].stored_length = 12;
+  CHECK(test::contains(rejected(m), "differs from its box"));
+  m = make();
+  m.leaves[0].extents[1].process_index = 2;
+  CHECK(test::contains(rejected(m), "beyond the process count"));
+}
+
+}  // namespace ckpt
