@@ -397,6 +397,11 @@ struct Runtime::Impl {
   // ---- the pipeline ----------------------------------------------------------------------
 
   asio::awaitable<void> run_save(std::shared_ptr<SaveOp> op);
+  // A collective save this process refused after the check (over its staging budget): it still
+  // takes its turn in the commit, reporting `why`, so that every process fails at once with the
+  // same error instead of the others waiting for its report until the deadline.
+  void report_refusal(const std::shared_ptr<SaveOp>& op, std::exception_ptr why);
+  asio::awaitable<void> run_refusal(std::shared_ptr<SaveOp> op, std::exception_ptr why);
 
   // ---- run directories and retention ------------------------------------------------------
 

@@ -21,6 +21,7 @@
 // was given) and only orchestrate; copies, checksums and blocking file-system calls run on the
 // copy pool; IO completions arrive on the engine's thread and touch only atomic counters, the
 // Writes state and the staging pool. Unit i of a save always uses staging chunk i.
+#include "io/durable.h"
 #include "runtime/runtime_impl.h"
 
 namespace ckpt {
@@ -639,8 +640,8 @@ SaveHandle Runtime::save(const std::string& path, const Tree& tree,
     try {
       chunks = impl_->pool.acquire(n);
     } catch (...) {
-      // Over the budget: this process fails here; the others fail at the report deadline.
-      if (op->sharded) impl_->collective_steps.skip(op->sharded->seq);
+      // Over the budget: this process fails here, and tells the others in the commit's turn.
+      if (op->sharded) impl_->report_refusal(op, std::current_exception());
       throw;
     }
   }
@@ -702,9 +703,32 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
       impl_->pool.acquire_async(n, on_granted);
     }
   } catch (...) {
-    if (op->sharded) impl_->collective_steps.skip(op->sharded->seq);
+    if (op->sharded) impl_->report_refusal(op, std::current_exception());
     done(std::current_exception(), SaveHandle());
   }
+}
+
+void Runtime::Impl::report_refusal(const std::shared_ptr<SaveOp>& op, std::exception_ptr why) {
+  begin_op();  // drain() and the destructor wait for the report
+  asio::co_spawn(ex, run_refusal(op, std::move(why)), [this](std::exception_ptr e) {
+    if (e) log().critical("collective refusal ended abnormally: {}", describe_error(e));
+    end_op();
+  });
+}
+
+asio::awaitable<void> Runtime::Impl::run_refusal(std::shared_ptr<SaveOp> op,
+                                                 std::exception_ptr why) {
+  const auto report = [op, why] {
+    ShardResult r;
+    r.failure = why;
+    r.final_dir = op->final_dir;
+    // Process 0 removes the shared temporary directory the others may have written into.
+    if (op->sharded->comm->rank() == 0) {
+      r.tmp_dir = op->final_dir + std::string(io::kTmpMarker) + op->sharded->tmp_tag;
+    }
+    collective_commit(*op->sharded, r);  // its outcome is this failure, or an earlier one
+  };
+  co_await on_collective(op->sharded->seq, report);
 }
 
 }  // namespace ckpt

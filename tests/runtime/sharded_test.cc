@@ -241,6 +241,46 @@ TEST_CASE("one process's write error fails the save on every process, naming it,
   CHECK(read_latest(tmp / "run") == std::optional<std::string>("step/1"));
 }
 
+TEST_CASE("a save one process refuses after the check (over its staging budget) fails on every "
+          "process at once, naming it, and commits nothing") {
+  test::TempDir tmp;
+  collective_save(3, tmp / "run", "step/1");
+  LocalGroup group(3);
+  std::vector<std::string> save_errors(3);
+  std::vector<double> seconds(3, 0.0);
+  auto errors = on_ranks(3, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    if (r == 2) o.staging_budget = o.unit_bytes;  // one unit: this process's part cannot fit
+    Runtime rt(o);
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
+    // Two units' worth of shard per process.
+    const std::uint64_t big = 2 * o.unit_bytes;
+    s.tree["big"] = Array::zeros(DType::u8, {big});
+    s.sharding.shard("big", {3 * big}, {static_cast<std::uint64_t>(r) * big});
+    SaveOptions so;
+    so.sharding = s.sharding;
+    so.run_dir = tmp / "run";
+    const auto start = Clock::now();
+    auto e = test::catch_error([&] { rt.save(tmp / "run/step/2", s.tree, {}, so).wait(); });
+    seconds[static_cast<std::size_t>(r)] = std::chrono::duration<double>(Clock::now() - start).count();
+    if (e) save_errors[static_cast<std::size_t>(r)] = e->what();
+    rt.drain();
+  });
+  for (int r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    CAPTURE(save_errors[static_cast<std::size_t>(r)]);
+    CHECK(errors[static_cast<std::size_t>(r)].empty());
+    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "staging"));
+    if (r != 2) CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "process 2: "));
+    // Well before the 10 s collective deadline the others would otherwise wait for.
+    CHECK(seconds[static_cast<std::size_t>(r)] < 5.0);
+  }
+  CHECK_FALSE(std::filesystem::exists(tmp / "run/step/2"));
+  CHECK(test::find_tmp_entries(tmp / "run").empty());
+  CHECK(read_latest(tmp / "run") == std::optional<std::string>("step/1"));
+}
+
 TEST_CASE("a process whose IO hangs fails every process's save within the IO timeout") {
   test::TempDir tmp;
   LocalGroup group(3);
