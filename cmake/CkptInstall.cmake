@@ -19,6 +19,12 @@ endforeach()
 install(TARGETS ckpt ckpt_io ckpt_runtime ckpt_jobs EXPORT ckptTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+# The MPI communicator (runtime/mpi_communicator.h), when built: ckpt::ckpt_mpi, linked by
+# multi-process programs in addition to ckpt::ckpt; the package then finds MPI for them.
+if(CKPT_HAVE_MPI)
+  target_include_directories(ckpt_mpi INTERFACE $<INSTALL_INTERFACE:${CKPT_INSTALL_INCLUDEDIR}>)
+  install(TARGETS ckpt_mpi EXPORT ckptTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+endif()
 install(TARGETS ckpt_tool RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 foreach(dir io runtime jobs)
   install(DIRECTORY ${CMAKE_SOURCE_DIR}/${dir}/ DESTINATION ${CKPT_INSTALL_INCLUDEDIR}/${dir}

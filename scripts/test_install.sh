@@ -13,6 +13,13 @@ cmake -S "$root/tests/install/consumer" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="
 cmake --build "$tmp/consumer" -j"$(nproc)" >/dev/null
 "$tmp/consumer/consumer" "$tmp/run"
 "$tmp/prefix/bin/ckpt" verify "$tmp/run/step/42" >/dev/null
+if [[ -x "$tmp/consumer/consumer_mpi" ]]; then
+  # Open MPI refuses root without these, and one node needs only shared memory.
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader \
+    OMPI_MCA_btl_vader_single_copy_mechanism=none \
+    mpirun --oversubscribe -np 2 "$tmp/consumer/consumer_mpi" "$tmp/mpi_run"
+  "$tmp/prefix/bin/ckpt" verify "$tmp/mpi_run/step/1" >/dev/null
+fi
 pkg=$(find "$tmp/prefix" -path '*dist-packages/ckpt/__init__.py' -print -quit)
 if [[ -n "$pkg" ]]; then
   PYTHONPATH=$(dirname "$(dirname "$pkg")") /usr/bin/python3 - "$tmp" <<'PY'
