@@ -360,8 +360,8 @@ TEST_CASE("a process that stops answering fails the others at the collective dea
   CHECK_FALSE(std::filesystem::exists(tmp / "c"));
 }
 
-TEST_CASE("one process saves with a sharding, and a sharded checkpoint's damage is named by its "
-          "shard file") {
+TEST_CASE("one process saves with a sharding; the tool lists, inspects, verifies (naming a damaged "
+          "shard file) and gc-removes sharded checkpoints") {
   test::TempDir tmp;
   Runtime rt(small_options());
   ShardedState s = test::make_sharded_state(0, 1, true, true);
@@ -391,6 +391,12 @@ TEST_CASE("one process saves with a sharding, and a sharded checkpoint's damage 
   REQUIRE(e);
   CHECK(e->code() == Errc::corrupt);
   CHECK(test::count_wrong(t) > 0);  // untouched: still zeros
+  // gc keeps latest and removes the older sharded checkpoint whole, every shard file with it.
+  collective_save(2, tmp / "run", "t");
+  CHECK(test::run_command(tool + " gc " + tmp / "run" + " --keep 1", &out) == 0);
+  CHECK_FALSE(std::filesystem::exists(tmp / "run/s"));
+  CHECK(test::run_command(tool + " verify " + tmp / "run/t", &out) == 0);
+  CHECK(resharded_restore(3, tmp / "run/t") == 0);
 }
 
 TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overlap or leave "
