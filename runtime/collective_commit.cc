@@ -7,7 +7,9 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <unistd.h>
 #include <numeric>
 
 #include "io/crash_point.h"
@@ -393,6 +395,28 @@ Manifest merge_fragments(const ShardedSave& save, const std::vector<std::string>
   return m;
 }
 
+std::string shared_tmp_dir(const ShardedSave& save, const std::string& final_dir) {
+  return final_dir + std::string(io::kTmpMarker) + save.tmp_tag;
+}
+
+namespace {
+
+// After process 0 decided that the save failed (it removes the directory, or already did): this
+// process's data file is removed too, so that one written after that removal (the directory
+// made again by a late process) is not left behind. Only on process 0's word: with the outcome
+// unknown, the file may be part of a checkpoint being committed.
+void remove_own_file(const std::string& tmp_dir, int rank) noexcept {
+  if (tmp_dir.empty()) return;
+  const std::string file = tmp_dir + "/" + data_file_name(static_cast<std::uint32_t>(rank));
+  if (::unlink(file.c_str()) != 0 && errno != ENOENT) {
+    log().warn("could not remove {} after a failed collective save: {}", file,
+               std::strerror(errno));
+  }
+  ::rmdir(tmp_dir.c_str());  // the last process out removes it; ENOTEMPTY or ENOENT otherwise
+}
+
+}  // namespace
+
 std::exception_ptr collective_commit(const ShardedSave& save, const ShardResult& r) {
   Communicator& comm = *save.comm;
   const bool root = comm.rank() == 0;
@@ -453,6 +477,7 @@ std::exception_ptr collective_commit(const ShardedSave& save, const ShardResult&
       // Process 0 may wait up to the timeout for the slowest process, then commits.
       outcome = comm.recv(0, collective_tag(save.seq, kStepOutcome),
                           Clock::now() + 2 * save.timeout);
+      if (outcome != "1") remove_own_file(r.tmp_dir, comm.rank());
     } catch (const Error& e) {
       outcome = "0" + encode_failure(std::make_exception_ptr(Error(
                           e.code(),

@@ -53,6 +53,9 @@ struct ShardedSave {
   Manifest global;
 };
 
+// The shared temporary directory of a collective save of final_dir: <final_dir>.tmp-<tmp_tag>.
+std::string shared_tmp_dir(const ShardedSave& save, const std::string& final_dir);
+
 struct ShardedPlan {
   std::shared_ptr<ShardedSave> save;
   // The tree this process writes: `tree` with each replicated leaf another process writes

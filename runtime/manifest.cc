@@ -365,6 +365,9 @@ void check_sharded_leaf(const LeafInfo& l, const Manifest& m, const std::string&
       fail("sharded extent has a stored length, checksum or leaf offset of its own");
     }
     std::uint64_t box_bytes = l.nbytes;
+    if (e.slice_start.empty() && e.slice_shape.empty() && l.extents.size() != 1) {
+      fail("an extent without a box is not the leaf's only one");
+    }
     if (!e.slice_start.empty() || !e.slice_shape.empty()) {
       if (e.slice_start.size() != l.shape.size() || e.slice_shape.size() != l.shape.size())
         fail("slice rank differs from the leaf's");
@@ -641,17 +644,21 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
           }
         }
       }
-      if (m.process_count > 1 || has_slices(info)) {
-        check_sharded_leaf(info, m, path);
-      } else {
-        check_leaf(info, m, path);
-      }
       if (total + info.nbytes < total) corrupt(path, "total bytes overflow");
       total += info.nbytes;
       m.leaves.push_back(std::move(info));
     }
   }
+  // A manifest is sharded as a whole (Manifest::sharded): then every leaf's extents are boxes,
+  // one extent for a leaf without slices, as the resharding reader takes them.
+  const bool sharded =
+      m.process_count > 1 || std::any_of(m.leaves.begin(), m.leaves.end(), has_slices);
   for (const auto& l : m.leaves) {
+    if (sharded) {
+      check_sharded_leaf(l, m, path);
+    } else {
+      check_leaf(l, m, path);
+    }
     if (!paths.insert(l.path).second) corrupt(path, "duplicate leaf path '" + l.path + "'");
   }
   if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");

@@ -67,21 +67,38 @@ class MpiCommunicator final : public Communicator {
     int flag = 0;
     MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
     tag_ub_ = flag != 0 ? *static_cast<int*>(ub) : 32767;
+    // Tags wrap at tag_ub: with a small one (the standard only promises 32767) a late message
+    // of an old operation could be taken for a new one's. Open MPI and MPICH offer 2^31 - 1.
+    if (tag_ub_ < (1 << 20)) {
+      MPI_Comm_free(&comm_);
+      if (owns_mpi_) MPI_Finalize();
+      throw Error(Errc::unsupported,
+                  fmt::format("this MPI's largest tag is {} (MPI_TAG_UB); ckpt needs at least "
+                              "2^20 to keep the tags of its operations apart",
+                              tag_ub_));
+    }
   }
 
   ~MpiCommunicator() override {
     {
       std::lock_guard lock(mu_);
       reap_locked();
-      // Sends a peer never took (it timed out or died): cancelled, else MPI_Finalize waits on them.
-      for (auto& p : abandoned_) {
+      // Sends a peer never took and receives given up on (it timed out or died): cancelled,
+      // else MPI_Finalize waits on them.
+      for (auto& p : pending_) {
         MPI_Cancel(&p->request);
         MPI_Request_free(&p->request);
       }
-      abandoned_.clear();
       MPI_Comm_free(&comm_);
     }
-    if (owns_mpi_) MPI_Finalize();
+    if (owns_mpi_) {
+      MPI_Finalize();
+      pending_.clear();  // MPI no longer touches their buffers
+    } else {
+      // MPI lives on and a freed receive may still complete into its buffer: those few bytes
+      // are left to the process.
+      for (auto& p : pending_) static_cast<void>(p.release());
+    }
   }
 
   int rank() const override { return rank_; }
@@ -95,59 +112,61 @@ class MpiCommunicator final : public Communicator {
     return fmt::format("MPI ({}, {}), rank {} of {}", v, level_name(level_), rank_, size_);
   }
 
-  void send(int dst, std::uint64_t tag, std::string bytes, Deadline deadline) override {
+  // Returns as soon as the message is handed to MPI, as the interface promises: a large message
+  // goes by rendezvous and completes only once the peer takes it, which may be after this
+  // process has stopped waiting for anything (a report to a process 0 that is behind). Pending
+  // sends complete in later calls' progress, or are cancelled when the communicator ends.
+  void send(int dst, std::uint64_t tag, std::string bytes, Deadline /*deadline*/) override {
     if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
       throw Error(Errc::invalid_argument, "collective message larger than 2 GiB");
     }
-    // On the heap: MPI reads the bytes until the request completes, even after a timeout.
+    // On the heap: MPI reads the bytes until the request completes.
     auto p = std::make_unique<Pending>();
     p->bytes = std::move(bytes);
-    {
-      std::lock_guard lock(mu_);
-      reap_locked();
-      check(MPI_Isend(p->bytes.data(), static_cast<int>(p->bytes.size()), MPI_BYTE, dst,
-                      mpi_tag(tag), comm_, &p->request),
-            "MPI_Isend", dst);
-    }
-    Backoff backoff;
-    for (;;) {
-      int done = 0;
-      {
-        std::lock_guard lock(mu_);
-        check(MPI_Test(&p->request, &done, MPI_STATUS_IGNORE), "MPI_Test", dst);
-        if (done != 0) return;
-        if (std::chrono::steady_clock::now() >= deadline) {
-          abandoned_.push_back(std::move(p));  // kept until it completes or MPI ends
-          throw Error(Errc::timeout,
-                      fmt::format("process {} did not take a message before the deadline", dst));
-        }
-      }
-      backoff.wait();
-    }
+    std::lock_guard lock(mu_);
+    reap_locked();
+    check(MPI_Isend(p->bytes.data(), static_cast<int>(p->bytes.size()), MPI_BYTE, dst,
+                    mpi_tag(tag), comm_, &p->request),
+          "MPI_Isend", dst);
+    int done = 0;
+    check(MPI_Test(&p->request, &done, MPI_STATUS_IGNORE), "MPI_Test", dst);
+    if (done == 0) pending_.push_back(std::move(p));
   }
 
+  // Polls for the message, then receives it without blocking either: MPI_Mrecv of a rendezvous
+  // message waits for the sender's progress, which a stopped sender never makes, and would hold
+  // the mutex every other call of ckpt needs.
   std::string recv(int src, std::uint64_t tag, Deadline deadline) override {
     Backoff backoff;
+    std::unique_ptr<Pending> in;
     for (;;) {
       {
         std::lock_guard lock(mu_);
-        int flag = 0;
-        MPI_Message message;
-        MPI_Status status;
-        check(MPI_Improbe(src, mpi_tag(tag), comm_, &flag, &message, &status), "MPI_Improbe",
-              src);
-        if (flag != 0) {
-          int count = 0;
-          MPI_Get_count(&status, MPI_BYTE, &count);
-          std::string out(static_cast<std::size_t>(count), '\0');
-          check(MPI_Mrecv(out.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv",
+        if (!in) {
+          int flag = 0;
+          MPI_Message message;
+          MPI_Status status;
+          check(MPI_Improbe(src, mpi_tag(tag), comm_, &flag, &message, &status), "MPI_Improbe",
                 src);
-          return out;
+          if (flag != 0) {
+            int count = 0;
+            MPI_Get_count(&status, MPI_BYTE, &count);
+            in = std::make_unique<Pending>();
+            in->bytes.assign(static_cast<std::size_t>(count), '\0');
+            check(MPI_Imrecv(in->bytes.data(), count, MPI_BYTE, &message, &in->request),
+                  "MPI_Imrecv", src);
+          }
         }
-      }
-      if (std::chrono::steady_clock::now() >= deadline) {
-        throw Error(Errc::timeout,
-                    fmt::format("process {} did not answer before the deadline", src));
+        if (in) {
+          int done = 0;
+          check(MPI_Test(&in->request, &done, MPI_STATUS_IGNORE), "MPI_Test", src);
+          if (done != 0) return std::move(in->bytes);
+        }
+        if (std::chrono::steady_clock::now() >= deadline) {
+          if (in) pending_.push_back(std::move(in));  // MPI may still write into its buffer
+          throw Error(Errc::timeout,
+                      fmt::format("process {} did not answer before the deadline", src));
+        }
       }
       backoff.wait();
     }
@@ -185,10 +204,10 @@ class MpiCommunicator final : public Communicator {
   }
 
   void reap_locked() {
-    for (auto it = abandoned_.begin(); it != abandoned_.end();) {
+    for (auto it = pending_.begin(); it != pending_.end();) {
       int done = 0;
       MPI_Test(&(*it)->request, &done, MPI_STATUS_IGNORE);
-      it = done != 0 ? abandoned_.erase(it) : std::next(it);
+      it = done != 0 ? pending_.erase(it) : std::next(it);
     }
   }
 
@@ -199,7 +218,7 @@ class MpiCommunicator final : public Communicator {
   int level_ = MPI_THREAD_SINGLE;
   int tag_ub_ = 32767;
   bool owns_mpi_ = false;
-  std::list<std::unique_ptr<Pending>> abandoned_;
+  std::list<std::unique_ptr<Pending>> pending_;  // requests nobody waits for any more
 };
 
 }  // namespace

@@ -158,32 +158,44 @@ asio::awaitable<void> Runtime::Impl::run_register(std::shared_ptr<detail::Regist
 }
 
 RegisterHandle Runtime::register_latest(const std::string& run_dir, const std::string& suffix) {
-  check_suffix(suffix);
-  auto reg = std::make_shared<detail::RegisterShared>();
-  reg->run_dir = clean_checkpoint_dir(run_dir);
-  reg->suffix = suffix;
   const std::shared_ptr<Communicator>& comm = impl_->options.communicator;
   const bool collective = comm != nullptr;
+  // The number first, so that the processes' numbering never drifts apart.
   const std::uint64_t seq = collective ? impl_->collective_steps.allocate(*comm) : 0;
+  auto reg = std::make_shared<detail::RegisterShared>();
+  try {
+    check_suffix(suffix);
+    reg->run_dir = clean_checkpoint_dir(run_dir);
+  } catch (...) {
+    // The arguments are the same on every process: each refuses here and gives up its turn.
+    if (collective) impl_->collective_steps.skip(seq);
+    throw;
+  }
+  reg->suffix = suffix;
   // Published before this returns: from here `ckpt gc` spares the checkpoint to be registered.
   // In a collective registration only process 0 writes, so only it takes the lease.
   std::shared_ptr<Protection> protection;
+  // A failure to take the lease of a collective registration (process 0's: another writer or
+  // `ckpt gc` holds it) or to publish (a full disk: the saves in flight are filling it) fails the
+  // handle in the registration's turn, like every other failure of it, so every process hears of
+  // it; a single-process one fails this call.
+  std::exception_ptr unpublished;
   try {
     protection = (collective && comm->rank() != 0)
                      ? std::make_shared<Protection>()
                      : std::make_shared<Protection>(impl_->lease_for(reg->run_dir),
                                                     std::string(suffix));
   } catch (...) {
-    if (collective) impl_->collective_steps.skip(seq);
-    throw;
-  }
-  // A failure to publish (a full disk: the saves in flight are filling it) fails the handle, like
-  // every other failure of the registration, rather than this call.
-  std::exception_ptr unpublished;
-  try {
-    protection->publish();
-  } catch (...) {
+    if (!collective) throw;
+    protection = std::make_shared<Protection>();
     unpublished = std::current_exception();
+  }
+  if (!unpublished) {
+    try {
+      protection->publish();
+    } catch (...) {
+      unpublished = std::current_exception();
+    }
   }
   reg->runtime = impl_->link;
   std::string path = clean_checkpoint_dir(reg->run_dir + "/" + suffix);

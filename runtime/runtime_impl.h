@@ -286,6 +286,10 @@ struct Runtime::Impl {
   std::shared_ptr<Communicator> communicator() const {
     return options.communicator ? options.communicator : solo;
   }
+  // A save with a communicator or a sharding is collective (runtime/collective_commit.h).
+  bool is_collective(const SaveOptions& o) const {
+    return options.communicator != nullptr || !o.sharding.empty();
+  }
   CollectiveQueue collective_steps;
 
   Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> external);
@@ -432,8 +436,11 @@ struct Runtime::Impl {
 
   // ---- admission -------------------------------------------------------------------------
 
+  // Checks and plans a save. `refused`: the caller's own reason to refuse it; a collective save
+  // still takes its number and reports the refusal in the check, so every process throws it.
   std::shared_ptr<SaveOp> prepare(const std::string& path, const Tree& tree,
-                                  const boost::json::object& metadata, const SaveOptions& options);
+                                  const boost::json::object& metadata, const SaveOptions& options,
+                                  std::exception_ptr refused = nullptr);
 
   void mark_skipped(const std::shared_ptr<SaveOp>& op);
 

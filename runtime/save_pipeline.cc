@@ -21,7 +21,6 @@
 // was given) and only orchestrate; copies, checksums and blocking file-system calls run on the
 // copy pool; IO completions arrive on the engine's thread and touch only atomic counters, the
 // Writes state and the staging pool. Unit i of a save always uses staging chunk i.
-#include "io/durable.h"
 #include "runtime/runtime_impl.h"
 
 namespace ckpt {
@@ -333,7 +332,10 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
     r.failure = *agreed;
     r.local = &op->plan->manifest;
     r.block_crc = &op->block_crc;
-    r.tmp_dir = op->tmp_dir;
+    // Process 0 removes the shared directory on a failure, even one before it made it itself.
+    r.tmp_dir = op->tmp_dir.empty() && op->sharded->comm->rank() == 0
+                    ? shared_tmp_dir(*op->sharded, op->final_dir)
+                    : op->tmp_dir;
     r.final_dir = op->final_dir;
     r.metadata = &op->metadata;
     r.extra_files = &op->options.extra_files;
@@ -369,6 +371,8 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
     *agreed = failure;
     co_await on_collective(op->sharded->seq, collective);
     failure = *agreed;
+    // Its last use: an op the engine still holds (abandoned IO) must not keep MPI alive.
+    op->sharded->comm.reset();
   }
   if (failure) {
     if (!op->tmp_dir.empty()) co_await on_workers(clean_up);
@@ -433,23 +437,29 @@ void Runtime::Impl::fail_save(const std::shared_ptr<SaveOp>& op, std::exception_
 
 std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tree& tree,
                                                const boost::json::object& metadata,
-                                               const SaveOptions& options) {
+                                               const SaveOptions& options,
+                                               std::exception_ptr refused) {
   auto op = std::make_shared<SaveOp>();
   op->start = Clock::now();
-  const bool collective = this->options.communicator != nullptr || !options.sharding.empty();
+  const bool collective = is_collective(options);
   if (!collective) {
+    if (refused) std::rethrow_exception(refused);
     op->final_dir = clean_checkpoint_dir(path);
     check_checkpoint_dir_name(op->final_dir);
     check_extra_files(options.extra_files);
     check_metadata(metadata);
   }
   PlannedSave planned;
+  std::string run_dir;
+  Protection protection;
   if (collective) {
-    // The number first: whatever fails below, every process takes part in the same check.
+    // The number first: whatever fails below, every process takes part in the same check, and a
+    // failure after it is reported in this operation's turn, so that no number is left open
+    // (the queue would wait for it forever) and every process hears of it.
     std::shared_ptr<Communicator> comm = communicator();
     const std::uint64_t seq = collective_steps.allocate(*comm);
-    std::exception_ptr refused;
     try {
+      if (refused) std::rethrow_exception(refused);
       op->final_dir = clean_checkpoint_dir(path);
       check_checkpoint_dir_name(op->final_dir);
       check_extra_files(options.extra_files);
@@ -459,6 +469,12 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
                     "a collective save cannot use Backpressure::skip (processes could decide "
                     "differently)",
                     path);
+      }
+      // Process 0 alone holds the run directory's lease and protects and retains in it; taken
+      // before the check, so that a busy lease refuses the save on every process.
+      if (comm->rank() == 0 && !options.run_dir.empty()) {
+        run_dir = clean_checkpoint_dir(options.run_dir);
+        protection = Protection(lease_for(run_dir), suffix_in_run_dir(run_dir, op->final_dir));
       }
     } catch (...) {
       refused = std::current_exception();
@@ -472,9 +488,22 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
       throw;
     }
     op->sharded = std::move(sp.save);
-    planned = plan_cache.plan(sp.local, this->options.unit_bytes);
+    try {
+      planned = plan_cache.plan(sp.local, this->options.unit_bytes);
+    } catch (...) {
+      // This process's own tree cannot be written (its manifest limits): the others hear of it.
+      report_refusal(op, std::current_exception());
+      throw;
+    }
   } else {
     planned = plan_cache.plan(tree, this->options.unit_bytes);
+    if (!options.run_dir.empty()) {
+      run_dir = clean_checkpoint_dir(options.run_dir);
+      std::string suffix = suffix_in_run_dir(run_dir, op->final_dir);
+      // The lease now (a second writer fails here, before anything is written); the suffix is
+      // published by the pipeline before its directory exists, off the caller's stall.
+      protection = Protection(lease_for(run_dir), std::move(suffix));
+    }
   }
   op->plan = std::move(planned.plan);
   op->sources = std::move(planned.sources);
@@ -489,15 +518,8 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   }
   op->metadata = metadata;
   op->options = options;
-  // Process 0 alone holds the run directory's lease and protects and retains in it.
-  if (op->sharded && op->sharded->comm->rank() != 0) op->options.run_dir.clear();
-  if (!op->options.run_dir.empty()) {
-    op->options.run_dir = clean_checkpoint_dir(options.run_dir);
-    std::string suffix = suffix_in_run_dir(op->options.run_dir, op->final_dir);
-    // The lease now (a second writer fails here, before anything is written); the suffix is
-    // published by the pipeline before its directory exists, off the caller's stall.
-    op->protection = Protection(lease_for(op->options.run_dir), std::move(suffix));
-  }
+  op->options.run_dir = run_dir;  // cleaned; empty on the processes other than 0 of a collective
+  op->protection = std::move(protection);
   op->shared = std::make_shared<detail::SaveShared>();
   op->shared->path = op->final_dir;
   op->shared->runtime = link;
@@ -618,14 +640,17 @@ SaveHandle Runtime::save(const std::string& path, const Tree& tree,
                          const boost::json::object& metadata, const SaveOptions& options) {
   Backpressure policy = options.backpressure.value_or(impl_->options.backpressure);
   // Staging returns to the pool through that thread: waiting for it there can never end.
+  // (A collective save reports it in its check, so the other processes refuse it too.)
+  std::exception_ptr refused;
   if (policy == Backpressure::block && impl_->link->on_runtime_thread()) {
-    throw Error(Errc::invalid_argument,
-                "save() with Backpressure::block called on the Runtime's own thread (a plain "
-                "async_wait callback, or a coroutine on its executor) could deadlock: use "
-                "async_save, or Backpressure::skip",
-                path);
+    refused = std::make_exception_ptr(
+        Error(Errc::invalid_argument,
+              "save() with Backpressure::block called on the Runtime's own thread (a plain "
+              "async_wait callback, or a coroutine on its executor) could deadlock: use "
+              "async_save, or Backpressure::skip",
+              path));
   }
-  auto op = impl_->prepare(path, tree, metadata, options);
+  auto op = impl_->prepare(path, tree, metadata, options, refused);
   std::size_t n = op->plan->units.size();
   StagingPool::Chunks chunks;
   if (policy == Backpressure::skip) {
@@ -662,7 +687,17 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
                                std::function<void(std::exception_ptr, SaveHandle)> done) {
   std::shared_ptr<SaveOp> op;
   try {
-    op = impl_->prepare(path, tree, metadata, options);
+    // A collective check waits for every process: on the Runtime's own thread it would hold up
+    // the saves in flight, whose reports the others may be waiting for.
+    std::exception_ptr refused;
+    if (impl_->is_collective(options) && impl_->link->on_runtime_thread()) {
+      refused = std::make_exception_ptr(
+          Error(Errc::invalid_argument,
+                "a collective async_save cannot start on the Runtime's own thread (its check "
+                "waits for every process): start it from another thread",
+                path));
+    }
+    op = impl_->prepare(path, tree, metadata, options, refused);
   } catch (...) {
     done(std::current_exception(), SaveHandle());
     return;
@@ -723,12 +758,11 @@ asio::awaitable<void> Runtime::Impl::run_refusal(std::shared_ptr<SaveOp> op,
     r.failure = why;
     r.final_dir = op->final_dir;
     // Process 0 removes the shared temporary directory the others may have written into.
-    if (op->sharded->comm->rank() == 0) {
-      r.tmp_dir = op->final_dir + std::string(io::kTmpMarker) + op->sharded->tmp_tag;
-    }
+    if (op->sharded->comm->rank() == 0) r.tmp_dir = shared_tmp_dir(*op->sharded, op->final_dir);
     collective_commit(*op->sharded, r);  // its outcome is this failure, or an earlier one
   };
   co_await on_collective(op->sharded->seq, report);
+  op->sharded->comm.reset();
 }
 
 }  // namespace ckpt

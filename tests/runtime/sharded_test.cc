@@ -14,6 +14,7 @@
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "runtime/manifest.h"
+#include "runtime/run_lock.h"
 #include "runtime/runtime.h"
 #include "tests/runtime/shard_fixture.h"
 #include "tests/test_util.h"
@@ -281,6 +282,68 @@ TEST_CASE("a save one process refuses after the check (over its staging budget) 
   CHECK(read_latest(tmp / "run") == std::optional<std::string>("step/1"));
 }
 
+TEST_CASE("collective saves and registrations refused after their number is taken (a leaf of rank "
+          "65, process 0's lease held) fail on every process, and the next ones commit") {
+  test::TempDir tmp;
+  const std::string run = tmp / "run";
+  LocalGroup group(3);
+  std::latch lease_held(1), lease_released(1), done_with_busy(3);
+  std::thread holder([&] {
+    std::filesystem::create_directories(run);
+    RunLockFile other(run);  // another writer of the run directory holds its lease
+    other.lock(RunLockFile::Byte::lease, std::chrono::seconds(10), "test");
+    lease_held.count_down();
+    done_with_busy.wait();
+    lease_released.count_down();
+  });
+  std::vector<std::string> deep(3), busy(3), busy_register(3);
+  std::vector<double> register_seconds(3, 0.0);
+  auto errors = on_ranks(3, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    o.lock_wait = std::chrono::milliseconds(100);
+    Runtime rt(o);
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
+    SaveOptions so;
+    so.sharding = s.sharding;
+    // Every process's tree has it, so the trees agree, but none can be written.
+    Tree deep_tree = s.tree;
+    deep_tree["deep"] = Array::zeros(DType::u8, Shape(65, 1));
+    if (auto e = test::catch_error([&] { rt.save(tmp / "deep", deep_tree, {}, so).wait(); })) {
+      deep[static_cast<std::size_t>(r)] = e->what();
+    }
+    lease_held.wait();
+    so.run_dir = run;
+    if (auto e = test::catch_error([&] { rt.save(run + "/step/1", s.tree, {}, so); })) {
+      busy[static_cast<std::size_t>(r)] = e->what();
+    }
+    const auto start = Clock::now();
+    if (auto e = test::catch_error([&] { rt.register_latest(run, "step/0").wait(); })) {
+      busy_register[static_cast<std::size_t>(r)] = e->what();
+    }
+    register_seconds[static_cast<std::size_t>(r)] =
+        std::chrono::duration<double>(Clock::now() - start).count();
+    done_with_busy.count_down();
+    lease_released.wait();
+    // The queue of collective steps moved on past every refused number.
+    rt.save(run + "/step/2", s.tree, {}, so).wait();
+    rt.register_latest(run, "step/2").wait();
+  });
+  holder.join();
+  for (int r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    const auto i = static_cast<std::size_t>(r);
+    CHECK_MESSAGE(errors[i].empty(), errors[i]);
+    CHECK(test::contains(deep[i], "rank"));
+    CHECK(test::contains(busy[i], "process 0"));
+    CHECK_FALSE(busy_register[i].empty());
+    CHECK(busy_register[i] == busy_register[0]);  // process 0's error, everywhere
+    CHECK(register_seconds[i] < 5.0);  // not the 2 x 10 s outcome deadline
+  }
+  CHECK(read_latest(run) == std::optional<std::string>("step/2"));
+  CHECK(resharded_restore(2, run + "/step/2") == 0);
+}
+
 TEST_CASE("a process whose IO hangs fails every process's save within the IO timeout") {
   test::TempDir tmp;
   LocalGroup group(3);
@@ -452,6 +515,30 @@ TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overl
   m = make();
   m.leaves[0].extents[1].process_index = 2;
   CHECK(test::contains(rejected(m), "beyond the process count"));
+  // One process and one sliced leaf make the manifest sharded: an unsliced leaf beside it must be
+  // one extent (the resharding reader takes each of its extents as the whole array).
+  auto with_plain_leaf = [&](int pieces) {
+    Manifest one = make();
+    one.process_count = 1;
+    for (auto& e : one.leaves[0].extents) e.process_index = 0;
+    Tree t;
+    t["b"] = Array::zeros(DType::u8, {8});
+    t["w"] = Array::zeros(DType::f32, {4, 2});
+    describe_structure(t, one);
+    LeafInfo b{"b", DType::u8, {8}, 8, {}};
+    for (int k = 0; k < pieces; ++k) {
+      ExtentInfo e;
+      e.offset = 16 + static_cast<std::uint64_t>(k) * (8 / pieces);
+      e.length = e.stored_length = static_cast<std::uint64_t>(8 / pieces);
+      e.leaf_offset = static_cast<std::uint64_t>(k) * (8 / pieces);
+      b.extents.push_back(e);
+    }
+    one.leaves.insert(one.leaves.begin(), b);
+    one.total_bytes = 40;
+    return one;
+  };
+  CHECK(rejected(with_plain_leaf(1)).empty());
+  CHECK(test::contains(rejected(with_plain_leaf(2)), "not the leaf's only one"));
 }
 
 }  // namespace ckpt
