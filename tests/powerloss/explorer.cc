@@ -141,7 +141,8 @@ Outcome explore(const Args& args, std::string_view scenario, io::Engine& engine)
       ++out.states;
       fs::remove_all(scratch);
       materialize(img, scratch);
-      auto bad = check_state(engine, scratch, promises);
+      // A sharded checkpoint of three processes is resumed as two as well.
+      auto bad = check_state(engine, scratch, promises, scenario == "sharded" ? 2 : 1);
       if (bad.empty()) continue;
       ++out.violations;
       if (out.violations <= 3 || args.verbose) {
