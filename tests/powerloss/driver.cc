@@ -122,13 +122,15 @@ struct ShardedJob {
     for (const auto& e : errors)
       if (!e.empty()) throw std::runtime_error(e);
   }
-  void save_and_wait(const std::string& suffix, std::int64_t seed) {
+  void save_and_wait(const std::string& suffix, std::int64_t seed,
+                     const RetentionPolicy& retention = RetentionPolicy()) {
     mark("call save " + suffix + " " + std::to_string(seed));
     const Tree state = powerloss::make_state(seed);
     on_ranks([&](int r, Runtime& rt) {
       auto [box, sharding] = powerloss::shard_of(state, r, powerloss::kShardedRanks);
       SaveOptions o;
       o.run_dir = run_dir;
+      o.retention = retention;
       o.sharding = sharding;
       rt.save(run_dir + "/" + suffix, box, seed_metadata(seed), o).wait();
     });
@@ -147,8 +149,9 @@ struct ShardedJob {
   }
 };
 
-// The sharded scenario: step/1 is set up, step/2 saved and registered under the recording.
-void sharded(const std::string& run_dir, std::string_view phase) {
+// The sharded scenarios: step/1 is set up, step/2 saved and registered under the recording;
+// sharded_overwrite then saves step/2 again with max_to_keep 1 and registers it.
+void sharded(const std::string& run_dir, std::string_view scenario, std::string_view phase) {
   ShardedJob job;
   job.run_dir = run_dir;
   for (auto& rt : job.rts) {
@@ -158,11 +161,17 @@ void sharded(const std::string& run_dir, std::string_view phase) {
   const std::string step = phase == "setup" ? "step/1" : "step/2";
   job.save_and_wait(step, phase == "setup" ? 50 : 51);
   job.register_and_wait(step);
+  if (phase == "run" && scenario == "sharded_overwrite") {
+    RetentionPolicy keep1;
+    keep1.max_to_keep = 1;
+    job.save_and_wait(step, 52, keep1);
+    job.register_and_wait(step);
+  }
   job.drain();
 }
 
 void setup(Driver& d, std::string_view scenario) {
-  if (scenario == "incremental") {
+  if (scenario.starts_with("incremental")) {
     // The chain's first save: incremental on, so its extents carry the hashes later saves match.
     d.save_and_wait("step/1", 101, true);
     d.register_and_wait("step/1");
@@ -234,6 +243,18 @@ void run(Driver& d, std::string_view scenario) {
     SaveHandle h = d.save("step/3", 103, SnapshotMode::sync, keep2, true);
     d.acked(h, "step/3", 103);
     d.register_and_wait("step/3");
+  } else if (scenario == "incremental_overlapped") {
+    // step/3 starts before step/2 committed: its base is whichever the Runtime knows then.
+    RetentionPolicy keep2;
+    keep2.max_to_keep = 2;
+    SaveHandle a = d.save("step/2", 102, SnapshotMode::overlapped, keep2, true);
+    SaveHandle b = d.save("step/3", 103, SnapshotMode::overlapped, keep2, true);
+    RegisterHandle ra = d.register_latest("step/2");
+    RegisterHandle rb = d.register_latest("step/3");
+    d.acked(a, "step/2", 102);
+    d.acked(ra, "step/2");
+    d.acked(b, "step/3", 103);
+    d.acked(rb, "step/3");
   } else {
     throw std::runtime_error("scenario " + std::string(scenario) + " has no run phase here");
   }
@@ -257,8 +278,8 @@ int main(int argc, char** argv) {
     return 3;
   }
   try {
-    if (scenario == "sharded") {
-      sharded(dir, phase);
+    if (scenario.starts_with("sharded")) {
+      sharded(dir, scenario, phase);
       return 0;
     }
     Driver d;

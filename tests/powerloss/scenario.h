@@ -65,6 +65,8 @@ inline RuntimeOptions driver_options() {
 struct Scenario {
   std::string_view name;
   std::string_view what;
+  // Run only when named or with --all (`make powerloss-explore-all`), not by `make test`.
+  bool extended = false;
 };
 
 inline constexpr Scenario kScenarios[] = {
@@ -77,6 +79,12 @@ inline constexpr Scenario kScenarios[] = {
     {"incremental", "incremental saves step/2, step/3 sharing step/1's data file by hard links, "
                     "each registered; step/3's max_to_keep 2 removes step/1, their first base"},
     {"sharded", "a collective save of step/2 by 3 simulated processes (LocalGroup), registered"},
+    {"sharded_overwrite",
+     "the sharded scenario, then step/2 saved again collectively (the exchange path) with "
+     "max_to_keep 1, which removes step/1, and registered",
+     true},
+    {"incremental_overlapped",
+     "two overlapped incremental saves in flight after step/1, both registered, max_to_keep 2", true},
 };
 
 }  // namespace ckpt::powerloss
