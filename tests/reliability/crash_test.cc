@@ -53,11 +53,16 @@ struct Saver {
   std::string err_path;
 };
 
-// Starts crash_saver on run_dir; `crash_at` (may be empty) becomes CKPT_CRASH_AT; `ranks` > 0
-// makes it a sharded job of that many simulated processes.
+// What crash_saver runs: `ranks` > 0 makes it a sharded job of that many simulated processes.
+struct Job {
+  int ranks = 0;
+  std::uint64_t elements = crash::kElements;
+  int steps = kSteps;
+};
+
+// Starts crash_saver on run_dir; `crash_at` (may be empty) becomes CKPT_CRASH_AT.
 Saver start_saver(const std::string& run_dir, const std::string& logs,
-                  const std::string& crash_at, int ranks = 0,
-                  std::uint64_t elements = crash::kElements) {
+                  const std::string& crash_at, const Job& job = {}) {
   static int counter = 0;
   Saver s;
   s.out_path = logs + "/out-" + std::to_string(counter);
@@ -71,9 +76,10 @@ Saver start_saver(const std::string& run_dir, const std::string& logs,
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
-  std::vector<std::string> args = {kSaver, "--dir", run_dir, "--steps", std::to_string(kSteps),
-                                   "--ranks", std::to_string(ranks), "--elements",
-                                   std::to_string(elements)};
+  std::vector<std::string> args = {kSaver,       "--dir",    run_dir,
+                                   "--steps",    std::to_string(job.steps),
+                                   "--ranks",    std::to_string(job.ranks),
+                                   "--elements", std::to_string(job.elements)};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -114,9 +120,8 @@ bool has_tmp_entries(const std::string& dir) {
 bool killed(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
 
 // Runs the saver to the end (resuming whatever is in run_dir) and returns its digest line.
-std::string finish_run(const std::string& run_dir, const std::string& logs, int ranks = 0,
-                       std::uint64_t elements = crash::kElements) {
-  Saver s = start_saver(run_dir, logs, "", ranks, elements);
+std::string finish_run(const std::string& run_dir, const std::string& logs, const Job& job = {}) {
+  Saver s = start_saver(run_dir, logs, "", job);
   int status = wait_saver(s);
   INFO("stderr: ", test::read_file(s.err_path));
   REQUIRE(WIFEXITED(status));
@@ -146,11 +151,11 @@ void check_after_crash(io::Engine& engine, const std::string& run_dir) {
 
 // After the job finished: nothing temporary left, every step committed, latest at the end.
 void check_finished(const std::string& run_dir, const std::string& digest_line,
-                    const std::string& expected) {
+                    const std::string& expected, int steps = kSteps) {
   CHECK(digest_line == expected);
   CHECK(test::find_tmp_entries(run_dir).empty());
-  CHECK(read_latest(run_dir) == "step/" + std::to_string(kSteps));
-  CHECK(list_checkpoints(run_dir).size() == static_cast<std::size_t>(kSteps));
+  CHECK(read_latest(run_dir) == "step/" + std::to_string(steps));
+  CHECK(list_checkpoints(run_dir).size() == static_cast<std::size_t>(steps));
 }
 
 struct Reference {
@@ -158,19 +163,20 @@ struct Reference {
   Clock::duration wall{};
 };
 
-Reference reference_run(const TempDir& dir, std::uint64_t elements = crash::kElements) {
+Reference reference_run(const TempDir& dir, const Job& job = {}) {
   Reference ref;
   auto t0 = Clock::now();
-  ref.digest_line = finish_run(dir / "reference", dir.path(), 0, elements);
+  ref.digest_line = finish_run(dir / "reference", dir.path(), job);
   ref.wall = Clock::now() - t0;
-  REQUIRE(test::contains(ref.digest_line, "step 5"));
+  REQUIRE(test::contains(ref.digest_line, "step " + std::to_string(job.steps)));
   return ref;
 }
 
 // The sharded job's crash points: each process passes the first four in every save, process 0
 // alone the others (the commit of the global manifest, then register_latest's pointer).
 constexpr int kRanks = 3;
-constexpr std::uint64_t kShardedElements = 20'000;  // per params/ leaf: a small, quick job
+// A small, quick job: 20,000 elements per params/ leaf, three steps (saves).
+const Job kSharded{kRanks, 20'000, 3};
 const char* const kRankPoints[] = {"after_snapshot", "mid_write", "after_data_fsync",
                                    "before_shard_report"};
 const char* const kRootPoints[] = {"before_global_manifest", "before_dir_rename",
@@ -180,7 +186,7 @@ const char* const kRootPoints[] = {"before_global_manifest", "before_dir_rename"
 // Restores `path` as `parts` processes would (box by box, any count: resharding) and returns the
 // digest of what they hold together.
 std::uint32_t restored_digest(const std::string& path, int parts) {
-  Tree zeros = crash::initial_state(crash::kLeaves, kShardedElements);
+  Tree zeros = crash::initial_state(crash::kLeaves, kSharded.elements);
   for (auto& [p, a] : zeros.flatten()) std::memset(a.mutable_data(), 0, a.nbytes());
   std::vector<Tree> boxes;
   auto engine = io::make_engine();
@@ -204,7 +210,7 @@ void check_sharded_after_crash(const std::string& run_dir, const std::string& po
   for (const auto& c : list_checkpoints(run_dir)) {
     listed.insert(c.suffix);
     const int step = std::stoi(c.suffix.substr(5));
-    const Tree expected = crash::state_at(crash::kLeaves, kShardedElements, step);
+    const Tree expected = crash::state_at(crash::kLeaves, kSharded.elements, step);
     const std::uint32_t want = crash::digest({&expected});
     CAPTURE(c.suffix);
     CHECK(restored_digest(c.path, 1) == want);
@@ -310,11 +316,11 @@ TEST_CASE("a sharded job killed at every crash point of the collective commit ke
   TempDir dir;
   auto engine = io::make_engine();
   // A single-process run's digest: the sharded job, resumed as two processes, must reach it.
-  Reference ref = reference_run(dir, kShardedElements);
+  Reference ref = reference_run(dir, Job{0, kSharded.elements, kSharded.steps});
   std::vector<std::pair<std::string, int>> kills;
   for (const char* p : kRankPoints) {
-    // The first hit, and one in a later save (the third of five: saves overlap).
-    for (int nth : {1, kRanks * 3}) kills.emplace_back(p, nth);
+    // The first hit, and one in a later save (the third: saves overlap).
+    for (int nth : {1, kRanks * 2 + 1}) kills.emplace_back(p, nth);
   }
   for (const char* p : kRootPoints) {
     for (int nth : {1, 3}) kills.emplace_back(p, nth);
@@ -324,8 +330,7 @@ TEST_CASE("a sharded job killed at every crash point of the collective commit ke
     CAPTURE(point);
     CAPTURE(nth);
     std::string run_dir = dir / ("sharded" + std::to_string(run++));
-    Saver s = start_saver(run_dir, dir.path(), point + ":" + std::to_string(nth), kRanks,
-                          kShardedElements);
+    Saver s = start_saver(run_dir, dir.path(), point + ":" + std::to_string(nth), kSharded);
     int status = wait_saver(s);
     INFO("stderr: ", test::read_file(s.err_path));
     REQUIRE_MESSAGE(killed(status), "the sharded job was not killed at the crash point");
@@ -334,8 +339,10 @@ TEST_CASE("a sharded job killed at every crash point of the collective commit ke
     check_after_crash(*engine, run_dir);
     check_sharded_after_crash(run_dir, point, nth);
     // The next start (as two processes) removes the leftovers and saves the remaining steps.
-    check_finished(run_dir, finish_run(run_dir, dir.path(), 2, kShardedElements),
-                   ref.digest_line);
+    Job resumed = kSharded;
+    resumed.ranks = 2;
+    check_finished(run_dir, finish_run(run_dir, dir.path(), resumed), ref.digest_line,
+                   kSharded.steps);
   }
   MESSAGE(kills.size() << " kills of a " << kRanks << "-process sharded job, " << left_tmp
                        << " left *.tmp-* entries");
