@@ -15,8 +15,9 @@
 
 namespace ckpt::test {
 
-inline std::pair<Tree, Sharding> split_tree(const Tree& global, int rank, int ranks,
-                                            const std::function<bool(const std::string&)>& sharded) {
+inline std::pair<Tree, Sharding> split_tree(
+    const Tree& global, int rank, int ranks,
+    const std::function<bool(const std::string&)>& sharded) {
   Tree t;
   Sharding sharding;
   for (auto& [path, a] : global.flatten()) {
