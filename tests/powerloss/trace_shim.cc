@@ -86,8 +86,8 @@ void raw_write(int fd, const void* buf, std::size_t n) {
 
 void emit_locked(const std::string& line) { raw_write(log_fd, line.data(), line.size()); }
 
-// Held across a call that changes the namespace (create, mkdir, rename, link, unlink, rmdir) and
-// its log line: another thread cannot act on the change (create a file in a directory just
+// Held across a call that changes the namespace (create, mkdir, rename, link, unlink, rmdir), or
+// resolves a path in it (open), and its log line: another thread cannot act on the change (create a file in a directory just
 // made, say) and log that before the change itself is logged. Writes and fsyncs do not take it.
 pthread_mutex_t ns_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;  // recursive: a call made inside another
 
@@ -183,7 +183,9 @@ int do_open(int dirfd, const char* path, int flags, mode_t mode,
             int (*call)(int, const char*, int, mode_t)) {
   std::string abs = ready ? absolute(dirfd, path) : std::string();
   bool watch = under_root(abs);
-  NamespaceGuard guard(watch && (flags & O_CREAT));
+  // Every open below the root, not only creating ones: a path another thread renames right after
+  // this open resolved it must be logged after the open.
+  NamespaceGuard guard(watch);
   bool existed = true;
   if (watch && (flags & O_CREAT)) {
     struct stat st {};
