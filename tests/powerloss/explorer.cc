@@ -168,7 +168,10 @@ Outcome explore(const Args& args, std::string_view scenario, io::Engine& engine)
                     rec.ops.size(), k > 0 ? describe(rec, rec.ops[k - 1]).c_str() : "none", lost.c_str());
         for (const auto& b : bad) std::printf("    %s\n", b.c_str());
       }
-      if (args.expect_violations) return out;
+      if (args.expect_violations) {  // stop at the first; its state is shown above, not kept
+        fs::remove_all(scratch);
+        return out;
+      }
     }
   }
   fs::remove_all(scratch);
