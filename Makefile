@@ -7,7 +7,7 @@ ifeq ($(CI),true)
 CMAKE_FLAGS += -DCKPT_WERROR=ON
 endif
 
-.PHONY: all setup build demo test install test-install test-asan test-tsan test-fuzz test-powerloss powerloss-explore clean
+.PHONY: all setup build demo test install test-install test-asan test-tsan test-fuzz test-powerloss powerloss-explore powerloss-explore-all clean
 
 all: build
 
@@ -39,6 +39,12 @@ test-powerloss: build
 powerloss-explore:
 	rm -rf $(BUILD)/powerloss-work
 	$(BUILD)/tests/powerloss --work $(BUILD)/powerloss-work
+
+# Every scenario, the extended ones too (a sharded overwrite with retention, overlapped
+# incremental saves): about 30 s more than powerloss-explore, so not part of `make test`.
+powerloss-explore-all: build
+	rm -rf $(BUILD)/powerloss-work
+	$(BUILD)/tests/powerloss --all --work $(BUILD)/powerloss-work
 
 # The C++ libraries, headers, CMake package (find_package(ckpt CONFIG) -> ckpt::ckpt), the `ckpt`
 # tool and the Python package, under PREFIX.

@@ -23,6 +23,10 @@
 //   before_removal_rename, after_removal_rename   runtime/retention.cc (retention, ckpt gc):
 //                       a checkpoint about to be / just renamed to <suffix>.tmp-del-<tag>
 //   removal_unlink      runtime/retention.cc, before each file of a removed checkpoint is unlinked
+//   before_shard_report runtime/collective_commit.cc, a collective save: this process's data file is
+//                       durable (or failed), its report to process 0 not yet sent
+//   before_global_manifest  runtime/collective_commit.cc, process 0: every report in and merged,
+//                       finish_checkpoint (metadata, manifest, fsync, rename) not yet begun
 //   before_<tag>_rename io::atomic_replace_file, the temporary file is written and fsynced
 //   after_<tag>_rename  io::atomic_replace_file, renamed, parent not yet fsynced
 // atomic_replace_file's tag is "latest" for the latest pointer (write_latest), else "replace".

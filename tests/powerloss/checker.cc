@@ -1,6 +1,7 @@
 #include "tests/powerloss/checker.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
@@ -87,10 +88,25 @@ std::vector<std::int64_t> allowed_seeds(const Promises& p, const std::string& su
   return {it->second.begin() + static_cast<std::ptrdiff_t>(from), it->second.end()};
 }
 
+// Whether `got` holds exactly the bytes of `want`, leaf by leaf.
+bool same_leaves(const Tree& got, const Tree& want) {
+  auto g = got.flatten();
+  auto w = want.flatten();
+  if (g.size() != w.size()) return false;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const Array& a = g[i].second;
+    const Array& b = w[i].second;
+    if (g[i].first != w[i].first || a.nbytes() != b.nbytes() ||
+        std::memcmp(a.data(), b.data(), a.nbytes()) != 0)
+      return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<std::string> check_state(io::Engine& engine, const std::string& run_dir,
-                                     const Promises& promises) {
+                                     const Promises& promises, int parts) {
   std::vector<std::string> bad;
   std::optional<std::string> latest;
   try {
@@ -153,16 +169,19 @@ std::vector<std::string> check_state(io::Engine& engine, const std::string& run_
       std::int64_t seed = md.at("seed").as_int64();
       auto allowed = allowed_seeds(promises, *latest);
       Tree want = make_state(seed);
-      bool same = true;
-      auto got_leaves = templ.flatten();
-      auto want_leaves = want.flatten();
-      for (std::size_t i = 0; i < got_leaves.size(); ++i) {
-        const Array& g = got_leaves[i].second;
-        const Array& w = want_leaves[i].second;
-        same = same && g.nbytes() == w.nbytes() && std::memcmp(g.data(), w.data(), g.nbytes()) == 0;
-      }
-      if (!same) bad.push_back("resume from " + *latest + " restored other bytes than seed " +
+      if (!same_leaves(templ, want)) bad.push_back("resume from " + *latest + " restored other bytes than seed " +
                                std::to_string(seed) + " saves");
+      for (int r = 0; r < parts && parts > 1; ++r) {
+        auto [box, sharding] = shard_of(make_state(0), r, parts);
+        ReadOptions o = read_options();
+        o.sharding = &sharding;
+        restore_checkpoint(engine, run_dir + "/" + *latest, box, false, o);
+        if (!same_leaves(box, shard_of(want, r, parts).first)) {
+          bad.push_back("resume from " + *latest + " as box " + std::to_string(r) + " of " +
+                        std::to_string(parts) + " restored other bytes than seed " +
+                        std::to_string(seed) + " saves");
+        }
+      }
       if (std::find(allowed.begin(), allowed.end(), seed) == allowed.end()) {
         bad.push_back("resume from " + *latest + " restored seed " + std::to_string(seed) +
                       ", not one saved there since the last acknowledged save");

@@ -8,7 +8,7 @@
 //     and restores one of the seeds saved under X from s on;
 //  4. the next start (clean_run_dir) removes every *.tmp-* leftover and nothing listed;
 //  5. resuming (restore of latest into a template) gives exactly the state of a seed saved under
-//     that suffix.
+//     that suffix; with `parts` > 1, also restored as that many boxes of each array (resharding).
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -36,6 +36,6 @@ Promises initial_promises(const std::string& run_dir);
 
 // Checks `run_dir` (a materialized crash state; cleanup modifies it) and returns the violations.
 std::vector<std::string> check_state(io::Engine& engine, const std::string& run_dir,
-                                     const Promises& promises);
+                                     const Promises& promises, int parts = 1);
 
 }  // namespace ckpt::powerloss

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/crash_point.h"
@@ -68,6 +69,23 @@ TEST_CASE("the power-loss explorer catches each dropped fsync in the synchronous
     INFO("dropping ", site, " in sync_api:\n", output);
     CHECK(rc == 0);
     CHECK(test::contains(output, "VIOLATION sync_api"));
+  }
+}
+
+TEST_CASE("the power-loss explorer catches a lost hard link and a lost shard file when the "
+          "checkpoint directory's fsync is dropped") {
+  // The incremental save's first entry in its temporary directory is the link of its base's data
+  // file; the sharded save's are the processes' data files.
+  const std::pair<const char*, const char*> cases[] = {
+      {"incremental", "lost: link step/1/data-00000.bin -> step/2.tmp-"},
+      {"sharded", "VIOLATION sharded"}};
+  for (const auto& [scenario, expected] : cases) {
+    test::TempDir work;
+    std::string output;
+    int rc = explore_dropping("checkpoint_dir", work.path(), output, scenario);
+    INFO("dropping checkpoint_dir in ", scenario, ":\n", output);
+    CHECK(rc == 0);
+    CHECK(test::contains(output, expected));
   }
 }
 

@@ -31,9 +31,21 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
-void scan(Image& image, int node, const fs::path& dir) {
+// (device, inode) of each file scanned → its node: hard links are one node.
+using Inodes = std::map<std::pair<dev_t, ino_t>, int>;
+
+void scan(Image& image, int node, const fs::path& dir, Inodes& inodes) {
   for (const auto& e : fs::directory_iterator(dir)) {
     auto st = e.symlink_status();
+    if (fs::is_regular_file(st)) {
+      struct stat s {};
+      if (::lstat(e.path().c_str(), &s) != 0) throw std::runtime_error("cannot stat " + e.path().string());
+      auto [it, fresh] = inodes.try_emplace({s.st_dev, s.st_ino}, static_cast<int>(image.size()));
+      if (!fresh) {
+        image[node].entries[e.path().filename().string()] = it->second;
+        continue;
+      }
+    }
     int id = static_cast<int>(image.size());
     image.emplace_back();
     image[id].name = (image[node].name.empty() ? "" : image[node].name + "/") +
@@ -41,7 +53,7 @@ void scan(Image& image, int node, const fs::path& dir) {
     image[node].entries[e.path().filename().string()] = id;
     if (fs::is_directory(st)) {
       image[id].dir = true;
-      scan(image, id, e.path());
+      scan(image, id, e.path(), inodes);
     } else if (fs::is_regular_file(st)) {
       image[id].data = slurp(e.path().string());
     } else {
@@ -99,7 +111,8 @@ int must(int node, const std::string& what) {
 Image read_image(const std::string& root) {
   Image image(1);
   image[0].dir = true;
-  scan(image, 0, root);
+  Inodes inodes;
+  scan(image, 0, root, inodes);
   return image;
 }
 
@@ -224,6 +237,17 @@ Recording replay(Image base, const std::string& root, const std::string& log, st
         }
         break;
       }
+      case 'L': {
+        auto tab = rest.find('\t');
+        if (tab == std::string::npos) throw std::runtime_error("bad trace line: " + line);
+        std::string a = rest.substr(0, tab), b = rest.substr(tab + 1);
+        auto [d, name] = ns.parent(b);
+        op = Op{OpKind::link, d, -1, name, {}, must(ns.node(a), "link source " + a)};
+        if (vol[op.node].dir) throw std::runtime_error("replay: a hard link to a directory: " + a);
+        op.text = ns.rel(a) + " -> " + ns.rel(b);
+        vol[d].entries[name] = op.node;
+        break;
+      }
       case 'U':
       case 'D': {
         auto [d, name] = ns.parent(rest);
@@ -253,6 +277,7 @@ std::string describe(const Recording& rec, const Op& op) {
   switch (op.kind) {
     case OpKind::create: return "create " + node(op.node);
     case OpKind::mkdir: return "mkdir " + node(op.node);
+    case OpKind::link: return "link " + op.text;
     case OpKind::rename:
       return std::string(op.flags & RENAME_EXCHANGE ? "exchange " : "rename ") + op.text;
     case OpKind::unlink: return "unlink " + node(op.dir) + "/" + op.name;
@@ -291,6 +316,7 @@ CrashStates::CrashStates(const Recording& rec) : rec_(rec), forced_at_(rec.ops.s
         break;
       case OpKind::create:
       case OpKind::mkdir:
+      case OpKind::link:
       case OpKind::unlink:
       case OpKind::rmdir: forced_at_[i] = first_sync(i, op.dir, false); break;
       default: forced_at_[i] = 0; break;  // no state of its own
@@ -394,6 +420,7 @@ Image CrashStates::build(std::size_t k, const std::vector<Unit>& units,
         break;
       case OpKind::create:
       case OpKind::mkdir:
+      case OpKind::link:  // a new name of an existing node: its data is the node's
         if (kept() && !img[op.dir].entries.contains(op.name)) img[op.dir].entries[op.name] = op.node;
         break;
       case OpKind::unlink:

@@ -5,7 +5,7 @@
 //
 // Model. A crash after the first k recorded operations persists:
 //  - every operation some completed fsync forces: a write or truncate of a file, when an fsync of
-//    that file started after it completed and returned before the crash; a create, mkdir,
+//    that file started after it completed and returned before the crash; a create, mkdir, link,
 //    unlink, rmdir or rename in a directory, when an fsync of that directory did (a rename
 //    between two directories needs both); everything before a completed sync()/syncfs();
 //  - any subset of the other operations, a write split at 4 KiB file blocks, each block on its
@@ -14,6 +14,9 @@
 //    create of a name still taken) is not applied.
 // Nothing else: fsync of a file does not persist its name, fsync of a directory persists neither
 // its files' data nor the entries of its subdirectories, and a rename persists atomically or not.
+// A hard link is a directory entry like any other, for an existing file (node): its data is that
+// node's, whichever of its names persisted; a file with several names in the starting directory
+// is one node.
 #include <cstdint>
 #include <map>
 #include <random>
@@ -30,7 +33,7 @@ struct Node {
 };
 using Image = std::vector<Node>;  // node 0 is the root
 
-enum class OpKind { create, mkdir, rename, unlink, rmdir, write, trunc, fsync, sync_all, mark };
+enum class OpKind { create, mkdir, link, rename, unlink, rmdir, write, trunc, fsync, sync_all, mark };
 
 struct Op {
   OpKind kind = OpKind::mark;
@@ -41,7 +44,7 @@ struct Op {
   unsigned flags = 0;
   std::uint64_t offset = 0, length = 0, data_at = 0;
   std::size_t begin = 0;  // fsync, sync_all: operations before this index completed before it
-  std::string text;       // mark: the text; rename: "src -> dst" relative to the root
+  std::string text;       // mark: the text; rename, link: "src -> dst" relative to the root
   std::string src;        // rename: source path relative to the root
 };
 
@@ -51,7 +54,8 @@ struct Recording {
   std::string blob;  // the bytes of the writes
 };
 
-// Reads the directory tree at `root` (regular files and directories only).
+// Reads the directory tree at `root` (regular files and directories only; the names of one file,
+// hard links, are one node).
 Image read_image(const std::string& root);
 // Replays the shim's log (whose paths are absolute, below `root`) onto `base`; throws
 // std::runtime_error on an operation the model does not cover.

@@ -5,8 +5,8 @@
 //
 // It interposes the libc entry points that change a file system (open/openat/creat with O_CREAT or
 // O_TRUNC, write/pwrite/writev/pwritev, ftruncate/truncate, fsync/fdatasync/sync/syncfs,
-// mkdir/mkdirat, rename/renameat/renameat2 and syscall(SYS_renameat2), unlink/unlinkat/rmdir/
-// remove, close) and appends one line per successful call on a path below the root to
+// mkdir/mkdirat, rename/renameat/renameat2 and syscall(SYS_renameat2), link/linkat (hard links),
+// unlink/unlinkat/rmdir/remove, close) and appends one line per successful call on a path below the root to
 // <prefix>.log; the bytes written go to <prefix>.data. Lines (paths absolute, last on the line):
 //   O fd created truncated path     an open below the root (created: the call made the file)
 //   C fd                            close of a traced descriptor (logged before the real close,
@@ -17,12 +17,16 @@
 //   Y id / Z id                     sync()/syncfs() starts / returned
 //   M path                          mkdir
 //   R flags src<TAB>dst             rename (flags: RENAME_NOREPLACE 1, RENAME_EXCHANGE 2)
+//   L src<TAB>dst                   a hard link: dst is a new name of src's file
 //   U path / D path                 unlink / rmdir
 //   K text                          a mark from the traced program (ckpt_trace_mark)
-//   X what path                     a call the explorer does not model (link, symlink, fallocate,
-//                                   dup of a traced descriptor): the explorer refuses the trace
+//   X what path                     a call the explorer does not model (symlink, fallocate, dup of a
+//                                   traced descriptor, a link from outside the root or with
+//                                   AT_EMPTY_PATH): the explorer refuses the trace
 // Writes are logged when they return, so the log is in completion order; an fsync's B line is
-// logged before the call, so the explorer knows which writes completed before it started.
+// logged before the call, so the explorer knows which writes completed before it started. A call
+// that changes the namespace is made and logged under one lock, so no other thread can log an
+// operation that depends on it (a file created in a directory just made) before it.
 // What it cannot see: io_uring requests (liburing issues raw system calls, not libc calls), mmap
 // stores, and libc-internal calls (fopen's open). The explorer's driver therefore uses the
 // thread-pool engine (pwrite/fsync), and ckpt writes its files with open/write/fsync.
@@ -81,6 +85,23 @@ void raw_write(int fd, const void* buf, std::size_t n) {
 }
 
 void emit_locked(const std::string& line) { raw_write(log_fd, line.data(), line.size()); }
+
+// Held across a call that changes the namespace (create, mkdir, rename, link, unlink, rmdir), or
+// resolves a path in it (open), and its log line: another thread cannot act on the change (create a file in a directory just
+// made, say) and log that before the change itself is logged. Writes and fsyncs do not take it.
+pthread_mutex_t ns_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;  // recursive: a call made inside another
+
+struct NamespaceGuard {
+  bool held;
+  explicit NamespaceGuard(bool hold = true) : held(hold && ready) {
+    if (held) pthread_mutex_lock(&ns_mu);
+  }
+  ~NamespaceGuard() {
+    if (held) pthread_mutex_unlock(&ns_mu);
+  }
+  NamespaceGuard(const NamespaceGuard&) = delete;
+  NamespaceGuard& operator=(const NamespaceGuard&) = delete;
+};
 
 void emit(const std::string& line) {
   pthread_mutex_lock(&mu);
@@ -162,6 +183,9 @@ int do_open(int dirfd, const char* path, int flags, mode_t mode,
             int (*call)(int, const char*, int, mode_t)) {
   std::string abs = ready ? absolute(dirfd, path) : std::string();
   bool watch = under_root(abs);
+  // Every open below the root, not only creating ones: a path another thread renames right after
+  // this open resolved it must be logged after the open.
+  NamespaceGuard guard(watch);
   bool existed = true;
   if (watch && (flags & O_CREAT)) {
     struct stat st {};
@@ -207,6 +231,19 @@ void record_rename(int olddirfd, const char* oldpath, int newdirfd, const char* 
   if (under_root(a) || under_root(b)) {
     emit("R " + std::to_string(flags) + " " + a + "\t" + b + "\n");
   }
+}
+
+// A hard link below the root: its source must be below the root too (else the explorer does not
+// know the file's bytes), and named by a path (AT_EMPTY_PATH links a descriptor).
+void record_link(int olddirfd, const char* oldpath, int newdirfd, const char* newpath, int flags) {
+  std::string b = absolute(newdirfd, newpath);
+  if (!under_root(b)) return;
+  std::string a = absolute(olddirfd, oldpath);
+  if ((flags & AT_EMPTY_PATH) || !under_root(a)) {
+    emit("X link " + b + "\n");
+    return;
+  }
+  emit("L " + a + "\t" + b + "\n");
 }
 
 }  // namespace
@@ -369,6 +406,7 @@ int syncfs(int fd) {
 }
 
 int mkdir(const char* path, mode_t mode) {
+  NamespaceGuard guard;
   REAL(mkdir, int (*)(const char*, mode_t));
   int r = real_mkdir(path, mode);
   if (r == 0 && ready) path_op('M', AT_FDCWD, path);
@@ -376,6 +414,7 @@ int mkdir(const char* path, mode_t mode) {
 }
 
 int mkdirat(int dirfd, const char* path, mode_t mode) {
+  NamespaceGuard guard;
   REAL(mkdirat, int (*)(int, const char*, mode_t));
   int r = real_mkdirat(dirfd, path, mode);
   if (r == 0 && ready) path_op('M', dirfd, path);
@@ -383,6 +422,7 @@ int mkdirat(int dirfd, const char* path, mode_t mode) {
 }
 
 int rename(const char* a, const char* b) {
+  NamespaceGuard guard;
   REAL(rename, int (*)(const char*, const char*));
   int r = real_rename(a, b);
   if (r == 0 && ready) record_rename(AT_FDCWD, a, AT_FDCWD, b, 0);
@@ -390,6 +430,7 @@ int rename(const char* a, const char* b) {
 }
 
 int renameat(int da, const char* a, int db, const char* b) {
+  NamespaceGuard guard;
   REAL(renameat, int (*)(int, const char*, int, const char*));
   int r = real_renameat(da, a, db, b);
   if (r == 0 && ready) record_rename(da, a, db, b, 0);
@@ -397,6 +438,7 @@ int renameat(int da, const char* a, int db, const char* b) {
 }
 
 int renameat2(int da, const char* a, int db, const char* b, unsigned flags) {
+  NamespaceGuard guard;
   REAL(renameat2, int (*)(int, const char*, int, const char*, unsigned));
   int r = real_renameat2(da, a, db, b, flags);
   if (r == 0 && ready) record_rename(da, a, db, b, flags);
@@ -410,6 +452,7 @@ long syscall(long number, ...) {
   long a[6];
   for (long& x : a) x = va_arg(ap, long);
   va_end(ap);
+  NamespaceGuard guard(number == SYS_renameat2);
   long r = real_syscall(number, a[0], a[1], a[2], a[3], a[4], a[5]);
   if (r == 0 && ready && number == SYS_renameat2) {
     record_rename(static_cast<int>(a[0]), reinterpret_cast<const char*>(a[1]), static_cast<int>(a[2]),
@@ -424,6 +467,7 @@ namespace {
 // Runs a removal and logs it as `kind` ('U' unlink, 'D' rmdir) when it succeeded below the root.
 template <typename Call>
 int traced_removal(int dirfd, const char* path, char kind, Call call) {
+  NamespaceGuard guard;
   std::string abs = ready ? absolute(dirfd, path) : std::string();
   int r = call();
   if (r == 0 && under_root(abs)) emit(std::string(1, kind) + " " + abs + "\n");
@@ -457,9 +501,18 @@ int remove(const char* path) {
 }
 
 int link(const char* a, const char* b) {
+  NamespaceGuard guard;
   REAL(link, int (*)(const char*, const char*));
   int r = real_link(a, b);
-  if (r == 0 && ready && under_root(absolute(AT_FDCWD, b))) emit("X link " + absolute(AT_FDCWD, b) + "\n");
+  if (r == 0 && ready) record_link(AT_FDCWD, a, AT_FDCWD, b, 0);
+  return r;
+}
+
+int linkat(int da, const char* a, int db, const char* b, int flags) {
+  NamespaceGuard guard;
+  REAL(linkat, int (*)(int, const char*, int, const char*, int));
+  int r = real_linkat(da, a, db, b, flags);
+  if (r == 0 && ready) record_link(da, a, db, b, flags);
   return r;
 }
 

@@ -1,7 +1,10 @@
 // Crash consistency: the crash_saver job is killed at every named crash point (several hits each)
 // and at random times, then checked: `latest` names a checkpoint that verifies, every listed
 // checkpoint verifies, the next start removes every *.tmp-* leftover, and resuming reaches the
-// digest of an uninterrupted run (docs/design.md, "Commit protocol").
+// digest of an uninterrupted run (docs/design.md, "Commit protocol"). The same for a sharded job
+// of three simulated processes (one crash_saver process, so the whole group dies at once) killed
+// at every crash point of the collective commit, whose checkpoints must also restore resharded
+// and which resumes as two processes (docs/design.md, section 14).
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -12,7 +15,9 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +26,8 @@
 #include "io/engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
+#include "runtime/sharding.h"
+#include "tests/reliability/crash_state.h"
 #include "tests/test_util.h"
 
 extern char** environ;
@@ -46,9 +53,16 @@ struct Saver {
   std::string err_path;
 };
 
+// What crash_saver runs: `ranks` > 0 makes it a sharded job of that many simulated processes.
+struct Job {
+  int ranks = 0;
+  std::uint64_t elements = crash::kElements;
+  int steps = kSteps;
+};
+
 // Starts crash_saver on run_dir; `crash_at` (may be empty) becomes CKPT_CRASH_AT.
 Saver start_saver(const std::string& run_dir, const std::string& logs,
-                  const std::string& crash_at) {
+                  const std::string& crash_at, const Job& job = {}) {
   static int counter = 0;
   Saver s;
   s.out_path = logs + "/out-" + std::to_string(counter);
@@ -62,7 +76,10 @@ Saver start_saver(const std::string& run_dir, const std::string& logs,
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
-  std::vector<std::string> args = {kSaver, "--dir", run_dir, "--steps", std::to_string(kSteps)};
+  std::vector<std::string> args = {kSaver,       "--dir",    run_dir,
+                                   "--steps",    std::to_string(job.steps),
+                                   "--ranks",    std::to_string(job.ranks),
+                                   "--elements", std::to_string(job.elements)};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -103,8 +120,8 @@ bool has_tmp_entries(const std::string& dir) {
 bool killed(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
 
 // Runs the saver to the end (resuming whatever is in run_dir) and returns its digest line.
-std::string finish_run(const std::string& run_dir, const std::string& logs) {
-  Saver s = start_saver(run_dir, logs, "");
+std::string finish_run(const std::string& run_dir, const std::string& logs, const Job& job = {}) {
+  Saver s = start_saver(run_dir, logs, "", job);
   int status = wait_saver(s);
   INFO("stderr: ", test::read_file(s.err_path));
   REQUIRE(WIFEXITED(status));
@@ -134,11 +151,11 @@ void check_after_crash(io::Engine& engine, const std::string& run_dir) {
 
 // After the job finished: nothing temporary left, every step committed, latest at the end.
 void check_finished(const std::string& run_dir, const std::string& digest_line,
-                    const std::string& expected) {
+                    const std::string& expected, int steps = kSteps) {
   CHECK(digest_line == expected);
   CHECK(test::find_tmp_entries(run_dir).empty());
-  CHECK(read_latest(run_dir) == "step/" + std::to_string(kSteps));
-  CHECK(list_checkpoints(run_dir).size() == static_cast<std::size_t>(kSteps));
+  CHECK(read_latest(run_dir) == "step/" + std::to_string(steps));
+  CHECK(list_checkpoints(run_dir).size() == static_cast<std::size_t>(steps));
 }
 
 struct Reference {
@@ -146,13 +163,69 @@ struct Reference {
   Clock::duration wall{};
 };
 
-Reference reference_run(const TempDir& dir) {
+Reference reference_run(const TempDir& dir, const Job& job = {}) {
   Reference ref;
   auto t0 = Clock::now();
-  ref.digest_line = finish_run(dir / "reference", dir.path());
+  ref.digest_line = finish_run(dir / "reference", dir.path(), job);
   ref.wall = Clock::now() - t0;
-  REQUIRE(test::contains(ref.digest_line, "step 5"));
+  REQUIRE(test::contains(ref.digest_line, "step " + std::to_string(job.steps)));
   return ref;
+}
+
+// The sharded job's crash points: each process passes the first four in every save, process 0
+// alone the others (the commit of the global manifest, then register_latest's pointer).
+constexpr int kRanks = 3;
+// A small, quick job: 20,000 elements per params/ leaf, three steps (saves).
+const Job kSharded{kRanks, 20'000, 3};
+const char* const kRankPoints[] = {"after_snapshot", "mid_write", "after_data_fsync",
+                                   "before_shard_report"};
+const char* const kRootPoints[] = {"before_global_manifest", "before_dir_rename",
+                                   "after_dir_rename", "before_latest_rename",
+                                   "after_latest_rename"};
+
+// Restores `path` as `parts` processes would (box by box, any count: resharding) and returns the
+// digest of what they hold together.
+std::uint32_t restored_digest(const std::string& path, int parts) {
+  Tree zeros = crash::initial_state(crash::kLeaves, kSharded.elements);
+  for (auto& [p, a] : zeros.flatten()) std::memset(a.mutable_data(), 0, a.nbytes());
+  std::vector<Tree> boxes;
+  auto engine = io::make_engine();
+  for (int r = 0; r < parts; ++r) {
+    auto [box, sharding] = crash::box_of(zeros, r, parts);
+    ReadOptions o;
+    o.sharding = &sharding;
+    restore_checkpoint(*engine, path, box, false, o);
+    boxes.push_back(std::move(box));
+  }
+  std::vector<const Tree*> ptrs;
+  for (const auto& b : boxes) ptrs.push_back(&b);
+  return crash::digest(ptrs);
+}
+
+// What must hold after the sharded job died at `point`'s n-th hit, besides check_after_crash:
+// every listed checkpoint restores, whole and as two boxes, to the state of its step; and what
+// the commit order implies (saves and registrations take effect in order, one at a time).
+void check_sharded_after_crash(const std::string& run_dir, const std::string& point, int nth) {
+  std::set<std::string> listed;
+  for (const auto& c : list_checkpoints(run_dir)) {
+    listed.insert(c.suffix);
+    const int step = std::stoi(c.suffix.substr(5));
+    const Tree expected = crash::state_at(crash::kLeaves, kSharded.elements, step);
+    const std::uint32_t want = crash::digest({&expected});
+    CAPTURE(c.suffix);
+    CHECK(restored_digest(c.path, 1) == want);
+    CHECK(restored_digest(c.path, 2) == want);
+  }
+  auto step = [](int n) { return "step/" + std::to_string(n); };
+  if (point == "before_global_manifest" || point == "before_dir_rename" ||
+      point == "after_dir_rename") {
+    for (int s = 1; s < nth; ++s) CHECK_MESSAGE(listed.contains(step(s)), step(s), " lost");
+    CHECK(listed.contains(step(nth)) == (point == "after_dir_rename"));
+  }
+  if (point == "before_latest_rename") {
+    CHECK(read_latest(run_dir) == (nth == 1 ? std::nullopt : std::optional(step(nth - 1))));
+  }
+  if (point == "after_latest_rename") CHECK(read_latest(run_dir) == step(nth));
 }
 
 }  // namespace
@@ -228,6 +301,52 @@ TEST_CASE("SIGKILL at random times leaves latest valid and resumes to the same s
                 << " ms)");
   // At least a third of the attempts must hit a running job, or the test proved nothing.
   CHECK(kills >= attempts / 3);
+}
+
+}  // namespace ckpt
+
+namespace ckpt {
+
+TEST_CASE("a sharded job killed at every crash point of the collective commit keeps its committed "
+          "checkpoints and resumes resharded to the same state") {
+  if (!io::crash_points_compiled_in()) {
+    MESSAGE("skipped: built with CKPT_CRASH_POINTS=OFF");
+    return;
+  }
+  TempDir dir;
+  auto engine = io::make_engine();
+  // A single-process run's digest: the sharded job, resumed as two processes, must reach it.
+  Reference ref = reference_run(dir, Job{0, kSharded.elements, kSharded.steps});
+  std::vector<std::pair<std::string, int>> kills;
+  for (const char* p : kRankPoints) {
+    // The first hit, and one in a later save (the third: saves overlap).
+    for (int nth : {1, kRanks * 2 + 1}) kills.emplace_back(p, nth);
+  }
+  for (const char* p : kRootPoints) {
+    for (int nth : {1, 3}) kills.emplace_back(p, nth);
+  }
+  int run = 0, left_tmp = 0;
+  for (const auto& [point, nth] : kills) {
+    CAPTURE(point);
+    CAPTURE(nth);
+    std::string run_dir = dir / ("sharded" + std::to_string(run++));
+    Saver s = start_saver(run_dir, dir.path(), point + ":" + std::to_string(nth), kSharded);
+    int status = wait_saver(s);
+    INFO("stderr: ", test::read_file(s.err_path));
+    REQUIRE_MESSAGE(killed(status), "the sharded job was not killed at the crash point");
+    CHECK(test::contains(test::read_file(s.err_path), point));
+    if (has_tmp_entries(run_dir)) ++left_tmp;
+    check_after_crash(*engine, run_dir);
+    check_sharded_after_crash(run_dir, point, nth);
+    // The next start (as two processes) removes the leftovers and saves the remaining steps.
+    Job resumed = kSharded;
+    resumed.ranks = 2;
+    check_finished(run_dir, finish_run(run_dir, dir.path(), resumed), ref.digest_line,
+                   kSharded.steps);
+  }
+  MESSAGE(kills.size() << " kills of a " << kRanks << "-process sharded job, " << left_tmp
+                       << " left *.tmp-* entries");
+  CHECK(left_tmp > 0);
 }
 
 }  // namespace ckpt
