@@ -15,6 +15,15 @@
 // and the wait for the final save to be durable excluded). --sweep makes every step's update
 // write every element of the state, as an optimizer over the whole model does, instead of one
 // element per padding array. --step-times writes each step's duration in ms, one line a step.
+//
+// --sharded runs examples/sharded_job.h instead: every array is cut across the processes of an
+// MPI launch (each element's update depends only on the seed, the step and its global index), the
+// checkpoints are collective, and the final digest is the same for any process count, also when a
+// run is resumed under another one (the restore reshards). Process 0 alone prints to stdout.
+//   mpirun -np 4 build/examples/train_loop --sharded --dir D --steps 400 --save-every 50 --state-mb 64
+//   mpirun -np 3 build/examples/train_loop --sharded --dir D --resume
+//   build/examples/train_loop --sharded --dir D --steps 400 --save-every 50 --state-mb 64
+// Without mpirun (or without MPI in the build) --sharded runs as one process.
 #include <CLI/CLI.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/describe/class.hpp>
@@ -33,13 +42,19 @@
 #include "io/error.h"
 #include "io/file.h"
 #include "io/log.h"
+#include "examples/loop_job.h"
+#include "examples/sharded_job.h"
 #include "jobs/job.h"
 #include "runtime/checkpoint.h"
 #include "runtime/crc32c.h"
+#if defined(CKPT_HAVE_MPI)
+#include "runtime/mpi_communicator.h"
+#endif
 
 namespace asio = boost::asio;
 using namespace ckpt;
 using namespace ckpt::jobs;
+using namespace train;
 
 struct TrainConfig {
   std::int64_t steps = 2000;
@@ -62,31 +77,12 @@ namespace {
 
 constexpr std::int64_t kIn = 32;
 constexpr std::int64_t kOut = 8;
-std::mutex print_mu;
-
-template <typename... Args>
-void say(fmt::format_string<Args...> f, Args&&... args) {
-  std::lock_guard lock(print_mu);
-  fmt::print(f, std::forward<Args>(args)...);
-  std::fflush(stdout);
-}
-
-std::uint64_t splitmix(std::uint64_t& x) {
-  std::uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-float uniform(std::uint64_t& s) {  // in [-1, 1)
-  return static_cast<float>(splitmix(s) >> 40) / static_cast<float>(1ull << 23) - 1.0f;
-}
-double ms(std::chrono::nanoseconds d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
 }  // namespace
 
-class TrainJob : public RestoreableJob<TrainConfig> {
+class TrainJob : public LoopJob<TrainConfig> {
  public:
-  TrainJob(ExecutionSpec spec, TrainConfig config) : RestoreableJob(std::move(spec), std::move(config)) {
+  TrainJob(ExecutionSpec spec, TrainConfig config) : LoopJob(std::move(spec), std::move(config)) {
     const auto& c = args();
     if (c.mode != "sync" && c.mode != "overlapped") {
       throw Error(Errc::invalid_argument, "config key 'mode': expected sync or overlapped");
@@ -122,8 +118,7 @@ class TrainJob : public RestoreableJob<TrainConfig> {
     set_retention(retention);
   }
 
-  // The whole state as a tree of views into this job's vectors.
-  Tree state() {
+  Tree state() override {
     Tree t;
     auto view = [](std::vector<float>& v, Shape shape) { return Array::view(DType::f32, std::move(shape), v.data()); };
     const auto h = static_cast<std::uint64_t>(args().hidden);
@@ -142,81 +137,15 @@ class TrainJob : public RestoreableJob<TrainConfig> {
     return t;
   }
 
-  void restore_from_path(const std::string& rel_path) override {
-    auto [tree, metadata] = get_tree_and_metadata_from_path(rel_path, state());
-    say("restored {} (step {}, loss {:.6f})\n", rel_path, step_,
-        metadata.contains("loss") ? metadata.at("loss").to_number<double>() : 0.0);
-  }
-
-  std::int64_t step() const { return step_; }
-  int failed_saves() const { return failed_saves_; }
-  // Each step this process ran, in ms (the save call and any snapshot wait included).
-  const std::vector<double>& step_ms() const { return step_ms_; }
-  // Steps per second over the steps this process ran; 0 when it ran none.
-  double steps_per_s() const {
-    double total = 0;
-    for (double m : step_ms_) total += m;
-    return total > 0 ? static_cast<double>(step_ms_.size()) * 1e3 / total : 0.0;
-  }
-
-  std::string digest() {
+  std::string digest() override {
     std::uint32_t crc = 0;
     state().for_each_leaf([&](const std::string&, const Array& a) { crc = crc32c(a.data(), a.nbytes(), crc); });
     return fmt::format("{:08x}", crc);
   }
 
-  asio::awaitable<void> run() override {
-    const auto& c = args();
-    SaveOptions options;
-    options.mode = c.mode == "overlapped" ? SnapshotMode::overlapped : SnapshotMode::sync;
-    std::optional<SaveHandle> pending_snapshot;
-    double loss = 0;
-    step_ms_.reserve(static_cast<std::size_t>(std::max<std::int64_t>(c.steps - step_, 0)));
-    while (step_ < c.steps) {
-      const auto step_start = std::chrono::steady_clock::now();
-      auto end_step = [&] { step_ms_.push_back(ms(std::chrono::steady_clock::now() - step_start)); };
-      loss = compute_gradients();
-      if (pending_snapshot) {  // overlapped mode: the copy must finish before the update
-        co_await pending_snapshot->async_snapshotted(asio::use_awaitable);
-        pending_snapshot.reset();
-      }
-      apply_update();
-      ++step_;
-      bool last = step_ == c.steps;
-      if (c.save_every > 0 && (step_ % c.save_every == 0 || last)) {
-        std::string suffix = "step/" + std::to_string(step_);
-        boost::json::object metadata;
-        metadata["step"] = step_;
-        metadata["loss"] = loss;
-        SaveHandle h = save_tree_and_metadata(suffix, state(), metadata, options);
-        RegisterHandle reg = register_latest(suffix);
-        if (options.mode == SnapshotMode::overlapped && !last) pending_snapshot = h;
-        say("step {:>6} loss {:.6f}  save {} stall {:.2f} ms\n", step_, loss, suffix, ms(h.timings().stall));
-        if (last) {
-          end_step();  // the wait for the final save to be durable is not a training step
-          co_await h.async_wait(asio::use_awaitable);
-          co_await reg.async_wait(asio::use_awaitable);
-          say("saved {}: durable after {:.1f} ms ({:.1f} MiB), latest -> {}\n", suffix,
-              ms(h.timings().durable), h.timings().bytes / 1048576.0, suffix);
-        } else {
-          h.async_wait([this, h, suffix](std::exception_ptr e) {  // fire and forget: report
-            if (e) {
-              ++failed_saves_;  // training goes on; the exit status tells
-              say("save {} FAILED: {}\n", suffix, describe_error(e));
-            } else if (h.state() == SaveState::committed) {
-              say("saved {}: durable after {:.1f} ms\n", suffix, ms(h.timings().durable));
-            }
-          });
-        }
-      }
-      if (!last || c.save_every == 0) end_step();
-    }
-    finish();
-  }
-
  private:
   // Forward and backward pass on the batch of this step; fills grads_ and returns the loss.
-  double compute_gradients() {
+  double forward() override {
     const auto& c = args();
     const auto b = static_cast<std::size_t>(c.batch), h = static_cast<std::size_t>(c.hidden);
     std::uint64_t s = c.seed * 1000003 + static_cast<std::uint64_t>(step_) * 7 + 11;
@@ -267,7 +196,7 @@ class TrainJob : public RestoreableJob<TrainConfig> {
     return loss / double(b * kOut);
   }
 
-  void apply_update() {
+  void apply_update() override {
     const auto lr = static_cast<float>(args().lr), mu = static_cast<float>(args().momentum);
     std::vector<float>* params[] = {&w1_, &b1_, &w2_, &b2_};
     for (std::size_t p = 0; p < 4; ++p) {
@@ -291,32 +220,35 @@ class TrainJob : public RestoreableJob<TrainConfig> {
   std::vector<float> w1_, b1_, w2_, b2_, teacher_;
   std::vector<std::vector<float>> momentum_, pads_, grads_;
   std::vector<float> x_, y_, hid_;
-  std::vector<double> step_ms_;
-  std::int64_t step_ = 0;
-  std::atomic<int> failed_saves_{0};
 };
 
 CKPT_REGISTER_JOB(TrainJob, "train_loop");
 
 namespace {
 
-// The job to run: from `latest`, else from the newest checkpoint that verifies, else new.
-std::unique_ptr<TrainJob> resume_or_start(const ExecutionSpec& spec, const TrainConfig& fresh,
-                                          const boost::json::object& overrides, bool resume) {
+// The job to run: from `latest`, else from the newest checkpoint that verifies, else new. In a
+// run of several processes every process decides alike: process 0 reads `latest` and the list of
+// checkpoints for all, and each resume attempt is agreed (from_checkpoint is collective there).
+template <typename Job>
+std::unique_ptr<Job> resume_or_start(const ExecutionSpec& spec, const boost::json::value& fresh,
+                                     const boost::json::object& overrides, bool resume,
+                                     const std::shared_ptr<Runtime>& runtime) {
+  const auto& comm = runtime->options().communicator;
   if (resume) {
     std::vector<std::string> candidates;
     try {
-      if (auto latest = TrainJob::latest(spec)) candidates.push_back(*latest);
+      if (auto latest = Job::latest(spec, comm)) candidates.push_back(*latest);
     } catch (const Error& e) {
       log().warn("latest is unreadable ({}); looking for the newest checkpoint that verifies", e.what());
     }
-    auto all = TrainJob::checkpoints(spec);
+    auto all = Job::checkpoints(spec, comm);
     for (auto it = all.rbegin(); it != all.rend(); ++it) {
       if (candidates.empty() || *it != candidates.front()) candidates.push_back(*it);
     }
     for (const auto& suffix : candidates) {
       try {
-        auto [job, config] = from_checkpoint<TrainJob>(suffix, spec, boost::json::value(overrides), true);
+        auto [job, config] =
+            from_checkpoint<Job>(suffix, spec, boost::json::value(overrides), true, runtime);
         return std::move(job);
       } catch (const Error& e) {
         log().warn("cannot resume from {}: {}", suffix, e.what());
@@ -324,8 +256,48 @@ std::unique_ptr<TrainJob> resume_or_start(const ExecutionSpec& spec, const Train
     }
     say("no checkpoint to resume from in {}; starting from scratch\n", run_dir(spec));
   }
-  boost::json::value merged = merge_patch(config_to_json(fresh), overrides);
-  return std::make_unique<TrainJob>(spec, config_from_json<TrainConfig>(merged));
+  boost::json::value merged = merge_patch(fresh, overrides);
+  auto job = std::make_unique<Job>(spec, config_from_json<typename Job::Config>(merged));
+  job->set_runtime(runtime);
+  return job;
+}
+
+// Runs the job to its end on the default Runtime; returns the exit status.
+template <typename Job>
+int run_job(const ExecutionSpec& spec, const boost::json::value& fresh,
+            const boost::json::object& overrides, bool resume, const std::string& step_times) {
+  std::shared_ptr<Runtime> runtime = default_runtime();
+  auto job = resume_or_start<Job>(spec, fresh, overrides, resume, runtime);
+  const auto& c = job->args();
+  // Staging for one checkpoint of the state (each leaf padded to 4 KiB), mapped now rather
+  // than in the first save's stall.
+  std::uint64_t state_bytes = 0;
+  job->state().for_each_leaf([&](const std::string&, const Array& a) { state_bytes += io::align_up(a.nbytes()); });
+  runtime->reserve_staging(state_bytes);
+  say("train_loop: {} steps from step {}, state {} MiB, save every {} ({} mode, engine {}), run dir {}{}\n",
+      c.steps, job->step(), c.state_mb, c.save_every, c.mode, runtime->stats().engine,
+      run_dir(job->spec()),
+      spec.process_count > 1 ? fmt::format(", {} processes", spec.process_count) : std::string());
+  run_blocking(*job);
+  DrainReport report = runtime->drain();
+  if (!report.ok()) {
+    for (const auto& e : report.errors) fmt::print(stderr, "train_loop: {}\n", e);
+    return 1;
+  }
+  if (!step_times.empty() && spec.process_index == 0) {
+    std::ofstream out(step_times);
+    for (double m : job->step_ms()) out << fmt::format("{:.4f}\n", m);
+    out.close();
+    if (!out) throw Error(Errc::io, fmt::format("--step-times {}: cannot write", step_times));
+  }
+  const std::string digest = job->digest();  // collective in a sharded run
+  say("throughput steps_per_s={:.3f}\n", job->steps_per_s());
+  say("final step={} digest={}\n", job->step(), digest);
+  if (job->failed_saves() > 0) {
+    fmt::print(stderr, "train_loop: {} periodic save(s) failed\n", job->failed_saves());
+    return 1;
+  }
+  return 0;
 }
 
 // --seed takes the whole uint64 range and nothing else: CLI11 2.1's own conversion (strtoull)
@@ -384,6 +356,9 @@ int main(int argc, char** argv) {
       ->expected(2);
   app.add_option("--engine", engine, "auto | uring | threads")->check(CLI::IsMember({"auto", "uring", "threads"}));
   app.add_flag("--resume", resume, "continue from latest");
+  bool sharded = false;
+  app.add_flag("--sharded", sharded,
+               "every array cut across the processes (run under mpirun, or alone as one process)");
   CLI11_PARSE(app, argc, argv);
   if (seed->count()) config.seed = *parse_seed(seed_text);
 
@@ -398,44 +373,52 @@ int main(int argc, char** argv) {
   if (hidden->count()) overrides["hidden"] = config.hidden;
   if (batch->count()) overrides["batch"] = config.batch;
   if (sweep->count()) overrides["sweep"] = config.sweep;
+  std::shared_ptr<Communicator> comm;
   try {
+#if defined(CKPT_HAVE_MPI)
+    if (launched_by_mpirun()) {
+      comm = make_mpi_communicator(&argc, &argv);
+      if (comm->rank() != 0) print_progress = false;
+      if (!sharded && comm->size() > 1) {
+        throw Error(Errc::invalid_argument,
+                    "under mpirun with more than one process, train_loop needs --sharded");
+      }
+    }
+#endif
     ro.engine = io::parse_engine_kind(engine);
     ro.staging_budget = 2 * (static_cast<std::uint64_t>(std::max<std::int64_t>(config.state_mb, 1)) << 20) + (64u << 20);
     if (!pin.empty()) pin_this_thread(pin[1]);  // the Runtime's threads inherit this CPU
+    ro.communicator = comm;
     set_default_runtime(std::make_shared<Runtime>(ro));
     if (!pin.empty()) pin_this_thread(pin[0]);  // and the training loop runs on this one
-    ExecutionSpec spec = ExecutionSpec::local(dir, "train_loop");
-    auto job = resume_or_start(spec, config, overrides, resume);
-    const auto& c = job->args();
-    // Staging for one checkpoint of the state (each leaf padded to 4 KiB), mapped now rather
-    // than in the first save's stall.
-    std::uint64_t state_bytes = 0;
-    job->state().for_each_leaf([&](const std::string&, const Array& a) { state_bytes += io::align_up(a.nbytes()); });
-    default_runtime()->reserve_staging(state_bytes);
-    say("train_loop: {} steps from step {}, state {} MiB, save every {} ({} mode, engine {}), run dir {}\n",
-        c.steps, job->step(), c.state_mb, c.save_every, c.mode, default_runtime()->stats().engine,
-        run_dir(job->spec()));
-    run_blocking(*job);
-    DrainReport report = default_runtime()->drain();
-    if (!report.ok()) {
-      for (const auto& e : report.errors) fmt::print(stderr, "train_loop: {}\n", e);
-      return 1;
+    int status = 0;
+    if (sharded) {
+      if (hidden->count() || batch->count()) {
+        throw Error(Errc::invalid_argument, "--hidden and --batch do not apply to --sharded");
+      }
+      ExecutionSpec spec = ExecutionSpec::local(dir, "train_loop_sharded");
+      spec.process_index = comm ? static_cast<std::uint32_t>(comm->rank()) : 0;
+      spec.process_count = comm ? static_cast<std::uint32_t>(comm->size()) : 1;
+      ShardedConfig fresh{config.steps, config.save_every, config.state_mb, config.seed, config.mode,
+                          config.keep, config.lr, config.momentum, config.sweep};
+      status = run_job<ShardedTrainJob>(spec, config_to_json(fresh), overrides, resume, step_times);
+    } else {
+      ExecutionSpec spec = ExecutionSpec::local(dir, "train_loop");
+      status = run_job<TrainJob>(spec, config_to_json(config), overrides, resume, step_times);
     }
-    if (!step_times.empty()) {
-      std::ofstream out(step_times);
-      for (double m : job->step_ms()) out << fmt::format("{:.4f}\n", m);
-      out.close();
-      if (!out) throw Error(Errc::io, fmt::format("--step-times {}: cannot write", step_times));
-    }
-    say("throughput steps_per_s={:.3f}\n", job->steps_per_s());
-    say("final step={} digest={}\n", job->step(), job->digest());
-    if (job->failed_saves() > 0) {
-      fmt::print(stderr, "train_loop: {} periodic save(s) failed\n", job->failed_saves());
-      return 1;
-    }
-    return 0;
+    // The Runtime before the communicator: destroying the last reference to an MPI communicator
+    // finalizes MPI.
+    set_default_runtime(nullptr);
+    comm.reset();
+    return status;
   } catch (const std::exception& e) {
     fmt::print(stderr, "train_loop: {}\n", e.what());
+    if (comm) {
+      // The other processes may wait for this one in a collective step until its deadline; the
+      // launcher ends them at once when a process exits without finalizing MPI.
+      std::fflush(nullptr);
+      std::_Exit(1);
+    }
     return 1;
   }
 }

@@ -13,6 +13,17 @@
 // Saves go through a ckpt::Runtime (set_runtime, or a process-wide default) and return its
 // awaitable SaveHandle. Every checkpoint a job saves carries job.json (the registered key and
 // the spec) and config.json (the config), so from_checkpoint_path can rebuild the job.
+//
+// A job of several processes (ExecutionSpec::process_count > 1; docs/design.md, section 7) runs
+// one job object per process, each with a Runtime whose RuntimeOptions::communicator joins them
+// (make_mpi_communicator(), or LocalGroup in tests); the spec's process_index/process_count must
+// be that communicator's rank/size, else every call that needs the Runtime throws
+// Error(invalid_argument) saying both. Then save_tree_and_metadata and register_latest are
+// collective (every process calls them in the same order; SaveOptions::sharding names the
+// tree's shard leaves); job.json and config.json are written once, by process 0 (its spec);
+// get_tree_and_metadata with a Sharding restores this process's boxes from a checkpoint saved
+// by any number of processes; latest(spec, comm) / checkpoints(spec, comm) give every process
+// process 0's answer; from_checkpoint_path agrees on the outcome of every process's restore.
 #include <boost/asio/awaitable.hpp>
 #include <boost/json.hpp>
 #include <memory>
@@ -27,7 +38,9 @@
 #include "jobs/paths.h"
 #include "jobs/registry.h"
 #include "jobs/spec.h"
+#include "runtime/communicator.h"
 #include "runtime/runtime.h"
+#include "runtime/sharding.h"
 #include "runtime/tree.h"
 
 namespace ckpt::jobs {
@@ -58,8 +71,13 @@ class JobBase {
   std::string job_key() const { return job_key_of(typeid(*this)); }
   virtual boost::json::value config_json() const = 0;
 
+  // The job's Runtime (the default one unless set_runtime gave another). Throws
+  // Error(invalid_argument) when the spec's process_index/process_count disagree with its
+  // communicator (none counts as process 0 of 1).
   Runtime& runtime();
   void set_runtime(std::shared_ptr<Runtime> runtime) { runtime_ = std::move(runtime); }
+  // The communicator of the job's processes: its Runtime's; null for a single-process job.
+  std::shared_ptr<Communicator> communicator() { return runtime().options().communicator; }
 
  protected:
   // Called by operator() before run(): CheckpointedJob removes the leftovers of interrupted
@@ -89,10 +107,13 @@ class BasicJob : public JobBase {
 };
 
 namespace detail {
+// Throws Error(invalid_argument) unless spec names process `rank` of `size` of comm (null: 0 of 1).
+void check_processes(const ExecutionSpec& spec, const Communicator* comm);
 // Non-template halves of CheckpointedJob.
 std::map<std::string, std::string> job_files(const JobBase& job);
 std::pair<Tree, boost::json::object> load(Runtime& rt, const ExecutionSpec& spec,
-                                          const std::string& rel_path, Tree templ, bool partial);
+                                          const std::string& rel_path, Tree templ,
+                                          const Sharding& sharding, bool partial);
 boost::json::object load_metadata(const ExecutionSpec& spec, const std::string& rel_path);
 struct SavedJob {
   std::string key;
@@ -102,7 +123,14 @@ struct SavedJob {
 SavedJob read_saved_job(const std::string& checkpoint_dir);
 std::vector<std::string> checkpoints(const ExecutionSpec& spec);
 std::optional<std::string> latest(const ExecutionSpec& spec);
+std::vector<std::string> checkpoints(const ExecutionSpec& spec, const std::shared_ptr<Communicator>& comm);
+std::optional<std::string> latest(const ExecutionSpec& spec, const std::shared_ptr<Communicator>& comm);
 void claim_and_clean(Runtime& rt, const ExecutionSpec& spec);
+// Collective when `runtime` has a communicator of more than one process: every process reports
+// `failure` (null: it succeeded); if any failed, every process throws the same Error, the lowest
+// failed process's code and message, naming it ("process 2: ..."). Alone, rethrows `failure`.
+// `runtime` may be null when failure is set (only with one process).
+void agree_on(Runtime* runtime, std::exception_ptr failure);
 }  // namespace detail
 
 template <typename C>
@@ -115,7 +143,7 @@ class CheckpointedJob : public BasicJob<C> {
   std::pair<Tree, boost::json::object> get_tree_and_metadata_from_path(const std::string& rel_path,
                                                                         Tree template_tree,
                                                                         bool partial = false) {
-    return detail::load(this->runtime(), this->spec(), rel_path, std::move(template_tree), partial);
+    return get_tree_and_metadata_from_path(rel_path, std::move(template_tree), Sharding(), partial);
   }
   std::pair<Tree, boost::json::object> get_tree_and_metadata(const std::string& suffix,
                                                              Tree template_tree,
@@ -123,8 +151,27 @@ class CheckpointedJob : public BasicJob<C> {
     return get_tree_and_metadata_from_path(rel_path(this->spec(), suffix), std::move(template_tree),
                                            partial);
   }
+  // The same into a template whose leaves named by `sharding` are boxes of the global arrays
+  // (runtime/sharding.h; the others whole arrays), from a checkpoint saved by any number of
+  // processes in any decomposition. Not collective: each process reads what its boxes need.
+  std::pair<Tree, boost::json::object> get_tree_and_metadata_from_path(const std::string& rel_path,
+                                                                        Tree template_tree,
+                                                                        const Sharding& sharding,
+                                                                        bool partial = false) {
+    return detail::load(this->runtime(), this->spec(), rel_path, std::move(template_tree), sharding,
+                        partial);
+  }
+  std::pair<Tree, boost::json::object> get_tree_and_metadata(const std::string& suffix,
+                                                             Tree template_tree,
+                                                             const Sharding& sharding,
+                                                             bool partial = false) {
+    return get_tree_and_metadata_from_path(rel_path(this->spec(), suffix), std::move(template_tree),
+                                           sharding, partial);
+  }
 
-  // Starts a save; returns its awaitable handle (see runtime/handles.h). Under
+  // Starts a save; returns its awaitable handle (see runtime/handles.h). In a job of several
+  // processes the save is collective (options.sharding names the tree's shard leaves; the rest
+  // are replicated) and every process's handle completes with the same result. Under
   // Backpressure::block it blocks its thread until staging is free, so on the thread that runs
   // the Runtime (a job whose Runtime was built on the job's own executor) it throws
   // Error(invalid_argument) instead of deadlocking: coroutines use async_save_tree_and_metadata.
@@ -223,6 +270,7 @@ class RestoreableJob : public CheckpointedJob<C> {
   void restore(const std::string& suffix) { restore_from_path(rel_path(this->spec(), suffix)); }
 
   // Points this job's `latest` at suffix once that save is durable (the seed's `register`).
+  // Collective in a job of several processes: process 0 writes `latest`.
   RegisterHandle register_latest(const std::string& suffix) {
     return this->runtime().register_latest(run_dir(this->spec()), suffix);
   }
@@ -233,6 +281,18 @@ class RestoreableJob : public CheckpointedJob<C> {
   static std::vector<std::string> checkpoints(const ExecutionSpec& spec) {
     return detail::checkpoints(spec);
   }
+  // Collective forms for a job of several processes: process 0 reads, and every process returns
+  // its answer (or throws its error, "process 0: ..."), so all agree even while process 0's
+  // retention removes old checkpoints. spec must name comm's rank and size. With a null
+  // communicator they are the forms above.
+  static std::optional<std::string> latest(const ExecutionSpec& spec,
+                                           const std::shared_ptr<Communicator>& comm) {
+    return detail::latest(spec, comm);
+  }
+  static std::vector<std::string> checkpoints(const ExecutionSpec& spec,
+                                              const std::shared_ptr<Communicator>& comm) {
+    return detail::checkpoints(spec, comm);
+  }
 };
 
 // Rebuilds a job from the checkpoint at rel_path: the class recorded in its job.json (falling
@@ -241,47 +301,65 @@ class RestoreableJob : public CheckpointedJob<C> {
 // and is an error naming the key for any other; unknown keys and wrong types are errors naming
 // the key), then calls restore_from_path(rel_path). resume = true continues the saved run
 // (its project/group/name, so new checkpoints and `latest` land beside the old ones); false
-// starts a new run under `spec` from the checkpoint's state.
+// starts a new run under `spec` from the checkpoint's state. The job uses `runtime` (null: the
+// default one). Any process count may restore what any other saved: the processes are always
+// `spec`'s (process_index/process_count), never the saved job's. In a job of several processes
+// it is collective: each process rebuilds its job and restores its part, then they agree, and
+// if any failed every process throws the same error naming the first that failed.
 template <typename Job>
 std::pair<std::unique_ptr<Job>, typename Job::Config> from_checkpoint_path(
     const std::string& rel_path, const ExecutionSpec& spec,
-    const std::optional<boost::json::value>& runtime_cfg = std::nullopt, bool resume = false) {
+    const std::optional<boost::json::value>& runtime_cfg = std::nullopt, bool resume = false,
+    std::shared_ptr<Runtime> runtime = nullptr) {
   using Config = typename Job::Config;
-  std::string path = resolve_rel_path(checkpoints_dir(spec), rel_path);
-  detail::SavedJob saved = detail::read_saved_job(path);
-  boost::json::value merged =
-      runtime_cfg ? overlay_config<Config>(saved.config, *runtime_cfg) : saved.config;
-  Config config = config_from_json<Config>(merged);
-  ExecutionSpec job_spec = spec;
-  if (resume) {
-    job_spec.project = saved.spec.project;
-    job_spec.group = saved.spec.group;
-    job_spec.name = saved.spec.name;
-  }
+  // Only a job of several processes needs the Runtime before restore_from_path would take it.
+  if (!runtime && spec.process_count > 1) runtime = default_runtime();
   std::unique_ptr<Job> job;
-  if (const JobFactory* factory = find_job_factory(saved.key)) {
-    std::unique_ptr<JobBase> base = (*factory)(job_spec, merged);
-    if (auto* typed = dynamic_cast<Job*>(base.get())) {
-      base.release();
-      job.reset(typed);
-    } else {
-      log().warn("checkpoint {} was saved by job '{}', which is not a {}; using {}", path,
-                 saved.key, typeid(Job).name(), typeid(Job).name());
+  std::optional<Config> config;
+  std::exception_ptr failure;
+  try {
+    if (runtime) detail::check_processes(spec, runtime->options().communicator.get());
+    std::string path = resolve_rel_path(checkpoints_dir(spec), rel_path);
+    detail::SavedJob saved = detail::read_saved_job(path);
+    boost::json::value merged =
+        runtime_cfg ? overlay_config<Config>(saved.config, *runtime_cfg) : saved.config;
+    config = config_from_json<Config>(merged);
+    ExecutionSpec job_spec = spec;
+    if (resume) {
+      job_spec.project = saved.spec.project;
+      job_spec.group = saved.spec.group;
+      job_spec.name = saved.spec.name;
     }
-  } else {
-    log().warn("checkpoint {} was saved by job '{}', which is not registered; using {}", path,
-               saved.key, typeid(Job).name());
+    if (const JobFactory* factory = find_job_factory(saved.key)) {
+      std::unique_ptr<JobBase> base = (*factory)(job_spec, merged);
+      if (auto* typed = dynamic_cast<Job*>(base.get())) {
+        base.release();
+        job.reset(typed);
+      } else {
+        log().warn("checkpoint {} was saved by job '{}', which is not a {}; using {}", path,
+                   saved.key, typeid(Job).name(), typeid(Job).name());
+      }
+    } else {
+      log().warn("checkpoint {} was saved by job '{}', which is not registered; using {}", path,
+                 saved.key, typeid(Job).name());
+    }
+    if (!job) job = std::make_unique<Job>(job_spec, *config);
+    if (runtime) job->set_runtime(runtime);
+    job->restore_from_path(rel_path);
+  } catch (...) {
+    failure = std::current_exception();
   }
-  if (!job) job = std::make_unique<Job>(job_spec, config);
-  job->restore_from_path(rel_path);
-  return {std::move(job), std::move(config)};
+  detail::agree_on(runtime.get(), failure);
+  return {std::move(job), std::move(*config)};
 }
 
 template <typename Job>
 std::pair<std::unique_ptr<Job>, typename Job::Config> from_checkpoint(
     const std::string& suffix, const ExecutionSpec& spec,
-    const std::optional<boost::json::value>& runtime_cfg = std::nullopt, bool resume = false) {
-  return from_checkpoint_path<Job>(rel_path(spec, suffix), spec, runtime_cfg, resume);
+    const std::optional<boost::json::value>& runtime_cfg = std::nullopt, bool resume = false,
+    std::shared_ptr<Runtime> runtime = nullptr) {
+  return from_checkpoint_path<Job>(rel_path(spec, suffix), spec, runtime_cfg, resume,
+                                   std::move(runtime));
 }
 
 }  // namespace ckpt::jobs

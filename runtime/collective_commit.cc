@@ -18,6 +18,7 @@
 #include "io/log.h"
 #include "runtime/commit.h"
 #include "runtime/layout.h"
+#include "runtime/wire_error.h"
 
 namespace ckpt {
 
@@ -63,27 +64,6 @@ struct In {
     return v;
   }
 };
-
-// A failure as it travels: "<errc>\n<message>", rebuilt as an Error of the same code.
-std::string encode_failure(std::exception_ptr e) {
-  Errc code = Errc::io;
-  try {
-    std::rethrow_exception(e);
-  } catch (const Error& err) {
-    code = err.code();
-  } catch (...) {
-  }
-  return fmt::format("{}\n{}", static_cast<int>(code), describe_error(e));
-}
-
-Error decode_failure(std::string_view s, std::string_view prefix) {
-  auto nl = s.find('\n');
-  int code = 0;
-  if (nl != std::string_view::npos) code = std::atoi(std::string(s.substr(0, nl)).c_str());
-  if (code < 0 || code > static_cast<int>(Errc::busy)) code = static_cast<int>(Errc::io);
-  std::string message(nl == std::string_view::npos ? s : s.substr(nl + 1));
-  return Error(static_cast<Errc>(code), std::string(prefix) + message);
-}
 
 // Visits the leaves of `t` in flattening order, mutably.
 template <typename F>

@@ -5,7 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -290,3 +292,95 @@ TEST_CASE("train_loop with --keep 2 ends with two checkpoints, latest among them
   CHECK(left == std::vector<std::string>{"step/590", "step/600"});
   CHECK(read_latest(run_dir) == "step/600");
 }
+
+#if defined(CKPT_MPIEXEC)
+namespace {
+
+const std::string kShardedArgs = " --sharded --state-mb 2 --steps 40 --save-every 10";
+
+// mpirun as this machine needs it (docs/design.md, section 14, "Sanitizers and mpirun"): as root,
+// more processes than cores, one node over shared memory without CMA, and no LeakSanitizer in
+// the processes (Open MPI keeps memory until exit).
+std::string mpirun() {
+  const char* asan = std::getenv("ASAN_OPTIONS");
+  return "env ASAN_OPTIONS='" + std::string(asan != nullptr && *asan != 0 ? asan + std::string(":") : "") +
+         "detect_leaks=0' " + CKPT_MPIEXEC +
+         " --allow-run-as-root --oversubscribe --mca btl self,vader"
+         " --mca btl_vader_single_copy_mechanism none";
+}
+
+// train_loop --sharded on `dir`: alone (np 0) or under mpirun -np np; `env` prefixes the
+// command of the last process (a crash point). Only stdout is captured; stderr goes to err_path.
+std::string sharded_command(int np, const std::string& dir, const std::string& extra,
+                            const std::string& err_path, const std::string& env = "") {
+  const std::string one = kBinary + kShardedArgs + " --dir " + dir + extra;
+  std::string command;
+  if (np == 0) {
+    command = one;
+  } else if (env.empty()) {
+    command = mpirun() + " -np " + std::to_string(np) + " " + one;
+  } else {
+    command = mpirun() + " -np " + std::to_string(np - 1) + " " + one + " : -np 1 env " + env + " " + one;
+  }
+  return "(" + command + " 2>" + err_path + ")";
+}
+
+std::string last_line(const std::string& output) {
+  auto end = output.find_last_not_of('\n');
+  if (end == std::string::npos) return {};
+  auto begin = output.rfind('\n', end);
+  return output.substr(begin == std::string::npos ? 0 : begin + 1, end - (begin == std::string::npos ? 0 : begin + 1) + 1);
+}
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+TEST_CASE("train_loop --sharded prints the same final digest alone and as two MPI processes, "
+          "only process 0 writing to stdout") {
+  TempDir dir;
+  std::string alone, two;
+  REQUIRE(test::run_command(sharded_command(0, dir / "a", "", dir / "a.err"), &alone) == 0);
+  const std::string expected = last_line(alone);
+  CHECK(expected.starts_with("final step=40 digest="));
+  int status = test::run_command(sharded_command(2, dir / "b", "", dir / "b.err"), &two);
+  INFO(two, file_text(dir / "b.err"));
+  REQUIRE(status == 0);
+  CHECK(last_line(two) == expected);
+  // One header and one final line: process 1 printed nothing on stdout.
+  CHECK(std::count(two.begin(), two.end(), '\n') == std::count(alone.begin(), alone.end(), '\n'));
+  CHECK(test::contains(two, ", 2 processes"));
+}
+
+TEST_CASE("train_loop --sharded killed mid-save under two MPI processes resumes under three to "
+          "the same digest") {
+  TempDir dir;
+  std::string reference, out;
+  REQUIRE(test::run_command(sharded_command(0, dir / "ref", "", dir / "ref.err"), &reference) == 0);
+  // Process 1 dies once its third save (step/30) has written its first block; mpirun ends the
+  // other.
+  int status = test::run_command(
+      sharded_command(2, dir / "run", "", dir / "kill.err", "CKPT_CRASH_AT=mid_write:3"), &out);
+  INFO(out, file_text(dir / "kill.err"));
+  CHECK(status != 0);
+  CHECK_FALSE(test::contains(out, "final step="));
+  const std::string run = dir / "run/general/default/train_loop_sharded";
+  auto latest = read_latest(run);
+  REQUIRE(latest.has_value());
+  CHECK((*latest == "step/10" || *latest == "step/20"));
+  check_run_dir_consistent(run);
+
+  status = test::run_command(sharded_command(3, dir / "run", " --resume", dir / "resume.err"), &out);
+  INFO(out, file_text(dir / "resume.err"));
+  REQUIRE(status == 0);
+  CHECK(test::contains(out, "restored general/default/train_loop_sharded/" + *latest));
+  CHECK(last_line(out) == last_line(reference));
+  CHECK(test::find_tmp_entries(run).empty());  // the dead save's temporary directory is gone
+  check_run_dir_consistent(run);
+}
+#endif
