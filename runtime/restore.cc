@@ -4,9 +4,9 @@
 namespace ckpt {
 
 // Transactional (docs/design.md, section 6): blocks are read into staging chunks, verified on the
-// copy threads, and scattered into the template only once all verified. The chunks are borrowed
-// from the pool when it has them free (pre-faulted: no page faults); otherwise the reader maps
-// its own staging up to the budget, or reads twice.
+// copy threads and swapped into the template as they arrive; a failure swaps them back. The
+// chunks are borrowed from the pool when it has them free (pre-faulted: no page faults);
+// otherwise the reader maps its own staging up to the budget, or reads twice.
 boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ, bool partial,
                                            const Sharding* sharding) {
   ReadOptions ro;
