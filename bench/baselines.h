@@ -11,6 +11,7 @@
 //    any durable, atomically published file costs on this disk.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -33,6 +34,15 @@ struct RawIo {
   bool fixed_buffers = false;
 };
 
+// Several processes measuring the raw IO together: `start` runs before each timed transfer (a
+// barrier, so that every process writes, or reads, at the same time), `combine` after it, turning
+// this process's time into the aggregate one (the slowest process's). Every process makes the same
+// calls in the same order.
+struct RawSync {
+  std::function<void()> start;
+  std::function<double(double)> combine;
+};
+
 // Writes `bytes` from `buf` (aligned to 4096, bytes a multiple of 4096) into a fresh file in
 // `dir` with O_DIRECT and io_uring, fsyncs it, reads it back into `buf`, removes the file; best
 // of `runs` for each direction. `presize` sizes the file with ftruncate before writing (inside
@@ -41,7 +51,7 @@ struct RawIo {
 // file system refuses O_DIRECT or io_uring is unavailable (the baseline would not be the physical
 // limit then).
 RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, int runs,
-                  bool presize = true);
+                  bool presize = true, const RawSync* sync = nullptr);
 
 // One iteration of the bare small-file protocol in `dir` (file name from `i`); returns ms.
 double bare_small_write_ms(const std::string& dir, int i);

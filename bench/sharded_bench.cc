@@ -86,11 +86,15 @@ int run_sharded(BenchOptions& o, std::shared_ptr<Communicator> comm) {
   io::AlignedBuffer scratch(static_cast<std::size_t>(io::align_up(state.bytes(), 4096)));
   double memcpy_ms = slowest(*comm, memcpy_best_ms(state.spans(), scratch.data(),
                                                    o.copy_threads, o.baseline_runs));
+  // Each run's write, then its read, starts at a barrier on every process; its time is the
+  // slowest process's: the aggregate, as for the save (N files written in parallel).
   barrier(*comm);
   auto start = Clock::now();
-  RawIo raw = raw_io_best(work, scratch.data(), io::align_up(state.bytes(), 4096), o.baseline_runs);
-  double raw_write_ms = slowest(*comm, raw.write_ms);
-  double raw_read_ms = slowest(*comm, raw.read_ms);
+  RawSync sync{[&] { barrier(*comm); }, [&](double ms) { return slowest(*comm, ms); }};
+  RawIo raw = raw_io_best(work, scratch.data(), io::align_up(state.bytes(), 4096), o.baseline_runs,
+                          true, &sync);
+  double raw_write_ms = raw.write_ms;
+  double raw_read_ms = raw.read_ms;
   double raw_wall_ms = slowest(*comm, ms_since(start));
 
   RuntimeOptions ro = o.runtime_options();
