@@ -32,7 +32,7 @@ Shape strides(const Shape& shape) {
 }
 
 // The runs that copy the intersection of the saved box (start s0, shape ss: the extent's bytes
-// at `e`) and the template box (b0, bs: the array at `dst`).
+// at `e`) and the template box (b0, bs: template leaf `target`), each with its byte offset there.
 void add_runs(const ExtentInfo& e, const Shape& s0, const Shape& ss, const Shape& b0,
               const Shape& bs, std::size_t dsize, std::uint32_t target, std::vector<Run>& runs) {
   const std::size_t n = ss.size();
