@@ -224,25 +224,6 @@ void scatter_unit(const Unit& unit, const std::byte* src,
   }
 }
 
-void swap_unit(const Unit& unit, std::byte* buf, const std::vector<const Array*>& targets) {
-  // Through a small bounce buffer that stays in the L1/L2 cache: four passes over memory (read
-  // and write both sides), where a copy makes two or three.
-  constexpr std::size_t kBounce = 16384;
-  alignas(64) std::byte bounce[kBounce];
-  for (const Segment& s : unit.segments) {
-    const Array* target = targets.empty() ? nullptr : targets[s.leaf];
-    if (target == nullptr) continue;
-    std::byte* a = target->mutable_data() + s.leaf_offset;
-    std::byte* b = buf + s.unit_offset;
-    for (std::uint64_t at = 0; at < s.len; at += kBounce) {
-      auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kBounce, s.len - at));
-      std::memcpy(bounce, a + at, n);
-      std::memcpy(a + at, b + at, n);
-      std::memcpy(b + at, bounce, n);
-    }
-  }
-}
-
 std::string block_leaves(const Manifest& m, std::uint32_t block) {
   constexpr std::size_t kNamed = 4;
   const BlockInfo& b = m.blocks[block];

@@ -95,10 +95,6 @@ std::vector<Piece> verify_unit(const Unit& unit, const std::byte* src, const Man
                                std::vector<std::uint32_t>& crc);
 // Copies the unit's segments into targets[leaf] (skipping null targets).
 void scatter_unit(const Unit& unit, const std::byte* src, const std::vector<const Array*>& targets);
-// Exchanges the unit's segments in `buf` with the bytes of targets[leaf] they are copied to
-// (skipping null targets): the targets get the unit's bytes, `buf` what they held. Doing it twice
-// restores both. Segments must not overlap, in the unit nor in the targets.
-void swap_unit(const Unit& unit, std::byte* buf, const std::vector<const Array*>& targets);
 
 // "leaf 'a/b'" or "leaves 'a/b' and 41 more": what a block of the data file holds, for messages.
 std::string block_leaves(const Manifest& manifest, std::uint32_t block);

@@ -165,8 +165,8 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
         }
         runs.push_back({e.file, e.offset, e.length, ti32, e.leaf_offset});
       } else {
-        add_runs(e, Shape(leaf.shape.size(), 0), leaf.shape, box.start, target.shape(), dsize,
-                 ti32, runs);
+        add_runs(e, Shape(leaf.shape.size(), 0), leaf.shape, box.start, target.shape(), dsize, ti32,
+                 runs);
       }
     }
   }
@@ -212,8 +212,9 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
         return before(x.file, x.offset + x.length, r.file, pos + 1);
       });
       if (it == units.end() || it->file != r.file || it->offset > pos) {
-        throw Error(Errc::corrupt, fmt::format("bytes at offset {} of {} lie outside the blocks read",
-                                               pos, m.data_files[r.file].name),
+        throw Error(Errc::corrupt,
+                    fmt::format("bytes at offset {} of {} lie outside the blocks read", pos,
+                                m.data_files[r.file].name),
                     dir);
       }
       std::uint64_t in_unit = pos - it->offset;

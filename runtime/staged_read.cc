@@ -4,18 +4,92 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 
 #include "io/error.h"
+#include "runtime/crc32c.h"
 #include "runtime/unit_pipe.h"
 
 namespace ckpt {
 
 namespace {
+
+// Exchanges n bytes of a and b through a bounce buffer that stays in the L1 cache: both sides
+// read and written once.
+void swap_bytes(std::byte* a, std::byte* b, std::uint64_t n) noexcept {
+  constexpr std::size_t kBounce = 16384;
+  alignas(64) std::byte bounce[kBounce];
+  for (std::uint64_t at = 0; at < n; at += kBounce) {
+    auto k = static_cast<std::size_t>(std::min<std::uint64_t>(kBounce, n - at));
+    std::memcpy(bounce, a + at, k);
+    std::memcpy(a + at, b + at, k);
+    std::memcpy(b + at, bounce, k);
+  }
+}
+
+// Exchanges the unit's segments in `buf` with the target bytes they go to: done twice, it
+// restores both sides.
+void swap_unit(const Unit& unit, std::byte* buf,
+               const std::vector<const Array*>& targets) noexcept {
+  for (const Segment& s : unit.segments) {
+    if (const Array* t = targets[s.leaf])
+      swap_bytes(t->mutable_data() + s.leaf_offset, buf + s.unit_offset, s.len);
+  }
+}
+
+// verify_unit and swap_unit in one pass, window by window, each window checksummed and then
+// swapped while its bytes are still in cache (one pass over the staging instead of two). Every
+// segment is swapped, also when a block is bad (the caller swaps the unit back). Returns the
+// first piece whose block ended with a CRC mismatch. Segments sorted by unit_offset, disjoint.
+std::optional<Piece> verify_swap_unit(const Unit& unit, std::byte* buf, const Manifest& m,
+                                      std::vector<std::uint32_t>& crc,
+                                      const std::vector<const Array*>& targets) noexcept {
+  constexpr std::uint64_t kWindow = 64u << 10;
+  std::optional<Piece> bad;
+  std::size_t pi = 0, si = 0;
+  std::uint64_t piece_at = 0;  // where piece pi starts in the unit
+  auto end_piece = [&](const Piece& p) {
+    if (p.ends_block && crc[p.block] != m.blocks[p.block].crc32c && !bad) bad = p;
+    piece_at += p.len;
+    ++pi;
+  };
+  for (std::uint64_t w0 = 0; w0 < unit.length; w0 += kWindow) {
+    const std::uint64_t w1 = std::min(unit.length, w0 + kWindow);
+    for (std::uint64_t at = w0; at < w1 && pi < unit.pieces.size();) {
+      const Piece& p = unit.pieces[pi];
+      const std::uint64_t n = std::min(w1, piece_at + p.len) - at;
+      const bool fresh = at == piece_at && p.start == 0;
+      crc[p.block] = crc32c(buf + at, n, fresh ? 0 : crc[p.block]);
+      at += n;
+      if (at == piece_at + p.len) end_piece(p);
+    }
+    while (si < unit.segments.size() &&
+           unit.segments[si].unit_offset + unit.segments[si].len <= w0) {
+      ++si;
+    }
+    for (std::size_t k = si; k < unit.segments.size() && unit.segments[k].unit_offset < w1; ++k) {
+      const Segment& s = unit.segments[k];
+      const Array* t = targets[s.leaf];
+      const std::uint64_t lo = std::max(w0, s.unit_offset);
+      const std::uint64_t hi = std::min(w1, s.unit_offset + s.len);
+      if (t != nullptr && lo < hi) {
+        swap_bytes(t->mutable_data() + s.leaf_offset + (lo - s.unit_offset), buf + lo, hi - lo);
+      }
+    }
+  }
+  while (pi < unit.pieces.size()) {  // empty pieces past the last byte
+    const Piece& p = unit.pieces[pi];
+    if (p.start == 0) crc[p.block] = crc32c(buf, 0, 0);
+    end_piece(p);
+  }
+  return bad;
+}
 
 // True when no two segments share a byte: within a unit's buffer, or in the targets.
 bool segments_disjoint(const std::vector<Unit>& units, const std::vector<const Array*>& targets) {
@@ -23,6 +97,9 @@ bool segments_disjoint(const std::vector<Unit>& units, const std::vector<const A
   std::vector<std::pair<std::uint64_t, std::uint64_t>> src;
   for (const Unit& u : units) {
     src.clear();
+    for (std::size_t k = 1; k < u.segments.size(); ++k) {
+      if (u.segments[k - 1].unit_offset > u.segments[k].unit_offset) return false;  // unsorted
+    }
     for (const Segment& s : u.segments) {
       const Array* t = targets[s.leaf];
       if (t == nullptr || s.len == 0) continue;
@@ -136,19 +213,23 @@ struct Staged : std::enable_shared_from_this<Staged> {
     submit(more);
   }
 
-  // Verifies unit i and, when it is good, swaps it into the targets. Unlocked.
+  // Verifies unit i and swaps it into the targets (a bad one too: it goes back with the rest).
+  // Unlocked.
   void process(std::size_t i) {
     const Unit& u = units[i];
     std::exception_ptr bad;
     bool in = false;
     try {
-      auto pieces = verify_unit(u, buffers[i], m, crc);
-      if (!pieces.empty()) {
-        bad = std::make_exception_ptr(Error(
-            Errc::corrupt, describe_bad_block(m, pieces.front().block), files[u.file]->path()));
-      } else if (swap) {
-        swap_unit(u, buffers[i], targets);
+      std::optional<Piece> wrong;
+      if (swap) {
+        wrong = verify_swap_unit(u, buffers[i], m, crc, targets);
         in = true;
+      } else if (auto pieces = verify_unit(u, buffers[i], m, crc); !pieces.empty()) {
+        wrong = pieces.front();
+      }
+      if (wrong) {
+        bad = std::make_exception_ptr(
+            Error(Errc::corrupt, describe_bad_block(m, wrong->block), files[u.file]->path()));
       }
     } catch (...) {
       bad = std::current_exception();

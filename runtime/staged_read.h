@@ -50,9 +50,8 @@ void two_pass_read(io::Engine& engine, const Manifest& manifest, const std::vect
 // The transactional read of `units` (whole blocks, each at most unit_bytes) into `targets`:
 // staged_read through staging lent by options.borrow or mapped within options.staging_bytes; else
 // two_pass_read over `pass_units` (pieces of at most pass_unit_bytes; empty: `units` themselves).
-void read_into_targets(io::Engine& engine, const Manifest& manifest,
-                       const std::vector<Unit>& units, std::uint64_t unit_bytes,
-                       const std::vector<io::File*>& files,
+void read_into_targets(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
+                       std::uint64_t unit_bytes, const std::vector<io::File*>& files,
                        const std::vector<const Array*>& targets, const ReadOptions& options,
                        const std::vector<Unit>& pass_units = {}, std::uint64_t pass_unit_bytes = 0);
 
