@@ -23,10 +23,14 @@ inline constexpr std::uint64_t kRawRequestBytes = 1u << 20;
 
 using Spans = std::vector<std::span<const std::byte>>;
 
+struct RawSync;
+
 // Copies the concatenation of `src` into `dst` (sum of sizes bytes) with `threads` threads, each
 // taking one contiguous share of the bytes; returns the best time of `runs` in ms, after one
-// untimed warm-up copy.
-double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs);
+// untimed warm-up copy. `sync`: several processes copy together, each run from a barrier, timed
+// to the slowest (see RawSync).
+double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs,
+                      const RawSync* sync = nullptr);
 
 struct RawIo {
   double write_ms = 0;  // open (create) + writes + fsync
