@@ -110,7 +110,8 @@ void transfer(io_uring* ring, bool write, int fd, std::byte* buf, std::uint64_t 
 
 }  // namespace
 
-double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs) {
+double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs,
+                      const RawSync* sync) {
   std::vector<std::uint64_t> starts;
   std::uint64_t total = 0;
   for (const auto& s : src) {
@@ -121,13 +122,15 @@ double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int ru
   memcpy_once_ms(src, starts, dst, total, threads);  // warm: caches, TLB, frequency
   double best = 1e300;
   for (int r = 0; r < std::max(runs, 1); ++r) {
-    best = std::min(best, memcpy_once_ms(src, starts, dst, total, threads));
+    if (sync != nullptr) sync->start();
+    double ms = memcpy_once_ms(src, starts, dst, total, threads);
+    best = std::min(best, sync != nullptr ? sync->combine(ms) : ms);
   }
   return best;
 }
 
 RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, int runs,
-                  bool presize) {
+                  bool presize, const RawSync* sync) {
   if (bytes % 4096 != 0 || reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
     throw std::invalid_argument("raw baseline: buffer and length must be 4096-aligned");
   }
@@ -144,6 +147,8 @@ RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, i
   out.write_ms = out.read_ms = 1e300;
   for (int r = 0; r < std::max(runs, 1); ++r) {
     std::string path = fmt::format("{}/raw-baseline-{}-{}.bin", dir, ::getpid(), r);
+    auto aggregate = [&](double ms) { return sync != nullptr ? sync->combine(ms) : ms; };
+    if (sync != nullptr) sync->start();
     auto start = Clock::now();
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_DIRECT | O_CLOEXEC, 0644);
     if (fd < 0) fail("open " + path + " (O_DIRECT)", errno);
@@ -154,15 +159,18 @@ RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, i
       fail("ftruncate " + path, errno);
     transfer(ring.get(), true, fd, buf, bytes, out.fixed_buffers);
     if (::fsync(fd) != 0) fail("fsync " + path, errno);
-    out.write_ms = std::min(out.write_ms, ms_since(start));
+    double ms = ms_since(start);
     ::close(fd);
+    out.write_ms = std::min(out.write_ms, aggregate(ms));
 
+    if (sync != nullptr) sync->start();
     start = Clock::now();
     fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (fd < 0) fail("open " + path, errno);
     transfer(ring.get(), false, fd, buf, bytes, out.fixed_buffers);
-    out.read_ms = std::min(out.read_ms, ms_since(start));
+    ms = ms_since(start);
     ::close(fd);
+    out.read_ms = std::min(out.read_ms, aggregate(ms));
     std::filesystem::remove(path);
   }
   if (out.fixed_buffers) io_uring_unregister_buffers(ring.get());

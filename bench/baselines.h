@@ -11,6 +11,7 @@
 //    any durable, atomically published file costs on this disk.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,15 +23,28 @@ inline constexpr std::uint64_t kRawRequestBytes = 1u << 20;
 
 using Spans = std::vector<std::span<const std::byte>>;
 
+struct RawSync;
+
 // Copies the concatenation of `src` into `dst` (sum of sizes bytes) with `threads` threads, each
 // taking one contiguous share of the bytes; returns the best time of `runs` in ms, after one
-// untimed warm-up copy.
-double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs);
+// untimed warm-up copy. `sync`: several processes copy together, each run from a barrier, timed
+// to the slowest (see RawSync).
+double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs,
+                      const RawSync* sync = nullptr);
 
 struct RawIo {
   double write_ms = 0;  // open (create) + writes + fsync
   double read_ms = 0;   // open + reads
   bool fixed_buffers = false;
+};
+
+// Several processes measuring the raw IO together: `start` runs before each timed transfer (a
+// barrier, so that every process writes, or reads, at the same time), `combine` after it, turning
+// this process's time into the aggregate one (the slowest process's). Every process makes the same
+// calls in the same order.
+struct RawSync {
+  std::function<void()> start;
+  std::function<double(double)> combine;
 };
 
 // Writes `bytes` from `buf` (aligned to 4096, bytes a multiple of 4096) into a fresh file in
@@ -41,7 +55,7 @@ struct RawIo {
 // file system refuses O_DIRECT or io_uring is unavailable (the baseline would not be the physical
 // limit then).
 RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, int runs,
-                  bool presize = true);
+                  bool presize = true, const RawSync* sync = nullptr);
 
 // One iteration of the bare small-file protocol in `dir` (file name from `i`); returns ms.
 double bare_small_write_ms(const std::string& dir, int i);

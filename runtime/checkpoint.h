@@ -29,11 +29,11 @@ struct ReadOptions {
   std::uint64_t unit_bytes = 16u << 20;  // the least read request; a unit holds whole blocks
   unsigned queue_depth = 8;              // reads in flight
   bool allow_direct = true;
-  // A restore reads every wanted block into staging and verifies it before it writes a byte of
-  // the template (transactional). Staging: `borrow(n, bytes)` when given lends n aligned buffers of
-  // at least `bytes` each, or none (the Runtime lends its staging chunks; `give_back` returns
-  // them); else the reader maps its own memory, up to staging_bytes. A restore larger than that
-  // reads twice: once to verify everything, once to verify and copy (docs/design.md, section 6).
+  // A restore verifies every wanted block in staging before its bytes go into the template, and
+  // a failure puts back what the template held (transactional). Staging: `borrow(n, bytes)` lends
+  // n aligned buffers of at least `bytes` each, or none (the Runtime lends its staging chunks;
+  // `give_back` returns them); else the reader maps its own memory, up to staging_bytes. Beyond
+  // that, two reads: one verifies everything, one verifies and copies (docs/design.md, section 6).
   std::uint64_t staging_bytes = std::uint64_t{1} << 30;
   std::function<std::vector<std::byte*>(std::size_t, std::uint64_t)> borrow;
   std::function<void(const std::vector<std::byte*>&)> give_back;

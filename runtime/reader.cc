@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <thread>
 #include <unordered_map>
 
 #include "io/durable.h"
@@ -101,31 +100,6 @@ OpenData open_data(const std::string& dir, const Manifest& m, bool allow_direct)
   return out;
 }
 
-std::string describe_bad(const Manifest& m, const Piece& p) {
-  const BlockInfo& b = m.blocks[p.block];
-  return fmt::format("checksum mismatch in the block at offset {} ({} bytes) holding {}", b.offset,
-                     b.length, block_leaves(m, p.block));
-}
-
-// Verifies every unit (pass 1), then reads them again, verifying and scattering (pass 2): the
-// restore for units that are not whole blocks or do not fit the staging. It never writes the
-// template when the data was bad at the start; a file that changes or fails between the passes
-// can still leave it partly written (docs/design.md, section 6).
-void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit>& units,
-                   const OpenData& data, std::uint64_t unit, const ReadOptions& options,
-                   const std::vector<const Array*>& targets) {
-  for (bool scatter : {false, true}) {
-    std::vector<std::uint32_t> crc(extent_slots(m));
-    UnitPipe pipe(engine, unit, options.queue_depth);
-    pipe.read_all(units, data.ptrs, [&](const Unit& u, const std::byte* buf) {
-      auto bad = verify_unit(u, buf, m, crc);
-      if (!bad.empty())
-        throw Error(Errc::corrupt, describe_bad(m, bad.front()), data.files[u.file].path());
-      if (scatter) scatter_unit(u, buf, targets);
-    });
-  }
-}
-
 std::uint64_t unit_size(std::uint64_t requested, const Manifest& m) {
   return std::max<std::uint64_t>(io::align_up(requested, m.alignment), m.alignment);
 }
@@ -166,16 +140,10 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   std::uint64_t staged_unit = unit;
   for (const auto& b : m.blocks) staged_unit = std::max(staged_unit, b.length);
   std::vector<Unit> units = plan_units(m, staged_unit, wanted);
-  StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
-  if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
-  // Staging: buffers lent by the caller (the Runtime's pool), else memory of our own within
-  // staging_bytes, else the two-pass read.
-  ReadStaging staging(units, staged_unit, options.staging_bytes, options.borrow, options.give_back);
-  if (!staging.buffers().empty() || units.empty()) {
-    staged_read(engine, m, units, data.ptrs, staging.buffers(), targets, staged);
-    return metadata;
-  }
-  two_pass_read(engine, m, plan_units(m, unit, wanted), data, unit, options, targets);
+  // Beyond the staging, two passes in units of the requested size (a large block in pieces).
+  std::vector<Unit> pass_units;
+  if (staged_unit != unit) pass_units = plan_units(m, unit, wanted);
+  read_into_targets(engine, m, units, staged_unit, data.ptrs, targets, options, pass_units, unit);
   return metadata;
 }
 
@@ -253,7 +221,7 @@ VerifyReport verify_checkpoint(io::Engine& engine, const std::string& dir,
       UnitPipe pipe(engine, unit, options.queue_depth);
       pipe.read_all(units, files, [&](const Unit& u, const std::byte* buf) {
         for (const Piece& p : verify_unit(u, buf, m, crc)) {
-          report.problems.push_back(label + ": " + describe_bad(m, p));
+          report.problems.push_back(label + ": " + describe_bad_block(m, p.block));
         }
         report.bytes_checked += u.length;
       });

@@ -4,9 +4,9 @@
 namespace ckpt {
 
 // Transactional (docs/design.md, section 6): blocks are read into staging chunks, verified on the
-// copy threads, and scattered into the template only once all verified. The chunks are borrowed
-// from the pool when it has them free (pre-faulted: no page faults); otherwise the reader maps
-// its own staging up to the budget, or reads twice.
+// copy threads and swapped into the template as they arrive; a failure swaps them back. The
+// chunks are borrowed from the pool when it has them free (pre-faulted: no page faults);
+// otherwise the reader maps its own staging up to the budget, or reads twice.
 boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ, bool partial,
                                            const Sharding* sharding) {
   ReadOptions ro;
@@ -24,7 +24,12 @@ boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ,
     return out;
   };
   ro.give_back = [this](const std::vector<std::byte*>& chunks) { pool.release(chunks); };
-  ro.spawn = [this](std::function<void()> fn) { asio::post(workers, std::move(fn)); };
+  // The caller waits for the restore: its helpers run at its priority (std::threads it starts;
+  // the copy pool's threads run at copy_nice, so under load they would get a sliver of a core).
+  // An async_restore runs on the copy pool already, in the background: it posts its helpers there.
+  if (workers.get_executor().running_in_this_thread()) {
+    ro.spawn = [this](std::function<void()> fn) { asio::post(workers, std::move(fn)); };
+  }
   return restore_checkpoint(*engine, path, templ, partial, ro);
 }
 

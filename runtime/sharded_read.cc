@@ -4,9 +4,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cstring>
-#include <limits>
-#include <thread>
 #include <unordered_map>
 
 #include "io/error.h"
@@ -24,7 +21,8 @@ struct Run {
   std::uint32_t file;
   std::uint64_t offset;
   std::uint64_t len;
-  std::byte* dst;
+  std::uint32_t target;  // the template leaf, in flattening order
+  std::uint64_t to;      // byte offset in it
 };
 
 Shape strides(const Shape& shape) {
@@ -34,12 +32,12 @@ Shape strides(const Shape& shape) {
 }
 
 // The runs that copy the intersection of the saved box (start s0, shape ss: the extent's bytes
-// at `e`) and the template box (b0, bs: the array at `dst`).
+// at `e`) and the template box (b0, bs: template leaf `target`), each with its byte offset there.
 void add_runs(const ExtentInfo& e, const Shape& s0, const Shape& ss, const Shape& b0,
-              const Shape& bs, std::size_t dsize, std::byte* dst, std::vector<Run>& runs) {
+              const Shape& bs, std::size_t dsize, std::uint32_t target, std::vector<Run>& runs) {
   const std::size_t n = ss.size();
   if (n == 0) {  // a scalar: the whole of it
-    runs.push_back({e.file, e.offset, dsize, dst});
+    runs.push_back({e.file, e.offset, dsize, target, 0});
     return;
   }
   Shape i0(n), is(n);
@@ -68,7 +66,7 @@ void add_runs(const ExtentInfo& e, const Shape& s0, const Shape& ss, const Shape
       src += (g - s0[d]) * sst[d];
       to += (g - b0[d]) * bst[d];
     }
-    runs.push_back({e.file, e.offset + src * dsize, run_elems * dsize, dst + to * dsize});
+    runs.push_back({e.file, e.offset + src * dsize, run_elems * dsize, target, to * dsize});
     std::size_t d = k;
     while (d > 0) {
       --d;
@@ -152,10 +150,10 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
     const LeafInfo& leaf = m.leaves[li];
     const std::size_t dsize = dtype_size(leaf.dtype);
     if (target.nbytes() == 0) continue;
+    const auto ti32 = static_cast<std::uint32_t>(ti);
     for (const ExtentInfo& e : leaf.extents) {
       if (!e.slice_shape.empty()) {
-        add_runs(e, e.slice_start, e.slice_shape, box.start, target.shape(), dsize,
-                 target.mutable_data(), runs);
+        add_runs(e, e.slice_start, e.slice_shape, box.start, target.shape(), dsize, ti32, runs);
       } else if (!m.sharded() && leaf.extents.size() > 1) {
         // An unsharded leaf cut into several extents (format version 1): each holds the bytes
         // [leaf_offset, leaf_offset + length) of the row-major array. Only whole-array templates
@@ -165,10 +163,10 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
                       "restoring a box of a version 1 leaf cut into extents is not supported",
                       dir);
         }
-        runs.push_back({e.file, e.offset, e.length, target.mutable_data() + e.leaf_offset});
+        runs.push_back({e.file, e.offset, e.length, ti32, e.leaf_offset});
       } else {
-        add_runs(e, Shape(leaf.shape.size(), 0), leaf.shape, box.start, target.shape(), dsize,
-                 target.mutable_data(), runs);
+        add_runs(e, Shape(leaf.shape.size(), 0), leaf.shape, box.start, target.shape(), dsize, ti32,
+                 runs);
       }
     }
   }
@@ -204,6 +202,28 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
   }
   if (units.empty()) return;
 
+  // Each run's bytes, as segments of the units that hold them (runs are sorted: so are the
+  // segments of a unit).
+  for (const Run& r : runs) {
+    auto it = units.begin();
+    for (std::uint64_t at = 0; at < r.len;) {
+      std::uint64_t pos = r.offset + at;
+      it = std::partition_point(it, units.end(), [&](const Unit& x) {
+        return before(x.file, x.offset + x.length, r.file, pos + 1);
+      });
+      if (it == units.end() || it->file != r.file || it->offset > pos) {
+        throw Error(Errc::corrupt,
+                    fmt::format("bytes at offset {} of {} lie outside the blocks read", pos,
+                                m.data_files[r.file].name),
+                    dir);
+      }
+      std::uint64_t in_unit = pos - it->offset;
+      std::uint64_t len = std::min(r.len - at, it->length - in_unit);
+      it->segments.push_back(Segment{r.target, r.to + at, in_unit, len});
+      at += len;
+    }
+  }
+
   // Only the data files that hold something wanted are opened.
   std::vector<io::File> opened;
   opened.reserve(m.data_files.size());
@@ -220,32 +240,11 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
     }
     files[u.file] = &opened.back();
   }
-  // Every block it needs at once, whatever the staging budget (docs/design.md, section 11).
-  ReadStaging staging(units, max_unit, std::numeric_limits<std::uint64_t>::max(), options.borrow,
-                      options.give_back);
-  const std::vector<std::byte*>& buffers = staging.buffers();
-  StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
-  if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
-  staged_read(engine, m, units, files, buffers, {}, staged);  // verifies; scatters nothing
-
-  // Every block verified: copy the runs.
-  for (const Run& r : runs) {
-    for (std::uint64_t at = 0; at < r.len;) {
-      std::uint64_t pos = r.offset + at;
-      auto it = std::partition_point(units.begin(), units.end(), [&](const Unit& x) {
-        return before(x.file, x.offset + x.length, r.file, pos + 1);
-      });
-      if (it == units.end() || it->file != r.file || it->offset > pos) {
-        throw Error(Errc::corrupt, fmt::format("bytes at offset {} of {} lie outside the blocks read",
-                                               pos, m.data_files[r.file].name),
-                    dir);
-      }
-      std::uint64_t in_unit = pos - it->offset;
-      std::uint64_t len = std::min(r.len - at, it->length - in_unit);
-      std::memcpy(r.dst + at, buffers[static_cast<std::size_t>(it - units.begin())] + in_unit, len);
-      at += len;
-    }
-  }
+  std::vector<const Array*> targets(flat.size());
+  for (std::size_t i = 0; i < flat.size(); ++i) targets[i] = &flat[i].second;
+  // Verified and swapped into the template as each unit arrives, within the staging; else in
+  // two passes (runtime/staged_read.h).
+  read_into_targets(engine, m, units, max_unit, files, targets, options);
 }
 
 }  // namespace ckpt

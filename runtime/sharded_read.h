@@ -6,9 +6,11 @@
 // For every (template box, saved box) pair that intersect, the intersection's bytes are a set of
 // runs in the saved box's row-major bytes (one per row of the intersection, longer when trailing
 // dimensions are whole in both boxes). Only the checksummed blocks holding such runs are read:
-// into staging, O_DIRECT, `queue_depth` reads in flight, each block verified against its CRC32C
-// (runtime/staged_read.h); only when all verified are the runs copied into the template. So, as
-// for any restore, a failure leaves the template untouched.
+// into staging, O_DIRECT, `queue_depth` reads in flight; as each unit of blocks arrives, a copy
+// thread verifies it against its CRC32Cs and swaps its runs into the template
+// (runtime/staged_read.h), so the copies overlap the reads. A failure swaps back what was swapped
+// in: as for any restore, the template is left as it was. Beyond the staging the restore can
+// get, it reads in two passes (verify all, then read, verify and copy).
 #include "io/engine.h"
 #include "runtime/checkpoint.h"
 #include "runtime/manifest.h"

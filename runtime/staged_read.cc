@@ -2,17 +2,121 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <utility>
 
 #include "io/error.h"
+#include "runtime/crc32c.h"
+#include "runtime/unit_pipe.h"
 
 namespace ckpt {
 
 namespace {
+
+// Exchanges n bytes of a and b through a bounce buffer that stays in the L1 cache: both sides
+// read and written once.
+void swap_bytes(std::byte* a, std::byte* b, std::uint64_t n) noexcept {
+  constexpr std::size_t kBounce = 16384;
+  alignas(64) std::byte bounce[kBounce];
+  for (std::uint64_t at = 0; at < n; at += kBounce) {
+    auto k = static_cast<std::size_t>(std::min<std::uint64_t>(kBounce, n - at));
+    std::memcpy(bounce, a + at, k);
+    std::memcpy(a + at, b + at, k);
+    std::memcpy(b + at, bounce, k);
+  }
+}
+
+// Exchanges the unit's segments in `buf` with the target bytes they go to: done twice, it
+// restores both sides.
+void swap_unit(const Unit& unit, std::byte* buf,
+               const std::vector<const Array*>& targets) noexcept {
+  for (const Segment& s : unit.segments) {
+    if (const Array* t = targets[s.leaf])
+      swap_bytes(t->mutable_data() + s.leaf_offset, buf + s.unit_offset, s.len);
+  }
+}
+
+// verify_unit and swap_unit in one pass, window by window, each window checksummed and then
+// swapped while its bytes are still in cache (one pass over the staging instead of two). Every
+// segment is swapped, also when a block is bad (the caller swaps the unit back). Returns the
+// first piece whose block ended with a CRC mismatch. Segments sorted by unit_offset, disjoint.
+std::optional<Piece> verify_swap_unit(const Unit& unit, std::byte* buf, const Manifest& m,
+                                      std::vector<std::uint32_t>& crc,
+                                      const std::vector<const Array*>& targets) noexcept {
+  constexpr std::uint64_t kWindow = 64u << 10;
+  std::optional<Piece> bad;
+  std::size_t pi = 0, si = 0;
+  std::uint64_t piece_at = 0;  // where piece pi starts in the unit
+  auto end_piece = [&](const Piece& p) {
+    if (p.ends_block && crc[p.block] != m.blocks[p.block].crc32c && !bad) bad = p;
+    piece_at += p.len;
+    ++pi;
+  };
+  for (std::uint64_t w0 = 0; w0 < unit.length; w0 += kWindow) {
+    const std::uint64_t w1 = std::min(unit.length, w0 + kWindow);
+    for (std::uint64_t at = w0; at < w1 && pi < unit.pieces.size();) {
+      const Piece& p = unit.pieces[pi];
+      const std::uint64_t n = std::min(w1, piece_at + p.len) - at;
+      const bool fresh = at == piece_at && p.start == 0;
+      crc[p.block] = crc32c(buf + at, n, fresh ? 0 : crc[p.block]);
+      at += n;
+      if (at == piece_at + p.len) end_piece(p);
+    }
+    while (si < unit.segments.size() &&
+           unit.segments[si].unit_offset + unit.segments[si].len <= w0) {
+      ++si;
+    }
+    for (std::size_t k = si; k < unit.segments.size() && unit.segments[k].unit_offset < w1; ++k) {
+      const Segment& s = unit.segments[k];
+      const Array* t = targets[s.leaf];
+      const std::uint64_t lo = std::max(w0, s.unit_offset);
+      const std::uint64_t hi = std::min(w1, s.unit_offset + s.len);
+      if (t != nullptr && lo < hi) {
+        swap_bytes(t->mutable_data() + s.leaf_offset + (lo - s.unit_offset), buf + lo, hi - lo);
+      }
+    }
+  }
+  while (pi < unit.pieces.size()) {  // empty pieces past the last byte
+    const Piece& p = unit.pieces[pi];
+    if (p.start == 0) crc[p.block] = crc32c(buf, 0, 0);
+    end_piece(p);
+  }
+  return bad;
+}
+
+// True when no two segments share a byte: within a unit's buffer, or in the targets.
+bool segments_disjoint(const std::vector<Unit>& units, const std::vector<const Array*>& targets) {
+  std::vector<std::pair<std::uintptr_t, std::uint64_t>> dst;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> src;
+  for (const Unit& u : units) {
+    src.clear();
+    for (std::size_t k = 1; k < u.segments.size(); ++k) {
+      if (u.segments[k - 1].unit_offset > u.segments[k].unit_offset) return false;  // unsorted
+    }
+    for (const Segment& s : u.segments) {
+      const Array* t = targets[s.leaf];
+      if (t == nullptr || s.len == 0) continue;
+      src.emplace_back(s.unit_offset, s.len);
+      dst.emplace_back(reinterpret_cast<std::uintptr_t>(t->data()) + s.leaf_offset, s.len);
+    }
+    std::sort(src.begin(), src.end());
+    for (std::size_t k = 1; k < src.size(); ++k) {
+      if (src[k - 1].first + src[k - 1].second > src[k].first) return false;
+    }
+  }
+  std::sort(dst.begin(), dst.end());
+  for (std::size_t k = 1; k < dst.size(); ++k) {
+    if (dst[k - 1].first + dst[k - 1].second > dst[k].first) return false;
+  }
+  return true;
+}
 
 struct Staged : std::enable_shared_from_this<Staged> {
   io::Engine& engine;
@@ -22,24 +126,23 @@ struct Staged : std::enable_shared_from_this<Staged> {
   const std::vector<std::byte*>& buffers;
   const std::vector<const Array*>& targets;
   unsigned depth;
+  bool swap;  // swap each unit into the targets as it verifies (else copy after all verified)
 
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::size_t> ready;  // read, not yet verified
   std::size_t next_read = 0;
   std::size_t in_flight = 0;
-  std::size_t verified = 0;
-  std::size_t busy = 0;  // workers verifying or scattering a unit now
-  std::size_t next_scatter = 0;
-  std::size_t scattered = 0;
+  std::size_t done = 0;  // verified (and swapped in)
+  std::size_t busy = 0;  // workers verifying or swapping a unit now
   std::exception_ptr error;
-  bool scatter_phase = false;
   bool finished = false;
+  std::vector<char> swapped;  // per unit: its segments are in the targets
   std::vector<std::uint32_t> crc;
 
   Staged(io::Engine& e, const Manifest& man, const std::vector<Unit>& u,
          const std::vector<io::File*>& f, const std::vector<std::byte*>& b,
-         const std::vector<const Array*>& t, unsigned d)
+         const std::vector<const Array*>& t, unsigned d, bool sw)
       : engine(e),
         m(man),
         units(u),
@@ -47,6 +150,8 @@ struct Staged : std::enable_shared_from_this<Staged> {
         buffers(b),
         targets(t),
         depth(std::max(d, 1u)),
+        swap(sw),
+        swapped(u.size(), 0),
         crc(extent_slots(man)) {}
 
   // Under mu: the reads to submit now (submitted by the caller after unlocking: a completion
@@ -64,20 +169,12 @@ struct Staged : std::enable_shared_from_this<Staged> {
     if (!error) error = e;
   }
 
-  // Under mu: the verify phase ends when every unit verified (then scatter), or after a failure
-  // once nothing is in flight or being verified (then finished).
+  // Under mu: finished when every unit is done, or after a failure once nothing is in flight or
+  // being worked on (so that the caller may swap back what was swapped in).
   void advance_locked() {
-    if (scatter_phase || finished) return;
-    if (error) {
-      if (in_flight == 0 && busy == 0) {
-        finished = true;
-        cv.notify_all();
-      }
-      return;
-    }
-    if (verified == units.size()) {
-      scatter_phase = true;
-      if (units.empty()) finished = true;
+    if (finished) return;
+    if (error ? in_flight == 0 && busy == 0 : done == units.size()) {
+      finished = true;
       cv.notify_all();
     }
   }
@@ -116,28 +213,34 @@ struct Staged : std::enable_shared_from_this<Staged> {
     submit(more);
   }
 
-  void verify(std::size_t i) {
+  // Verifies unit i and swaps it into the targets (a bad one too: it goes back with the rest).
+  // Unlocked.
+  void process(std::size_t i) {
     const Unit& u = units[i];
     std::exception_ptr bad;
+    bool in = false;
     try {
-      auto pieces = verify_unit(u, buffers[i], m, crc);
-      if (!pieces.empty()) {
-        const BlockInfo& b = m.blocks[pieces.front().block];
+      std::optional<Piece> wrong;
+      if (swap) {
+        wrong = verify_swap_unit(u, buffers[i], m, crc, targets);
+        in = true;
+      } else if (auto pieces = verify_unit(u, buffers[i], m, crc); !pieces.empty()) {
+        wrong = pieces.front();
+      }
+      if (wrong) {
         bad = std::make_exception_ptr(
-            Error(Errc::corrupt,
-                  fmt::format("checksum mismatch in the block at offset {} ({} bytes) holding {}",
-                              b.offset, b.length, block_leaves(m, pieces.front().block)),
-                  files[u.file]->path()));
+            Error(Errc::corrupt, describe_bad_block(m, wrong->block), files[u.file]->path()));
       }
     } catch (...) {
       bad = std::current_exception();
     }
     std::lock_guard lock(mu);
     --busy;
+    if (in) swapped[i] = 1;
     if (bad) {
       fail_locked(bad);
     } else {
-      ++verified;
+      ++done;
     }
     advance_locked();
   }
@@ -146,39 +249,29 @@ struct Staged : std::enable_shared_from_this<Staged> {
   void work() {
     std::unique_lock lock(mu);
     for (;;) {
-      cv.wait(lock, [&] { return finished || !ready.empty() || scatter_phase; });
+      cv.wait(lock, [&] { return finished || !ready.empty(); });
       if (finished) return;
-      if (!ready.empty()) {
-        std::size_t i = ready.front();
-        ready.pop_front();
-        if (error) {  // verifying is moot now: the template will not be touched
-          advance_locked();
-          continue;
-        }
-        ++busy;
-        lock.unlock();
-        verify(i);
-        lock.lock();
+      std::size_t i = ready.front();
+      ready.pop_front();
+      if (error) {  // moot now: what was swapped in goes back
+        advance_locked();
         continue;
       }
-      // Scatter phase: every block verified.
-      if (next_scatter == units.size()) {
-        cv.wait(lock, [&] { return finished; });
-        return;
-      }
-      std::size_t i = next_scatter++;
+      ++busy;
       lock.unlock();
-      scatter_unit(units[i], buffers[i], targets);
+      process(i);
       lock.lock();
-      if (++scattered == units.size()) {
-        finished = true;
-        cv.notify_all();
-      }
     }
   }
 };
 
 }  // namespace
+
+std::string describe_bad_block(const Manifest& m, std::uint32_t block) {
+  const BlockInfo& b = m.blocks[block];
+  return fmt::format("checksum mismatch in the block at offset {} ({} bytes) holding {}", b.offset,
+                     b.length, block_leaves(m, block));
+}
 
 bool whole_blocks(const std::vector<Unit>& units) {
   for (const Unit& u : units) {
@@ -192,8 +285,9 @@ bool whole_blocks(const std::vector<Unit>& units) {
 void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
                  const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
                  const std::vector<const Array*>& targets, const StagedReadOptions& options) {
+  const bool swap = !targets.empty() && segments_disjoint(units, targets);
   auto st = std::make_shared<Staged>(engine, manifest, units, files, buffers, targets,
-                                     options.queue_depth);
+                                     options.queue_depth, swap);
   std::vector<std::size_t> first;
   {
     std::lock_guard lock(st->mu);
@@ -207,7 +301,7 @@ void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector
   std::vector<std::thread> threads;
   for (unsigned t = 0; t < helpers; ++t) {
     // A helper holds the state alive; it touches buffers and targets only for a unit it took,
-    // and the caller returns only after every unit taken was done.
+    // and the read is finished only once no unit is being worked on.
     auto run = [st] { st->work(); };
     if (options.spawn) {
       options.spawn(run);
@@ -218,7 +312,54 @@ void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector
   st->work();
   for (auto& t : threads) t.join();
   std::lock_guard lock(st->mu);
-  if (st->error) std::rethrow_exception(st->error);
+  if (st->error) {
+    // Nothing is in flight or being worked on: put back what the targets held.
+    for (std::size_t i = 0; i < units.size(); ++i) {
+      if (st->swapped[i] != 0) swap_unit(units[i], buffers[i], targets);
+    }
+    std::rethrow_exception(st->error);
+  }
+  if (!swap && !targets.empty()) {
+    for (std::size_t i = 0; i < units.size(); ++i) scatter_unit(units[i], buffers[i], targets);
+  }
+}
+
+void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit>& units,
+                   const std::vector<io::File*>& files, std::uint64_t unit_bytes,
+                   unsigned queue_depth, const std::vector<const Array*>& targets) {
+  for (bool scatter : {false, true}) {
+    std::vector<std::uint32_t> crc(extent_slots(m));
+    UnitPipe pipe(engine, unit_bytes, queue_depth);
+    pipe.read_all(units, files, [&](const Unit& u, const std::byte* buf) {
+      auto bad = verify_unit(u, buf, m, crc);
+      if (!bad.empty())
+        throw Error(Errc::corrupt, describe_bad_block(m, bad.front().block), files[u.file]->path());
+      if (scatter) scatter_unit(u, buf, targets);
+    });
+  }
+}
+
+void read_into_targets(io::Engine& engine, const Manifest& m, const std::vector<Unit>& units,
+                       std::uint64_t unit_bytes, const std::vector<io::File*>& files,
+                       const std::vector<const Array*>& targets, const ReadOptions& options,
+                       const std::vector<Unit>& pass_units, std::uint64_t pass_unit_bytes) {
+  StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
+  if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  {
+    // Staging: buffers lent by the caller (the Runtime's pool), else memory of our own within
+    // staging_bytes, else the two-pass read.
+    ReadStaging staging(units, unit_bytes, options.staging_bytes, options.borrow,
+                        options.give_back);
+    if (!staging.buffers().empty() || units.empty()) {
+      staged_read(engine, m, units, files, staging.buffers(), targets, staged);
+      return;
+    }
+  }
+  if (pass_units.empty()) {
+    two_pass_read(engine, m, units, files, unit_bytes, options.queue_depth, targets);
+  } else {
+    two_pass_read(engine, m, pass_units, files, pass_unit_bytes, options.queue_depth, targets);
+  }
 }
 
 ReadStaging::ReadStaging(

@@ -1,8 +1,15 @@
 #pragma once
-// The transactional restore's read: every wanted unit is read into its own staging buffer and
-// checksummed there, on several threads, while later reads are in flight; only once every block
-// verified are the leaf bytes scattered into the template, again on several threads. A restore
-// that fails (a checksum mismatch, EIO, a short read) thus leaves the template as it was.
+// The transactional restore's read (docs/design.md, section 6). Every wanted unit is read into its
+// own staging buffer; as each read completes, a worker checksums that unit's blocks and, when they
+// verify, **swaps** the unit's leaf bytes with the template's (the template gets the checkpoint's
+// bytes, the staging buffer keeps what the template held), on several threads, while later reads
+// are in flight. A restore that fails (a checksum mismatch, EIO, a short read) swaps every unit
+// already done back, once no read is in flight: the template is left as it was. Swapping costs
+// twice a copy's memory traffic, but it runs during the reads instead of after them.
+//
+// When staging for every unit cannot be had, the read goes in two passes: the first verifies
+// every block (nothing written), the second reads, verifies and copies unit by unit. That reads
+// twice, and a disk or file that changes between the passes can leave the template partly written.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -10,6 +17,7 @@
 
 #include "io/engine.h"
 #include "io/file.h"
+#include "runtime/checkpoint.h"
 #include "runtime/layout.h"
 
 namespace ckpt {
@@ -23,15 +31,35 @@ struct StagedReadOptions {
 };
 
 // Reads units[i] into buffers[i] (aligned, at least units[i].length bytes), verifies every block
-// (all units must be made of whole blocks), then copies each unit's segments into
-// targets[leaf]. Throws Error(corrupt | io) naming the data file before any target byte is
-// written; returns once no read is in flight.
+// (all units must be made of whole blocks) and puts each unit's segments into targets[leaf]
+// (Segment::leaf indexes `targets`; leaf_offset is a byte offset into that array). Throws
+// Error(corrupt | io) naming the data file with the targets as they were; returns once no read is
+// in flight and every target byte is written. Segments whose bytes overlap, in the units or in the
+// targets (only a hostile manifest places them so), are copied after every block verified, on the
+// calling thread, instead of swapped.
 void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
                  const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
                  const std::vector<const Array*>& targets, const StagedReadOptions& options);
 
+// Verifies every unit (pass 1), then reads them again, verifying and copying each into `targets`
+// (pass 2), through a UnitPipe of `queue_depth` buffers of `unit_bytes` (the largest unit).
+void two_pass_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
+                   const std::vector<io::File*>& files, std::uint64_t unit_bytes,
+                   unsigned queue_depth, const std::vector<const Array*>& targets);
+
+// The transactional read of `units` (whole blocks, each at most unit_bytes) into `targets`:
+// staged_read through staging lent by options.borrow or mapped within options.staging_bytes; else
+// two_pass_read over `pass_units` (pieces of at most pass_unit_bytes; empty: `units` themselves).
+void read_into_targets(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
+                       std::uint64_t unit_bytes, const std::vector<io::File*>& files,
+                       const std::vector<const Array*>& targets, const ReadOptions& options,
+                       const std::vector<Unit>& pass_units = {}, std::uint64_t pass_unit_bytes = 0);
+
 // True when every piece of every unit is a whole block (the units can be verified in parallel).
 bool whole_blocks(const std::vector<Unit>& units);
+
+// "checksum mismatch in the block at offset ... holding ...", for messages.
+std::string describe_bad_block(const Manifest& manifest, std::uint32_t block);
 
 // Staging for reading `units`: buffers lent by `borrow` (each at least `unit_bytes`; handed back
 // to `give_back` on destruction), else, when the units' total is at most `own_limit`, memory of

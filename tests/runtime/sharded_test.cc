@@ -4,6 +4,7 @@
 // sanitizers. tests/runtime/mpi_shard_test.cc runs the same state under mpirun.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -54,15 +55,20 @@ std::vector<std::string> on_ranks(int count, const std::function<void(int)>& fn)
   return errors;
 }
 
-// Saves the fixture's state from `parts` simulated processes as run_dir/suffix and registers it.
-void collective_save(int parts, const std::string& run_dir, const std::string& suffix) {
+ShardedState fixture_state(std::uint64_t part, std::uint64_t parts) {
+  return test::make_sharded_state(part, parts, true, true);
+}
+
+// Saves the state `make(part, parts)` (default: the fixture's) from `parts` simulated processes
+// as run_dir/suffix and registers it.
+void collective_save(int parts, const std::string& run_dir, const std::string& suffix,
+                     ShardedState (*make)(std::uint64_t, std::uint64_t) = fixture_state) {
   LocalGroup group(parts);
   auto errors = on_ranks(parts, [&](int r) {
     RuntimeOptions o = small_options();
     o.communicator = group.member(r);
     Runtime rt(o);
-    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r),
-                                              static_cast<std::uint64_t>(parts), true, true);
+    ShardedState s = make(static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(parts));
     SaveOptions so;
     so.sharding = s.sharding;
     so.run_dir = run_dir;
@@ -86,6 +92,65 @@ std::uint64_t resharded_restore(int parts, const std::string& dir) {
     wrong += test::count_wrong(s);
   }
   return wrong;
+}
+
+// An engine that counts the reads it forwards (two passes read every unit twice).
+class CountingEngine final : public io::Engine {
+ public:
+  std::string_view name() const noexcept override { return inner_->name(); }
+  void submit(const io::Request& r, io::Completion done) override {
+    if (r.op == io::Request::Op::read) ++reads_;
+    inner_->submit(r, std::move(done));
+  }
+  std::uint64_t reads() const { return reads_; }
+
+ private:
+  std::unique_ptr<io::Engine> inner_ = io::make_engine();
+  std::atomic<std::uint64_t> reads_{0};
+};
+
+// The sync API's options for a resharding restore in 4 KiB units (one block each).
+ReadOptions read_options(unsigned depth, unsigned threads, std::uint64_t staging,
+                         const Sharding& sharding) {
+  ReadOptions ro;
+  ro.unit_bytes = 4096;
+  ro.queue_depth = depth;
+  ro.threads = threads;
+  ro.staging_bytes = staging;
+  ro.sharding = &sharding;
+  return ro;
+}
+
+// Restores `dir` through the sync API as `parts` processes would (4 KiB units: one block each)
+// with the given staging; returns the wrong elements and counts the reads into *reads.
+std::uint64_t sync_resharded_restore(int parts, const std::string& dir, std::uint64_t staging,
+                                     std::uint64_t* reads) {
+  CountingEngine engine;
+  std::uint64_t wrong = 0;
+  for (int r = 0; r < parts; ++r) {
+    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r),
+                                              static_cast<std::uint64_t>(parts), false, false);
+    restore_checkpoint(engine, dir, s.tree, false, read_options(2, 2, staging, s.sharding));
+    wrong += test::count_wrong(s);
+  }
+  *reads = engine.reads();
+  return wrong;
+}
+
+// A float32 [96, 64] leaf "m" (24 KiB: six 4 KiB blocks) cut by rows, whose elements are their
+// global indices; the restore templates cut it by columns.
+const Shape kM{96, 64};
+
+ShardedState matrix_state(std::uint64_t part, std::uint64_t parts) {
+  ShardedState s;
+  auto [start, shape] = split_box(kM, 0, part, parts);
+  Array a = Array::zeros(DType::f32, shape);
+  test::for_each_in_box(kM, start, shape, [&](std::uint64_t l, std::uint64_t g) {
+    a.as<float>()[l] = static_cast<float>(g);
+  });
+  s.tree["m"] = a;
+  s.sharding.shard("m", kM, start);
+  return s;
 }
 
 }  // namespace
@@ -136,6 +201,12 @@ TEST_CASE("a sharded save restores into other decompositions: 4 to 2, 2 to 3, 3 
     const std::string dir = run + "/step/1";
     CHECK(read_latest(run) == std::optional<std::string>("step/1"));
     CHECK(resharded_restore(m, dir) == 0);
+    // Beyond its staging (here none at all) the restore reads in two passes: every block twice.
+    std::uint64_t staged_reads = 0, pass_reads = 0;
+    CHECK(sync_resharded_restore(m, dir, std::uint64_t{1} << 30, &staged_reads) == 0);
+    CHECK(sync_resharded_restore(m, dir, 0, &pass_reads) == 0);
+    CHECK(staged_reads > 0);
+    CHECK(pass_reads == 2 * staged_reads);
     Manifest man = read_manifest(dir);
     CHECK(man.process_count == static_cast<std::uint32_t>(n));
     CHECK(man.data_files.size() == static_cast<std::size_t>(n));
@@ -539,6 +610,67 @@ TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overl
   };
   CHECK(rejected(with_plain_leaf(1)).empty());
   CHECK(test::contains(rejected(with_plain_leaf(2)), "not the leaf's only one"));
+}
+
+TEST_CASE("a block corrupt mid-restore leaves a resharded template byte for byte as it was, "
+          "staged or in two passes") {
+  test::TempDir tmp;
+  collective_save(2, tmp / "run", "s", matrix_state);
+  const std::string dir = tmp / "run/s";
+  Manifest man = read_manifest(dir);
+  REQUIRE(man.data_files.size() == 2);
+  REQUIRE(man.blocks.size() >= 6);
+  const std::string last = dir + "/" + man.data_files[1].name;
+  auto restore = [&](int parts, std::uint64_t part, const std::function<void(ShardedState&)>& fn) {
+    ShardedState s = matrix_state(part, static_cast<std::uint64_t>(parts));  // any box will do
+    auto [start, shape] = split_box(kM, 1, part, static_cast<std::uint64_t>(parts));
+    s.tree["m"] = Array::zeros(DType::f32, shape);
+    s.sharding = Sharding();
+    s.sharding.shard("m", kM, start);
+    test::fill_pattern(s.tree.at("m").array(), 77);
+    fn(s);
+  };
+  auto wrong = [&](const ShardedState& s) {
+    const Box& b = *s.sharding.find("m");
+    const Array& a = s.tree.at("m").array();
+    std::uint64_t n = 0;
+    test::for_each_in_box(kM, b.start, a.shape(), [&](std::uint64_t l, std::uint64_t g) {
+      n += a.as<float>()[l] != static_cast<float>(g);
+    });
+    return n;
+  };
+  // Sound first: three column boxes, each through every block of both files.
+  for (std::uint64_t part = 0; part < 3; ++part) {
+    restore(3, part, [&](ShardedState& s) {
+      Runtime rt(small_options());
+      rt.restore(dir, s.tree, s.sharding);
+      CHECK(wrong(s) == 0);
+    });
+  }
+  // The last block of the second file: with one worker and one read in flight, every other
+  // block was verified and swapped into the template before it fails, and is swapped back.
+  test::flip_byte(last, man.data_files[1].size - 100);
+  for (std::uint64_t staging : {std::uint64_t{1} << 30, std::uint64_t{0}}) {
+    CAPTURE(staging);
+    restore(1, 0, [&](ShardedState& s) {
+      ReadOptions ro = read_options(1, 1, staging, s.sharding);
+      auto engine = io::make_engine();
+      auto e = test::catch_error([&] { restore_checkpoint(*engine, dir, s.tree, false, ro); });
+      REQUIRE(e);
+      CHECK(e->code() == Errc::corrupt);
+      CHECK(test::contains(e->what(), "data-00001.bin"));
+      CHECK(test::contains(e->what(), "checksum mismatch"));
+      CHECK(test::has_pattern(s.tree.at("m").array(), 77));
+    });
+  }
+  // Through a Runtime: its copy threads, reads in flight, lent staging.
+  restore(2, 1, [&](ShardedState& s) {
+    Runtime rt(small_options());
+    auto e = test::catch_error([&] { rt.restore(dir, s.tree, s.sharding); });
+    REQUIRE(e);
+    CHECK(e->code() == Errc::corrupt);
+    CHECK(test::has_pattern(s.tree.at("m").array(), 77));
+  });
 }
 
 }  // namespace ckpt
