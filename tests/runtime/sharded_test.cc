@@ -124,8 +124,8 @@ ShardedState inc_state(std::uint64_t part, std::uint64_t parts, bool save_cut,
 }
 
 // Restores dir into `parts` column boxes; the number of elements that differ from `v`.
-std::uint64_t inc_wrong(const std::string& dir, int parts, const Versions& v, std::int64_t step) {
-  Runtime rt(small_options());
+std::uint64_t inc_wrong(Runtime& rt, const std::string& dir, int parts, const Versions& v,
+                        std::int64_t step) {
   std::uint64_t wrong = 0;
   for (int r = 0; r < parts; ++r) {
     ShardedState s = inc_state(static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(parts),
@@ -143,10 +143,11 @@ std::uint64_t inc_wrong(const std::string& dir, int parts, const Versions& v, st
   return wrong;
 }
 
-// Restores (resharded to 2 and to 1 processes) exactly and verifies.
-bool inc_restores(const std::string& dir, const Versions& v, std::int64_t step) {
+// Restores exactly, resharded to 2 processes (and to 1 when `to_one`), and verifies.
+bool inc_restores(Runtime& rt, const std::string& dir, const Versions& v, std::int64_t step,
+                  bool to_one = true) {
   if (test::catch_error([&] {
-        if (inc_wrong(dir, 2, v, step) + inc_wrong(dir, 1, v, step) != 0)
+        if (inc_wrong(rt, dir, 2, v, step) + (to_one ? inc_wrong(rt, dir, 1, v, step) : 0) != 0)
           throw Error(Errc::corrupt, "wrong values");
       })) {
     return false;
@@ -495,6 +496,7 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
     for (const auto& e : errors) CHECK_MESSAGE(e.empty(), e);
   }
   const std::uint64_t box_bytes = 4096 * 4;
+  Runtime reader(small_options());
   for (std::size_t r = 0; r < 3; ++r) {
     CAPTURE(r);
     MESSAGE("process " << r << " written bytes: " << timings[0][r].written_bytes << " (full), "
@@ -510,7 +512,8 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
   }
   for (std::size_t k = 0; k < 3; ++k) {
     CAPTURE(k);
-    CHECK(inc_restores(run + "/" + suffixes[k], versions[k], static_cast<std::int64_t>(k + 1)));
+    CHECK(inc_restores(reader, run + "/" + suffixes[k], versions[k],
+                       static_cast<std::int64_t>(k + 1)));
   }
   // s3 names its own three files and links to s2's (leaves 0, 1) and s1's (leaves 4, 5).
   Manifest m3 = read_manifest(run + "/s3");
@@ -530,8 +533,8 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
       remove_checkpoint(copy + "/" + suffixes[order[gone]]);
       for (std::size_t k = gone + 1; k < order.size(); ++k) {
         const std::size_t left = order[k];
-        CHECK_MESSAGE(inc_restores(copy + "/" + suffixes[left], versions[left],
-                                   static_cast<std::int64_t>(left + 1)),
+        CHECK_MESSAGE(inc_restores(reader, copy + "/" + suffixes[left], versions[left],
+                                   static_cast<std::int64_t>(left + 1), false),
                       suffixes[left]);
       }
     }
@@ -547,9 +550,9 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
   REQUIRE_FALSE(bad.ok());
   CHECK(test::contains(bad.problems.front(), "shared, first written by s1"));
   CHECK(test::contains(bad.problems.front(), "l4"));
-  CHECK_FALSE(inc_restores(run + "/s3", versions[2], 3));
+  CHECK_FALSE(inc_restores(reader, run + "/s3", versions[2], 3));
   test::flip_byte(s1_file, e4.offset + 8);
-  CHECK(inc_restores(run + "/s3", versions[2], 3));
+  CHECK(inc_restores(reader, run + "/s3", versions[2], 3));
 
   // A process failing the next save fails it everywhere; nothing is committed or left behind.
   {
@@ -580,7 +583,55 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
   Manifest ex = read_manifest(tmp / "exported");
   CHECK(ex.data_files.size() == 9);
   CHECK(storage_report(tmp / "exported", ex).shared == 0);
-  CHECK(inc_restores(tmp / "exported", versions[2], 3));
+  CHECK(inc_restores(reader, tmp / "exported", versions[2], 3));
+}
+
+TEST_CASE("retention and ckpt gc over incremental collective saves keep what they keep restorable; "
+          "the tool lists, inspects and verifies them") {
+  test::TempDir tmp;
+  const std::string run = tmp / "run";
+  std::vector<Versions> versions;
+  LocalGroup group(2);
+  auto errors = on_ranks(2, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    o.incremental = true;
+    Runtime rt(o);
+    Versions v(kIncLeaves, 0);
+    for (std::uint64_t k = 0; k < 3; ++k) {
+      v[k % kIncLeaves] = 10 + k;
+      if (r == 0) versions.push_back(v);
+      ShardedState s = inc_state(static_cast<std::uint64_t>(r), 2, true, &v,
+                                 static_cast<std::int64_t>(k));
+      SaveOptions so;
+      so.sharding = s.sharding;
+      so.run_dir = run;
+      so.retention.max_to_keep = 2;  // process 0's policy removes the bases
+      rt.save(run + "/step/" + std::to_string(k), s.tree, {}, so).wait();
+      rt.register_latest(run, "step/" + std::to_string(k)).wait();
+    }
+    rt.drain();
+  });
+  for (const auto& e : errors) CHECK_MESSAGE(e.empty(), e);
+  auto listed = list_checkpoints(run);
+  REQUIRE(listed.size() == 2);
+  Runtime reader(small_options());
+  for (const auto& info : listed) {
+    std::size_t k = std::stoul(info.suffix.substr(5));
+    CHECK_MESSAGE(inc_restores(reader, info.path, versions[k], static_cast<std::int64_t>(k)),
+                  info.suffix);
+  }
+  const std::string tool = CKPT_TOOL_PATH;
+  std::string out;
+  CHECK(test::run_command(tool + " list " + run, &out) == 0);
+  CHECK(test::contains(out, "step/2"));
+  CHECK(test::run_command(tool + " inspect " + run + "/step/2", &out) == 0);
+  CHECK(test::contains(out, "shared bytes"));
+  CHECK(test::contains(out, "step/1"));  // the origin of the files it links
+  CHECK(test::run_command(tool + " gc " + run + " --keep 1", &out) == 0);
+  REQUIRE(list_checkpoints(run).size() == 1);
+  CHECK(test::run_command(tool + " verify " + run + "/step/2", &out) == 0);
+  CHECK(inc_restores(reader, run + "/step/2", versions[2], 2));
 }
 
 TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overlap or leave "
