@@ -554,27 +554,41 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
   test::flip_byte(s1_file, e4.offset + 8);
   CHECK(inc_restores(reader, run + "/s3", versions[2], 3));
 
-  // A process failing the next save fails it everywhere; nothing is committed or left behind.
-  {
+  // New Runtimes (the base: `latest`, s3, read by process 0). s4 changes leaves 2 and 3 again,
+  // so it needs none of s3's own files: its links are renumbered past the gap. Leaves 4 and 5 are
+  // written again: s1's files hold 32 KiB s4 would use and 68 KiB it would not, which
+  // worth_sharing refuses (dead bytes bounded). Then a process failing s5 fails it everywhere;
+  // nothing is committed or left behind.
+  const Versions v4{1, 1, 4, 4, 0, 0};
+  for (int fail = 0; fail < 2; ++fail) {
     LocalGroup group(3);
+    const std::string path = run + (fail ? "/s5" : "/s4");
     auto errors = on_ranks(3, [&](int r) {
       RuntimeOptions o = small_options();
       o.communicator = group.member(r);
-      o.incremental = true;  // the base: `latest` (s3), read by process 0
+      o.incremental = true;
       io::FaultEngine* faults = nullptr;
       o.wrap_engine = test::wrap_in_faults(&faults);
       Runtime rt(o);
-      if (r == 1) faults->arm({io::Request::Op::write, 1, io::FaultKind::error, EIO, false});
-      Versions v{1, 1, 2, 2, 3, 3};
-      ShardedState s = inc_state(static_cast<std::uint64_t>(r), 3, true, &v, 4);
+      if (fail && r == 1) faults->arm({io::Request::Op::write, 1, io::FaultKind::error, EIO, false});
+      Versions v = fail ? Versions{1, 1, 5, 5, 5, 5} : v4;
+      ShardedState s = inc_state(static_cast<std::uint64_t>(r), 3, true, &v, 4 + fail);
       SaveOptions so;
       so.sharding = s.sharding;
       so.run_dir = run;
-      rt.save(run + "/s4", s.tree, {}, so).wait();
+      SaveHandle h = rt.save(path, s.tree, {}, so);
+      h.wait();
+      CHECK(h.timings().written_bytes >= 4 * box_bytes);
+      CHECK(h.timings().written_bytes <= 4 * box_bytes + 4096);
+      rt.register_latest(run, fail ? "s5" : "s4").wait();
     });
-    for (const auto& e : errors) CHECK(test::contains(e, "process 1: "));
+    for (const auto& e : errors) CHECK(fail ? test::contains(e, "process 1: ") : e.empty());
   }
-  CHECK_FALSE(std::filesystem::exists(run + "/s4"));
+  Manifest m4 = read_manifest(run + "/s4");
+  REQUIRE(m4.data_files.size() == 6);  // its own three, s2's three (through s3's links)
+  CHECK(m4.data_files[5].origin == "s2");
+  CHECK(inc_restores(reader, run + "/s4", v4, 4));
+  CHECK_FALSE(std::filesystem::exists(run + "/s5"));
   CHECK(test::find_tmp_entries(run).empty());
 
   // Export: a self-contained copy that outlives the whole chain.
