@@ -648,6 +648,30 @@ TEST_CASE("retention and ckpt gc over incremental collective saves keep what the
   CHECK(inc_restores(reader, run + "/step/2", versions[2], 2));
 }
 
+TEST_CASE("an incremental save with a sharding and no communicator (one process) shares unchanged "
+          "leaves and restores") {
+  test::TempDir tmp;
+  RuntimeOptions o = small_options();
+  o.incremental = true;
+  Runtime rt(o);
+  Versions v(kIncLeaves, 0);
+  std::vector<SaveTimings> t;
+  for (std::uint64_t k = 0; k < 2; ++k) {
+    v[1] = k;
+    ShardedState s = inc_state(0, 1, true, &v, static_cast<std::int64_t>(k));
+    SaveOptions so;
+    so.sharding = s.sharding;
+    so.run_dir = tmp / "run";
+    SaveHandle h = rt.save(tmp / ("run/" + std::to_string(k)), s.tree, {}, so);
+    h.wait();
+    t.push_back(h.timings());
+  }
+  CHECK(t[0].written_bytes >= kIncLeaves * 3 * 4096 * 4);
+  CHECK(t[1].written_bytes <= 3 * 4096 * 4 + 4096);  // leaf 1 and the step's page
+  CHECK(read_manifest(tmp / "run/1").data_files.size() == 2);
+  CHECK(inc_restores(rt, tmp / "run/1", v, 1));
+}
+
 TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overlap or leave "
           "part of it uncovered") {
   // Two processes, one float32 [4, 2] leaf in two row boxes of 8 bytes each.
