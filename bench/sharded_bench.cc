@@ -3,6 +3,8 @@
 //
 //   mpirun -np 4 build/bench/ckpt_bench --sharded --dir /tmp/ckbench --state-mb 512 --saves 3
 //   build/bench/ckpt_bench --sharded --dir /tmp/ckbench --state-mb 512 --saves 3
+//   mpirun -np 3 build/bench/ckpt_bench --sharded --dir /tmp/ckbench --state-mb 384 --saves 3
+//       --incremental --changed-fraction 0.05    (one line)
 //
 // The global state (--state-mb, --leaves float32 vectors) is the same for every process count:
 // each process holds 1/N of every leaf (a box of it) and saves it with the others. Measured:
@@ -14,7 +16,12 @@
 //    total bytes by all processes at once (each its share, O_DIRECT io_uring + fsync, from a
 //    barrier to the last one done);
 //  - restore (each process reads its boxes, in the same decomposition; slowest process) against
-//    the raw read of the same bytes by all processes at once.
+//    the raw read of the same bytes by all processes at once;
+//  - with --incremental, after the full saves: incremental collective saves into a run directory
+//    (the newest two kept), each after a step that changes --changed-fraction of the leaves (the
+//    same leaves on every process), three warm-ups first; time to durable against the full
+//    saves', bytes written (all processes, and the most one process wrote) against the state,
+//    and a restore of the last one checked against the state's checksum at its save.
 // Process 0 prints the table (and --json); the others print nothing but errors.
 #include <fmt/format.h>
 
@@ -45,16 +52,28 @@ namespace json = boost::json;
 
 Deadline soon() { return Clock::now() + std::chrono::minutes(10); }
 
-// The largest of every process's `v` (on every process).
-double slowest(Communicator& comm, double v) {
+// Every process's `v` (on every process).
+std::vector<double> everyone(Communicator& comm, double v) {
   std::string mine(sizeof v, '\0');
   std::memcpy(mine.data(), &v, sizeof v);
-  double out = 0;
+  std::vector<double> out;
   for (const auto& s : comm.allgather(collective_tag(comm.next_sequence(), 0), mine, soon())) {
     double x = 0;
     std::memcpy(&x, s.data(), sizeof x);
-    out = std::max(out, x);
+    out.push_back(x);
   }
+  return out;
+}
+
+// The largest of every process's `v` (on every process).
+double slowest(Communicator& comm, double v) {
+  std::vector<double> all = everyone(comm, v);
+  return *std::max_element(all.begin(), all.end());
+}
+
+double sum_over(Communicator& comm, double v) {
+  double out = 0;
+  for (double x : everyone(comm, v)) out += x;
   return out;
 }
 
@@ -134,6 +153,52 @@ int run_sharded(BenchOptions& o, std::shared_ptr<Communicator> comm) {
   bool verified = state.checksum() == saved;
   verified = slowest(*comm, verified ? 0.0 : 1.0) == 0.0;
 
+  // Incremental saves: the same steps, each changing the same fraction of the leaves.
+  std::vector<double> inc_stall, inc_durable, inc_written, inc_written_max;
+  bool inc_verified = true;
+  if (o.incremental) {
+    SaveOptions si = so;
+    si.incremental = true;
+    si.run_dir = work + "/run_inc";
+    const int warmups = 3;
+    std::vector<std::string> kept;
+    std::string inc_last;
+    std::uint32_t inc_saved = 0;
+    for (int k = 1; k <= warmups + o.saves; ++k) {
+      state.update(o.changed_fraction);
+      inc_saved = state.checksum();
+      inc_last = si.run_dir + "/step_" + std::to_string(k);
+      barrier(*comm);
+      auto t0 = Clock::now();
+      SaveHandle h = rt.save(inc_last, state.tree(), {}, si);
+      double s = ms_since(t0);
+      if (si.mode == SnapshotMode::overlapped) h.wait_snapshotted();
+      h.wait();
+      double d = ms_since(t0);
+      const auto written = static_cast<double>(h.timings().written_bytes);
+      s = slowest(*comm, s);
+      d = slowest(*comm, d);
+      double all = sum_over(*comm, written);
+      double most = slowest(*comm, written);
+      // The newest two are kept, as the single-process series does: removed by process 0 between
+      // saves, outside the timings (rm -rf is enough: hard links keep what the newer ones share).
+      kept.push_back(inc_last);
+      if (kept.size() > 2) {
+        if (rank == 0) fs::remove_all(kept.front());
+        kept.erase(kept.begin());
+      }
+      if (k > warmups) {
+        inc_stall.push_back(s);
+        inc_durable.push_back(d);
+        inc_written.push_back(all);
+        inc_written_max.push_back(most);
+      }
+    }
+    barrier(*comm);
+    rt.restore(inc_last, state.tree(), sharding);
+    inc_verified = slowest(*comm, state.checksum() == inc_saved ? 0.0 : 1.0) == 0.0;
+  }
+
   Summary st = summarize(stall), du = summarize(durable), re = summarize(restore);
   const double total = static_cast<double>(shard_bytes * n);
   json::object r;
@@ -154,6 +219,19 @@ int run_sharded(BenchOptions& o, std::shared_ptr<Communicator> comm) {
   r["raw_write_over_durable"] = raw_write_ms / du.p50;
   r["raw_read_over_restore"] = re.p50 > 0 ? raw_read_ms / re.p50 : 0;
   r["restore_verified"] = verified;
+  Summary is = summarize(inc_stall), id = summarize(inc_durable), iw = summarize(inc_written),
+          iwm = summarize(inc_written_max);
+  if (o.incremental) {
+    r["incremental"] = {{"changed_fraction", o.changed_fraction},
+                        {"stall_ms", to_json(is)},
+                        {"durable_ms", to_json(id)},
+                        {"bytes_written", iw.p50},
+                        {"bytes_written_max_process", iwm.p50},
+                        {"full_bytes_written", total},
+                        {"written_over_state", iw.p50 / total},
+                        {"durable_over_full", id.p50 / du.p50},
+                        {"restore_verified", inc_verified}};
+  }
   r["machine"] = describe_machine(o.dir);
   if (rank == 0) {
     auto gbps = [&](double ms) { return total / (ms / 1e3) / 1e9; };
@@ -181,6 +259,16 @@ int run_sharded(BenchOptions& o, std::shared_ptr<Communicator> comm) {
                      re.p50 > 0 ? raw_read_ms / re.p50 : 0);
     t += fmt::format("restore verified against the last save's checksum: {}\n",
                      verified ? "yes" : "NO");
+    if (o.incremental) {
+      t += fmt::format(
+          "\nincremental saves (changed fraction {:.2f}), p50 of {}:\n"
+          "  stall (slowest) {:>9.2f} ms   durable {:>9.1f} ms ({:.2f}x the full save's)\n"
+          "  written, all processes {:>12.0f} bytes ({:.3f}x the state; most by one process "
+          "{:.0f})\n"
+          "  restore of the last one verified: {}\n",
+          o.changed_fraction, id.n, is.p50, id.p50, id.p50 / du.p50, iw.p50, iw.p50 / total,
+          iwm.p50, inc_verified ? "yes" : "NO");
+    }
     if (o.json) {
       std::fputs(t.c_str(), stderr);
       std::cout << json::serialize(r) << std::endl;
@@ -191,7 +279,7 @@ int run_sharded(BenchOptions& o, std::shared_ptr<Communicator> comm) {
   rt.drain();
   barrier(*comm);
   if (rank == 0 && !o.keep) fs::remove_all(work);
-  return verified ? 0 : 1;
+  return verified && inc_verified ? 0 : 1;
 }
 
 std::shared_ptr<Communicator> bench_communicator(int* argc, char*** argv) {

@@ -5,10 +5,14 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <limits>
 #include <unistd.h>
 #include <numeric>
 
@@ -21,6 +25,8 @@
 #include "runtime/wire_error.h"
 
 namespace ckpt {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -44,6 +50,10 @@ struct Out {
     u64(v.size());
     for (auto x : v) u64(x);
   }
+  void str(std::string_view v) {
+    u64(v.size());
+    s += v;
+  }
 };
 
 struct In {
@@ -61,6 +71,13 @@ struct In {
     if (n > 64) throw Error(Errc::corrupt, "bad shard report");
     Shape v(n);
     for (auto& x : v) x = u64();
+    return v;
+  }
+  std::string str() {
+    std::uint64_t n = u64();
+    if (n > s.size() - at) throw Error(Errc::corrupt, "bad shard report");
+    std::string v(s.substr(at, n));
+    at += n;
     return v;
   }
 };
@@ -137,7 +154,7 @@ std::uint64_t numel_of(const Shape& s) {
 ShardedPlan plan_sharded_save(const Tree& tree, const Sharding& sharding,
                               std::shared_ptr<Communicator> comm, std::uint64_t seq,
                               std::chrono::milliseconds timeout, const std::string& final_dir,
-                              std::exception_ptr refused) {
+                              std::exception_ptr refused, const IncrementalChoice& incremental) {
   const Deadline deadline = Clock::now() + timeout;
   auto save = std::make_shared<ShardedSave>();
   save->comm = comm;
@@ -196,9 +213,11 @@ ShardedPlan plan_sharded_save(const Tree& tree, const Sharding& sharding,
   mine.u64(status.ok ? 1 : 0);
   mine.u64(status.ok ? digest(lines) : 0);
   mine.u64(sharded_bytes);
-  std::string tag = rank == 0 ? io::unique_tag() : std::string();
-  mine.u64(tag.size());
-  mine.s += tag;
+  mine.str(rank == 0 ? io::unique_tag() : std::string());
+  // Process 0's incremental choice is everyone's: one base, so that links' names agree.
+  mine.u64(rank == 0 && incremental.on ? 1 : 0);
+  mine.str(rank == 0 ? incremental.base : std::string());
+  mine.str(rank == 0 ? incremental.origin : std::string());
   mine.s += status.message;
   std::vector<std::string> all =
       comm->allgather(collective_tag(seq, kStepCheck), std::move(mine.s), deadline);
@@ -210,10 +229,16 @@ ShardedPlan plan_sharded_save(const Tree& tree, const Sharding& sharding,
     bool ok = in.u64() == 1;
     digests[static_cast<std::size_t>(r)] = in.u64();
     loads[static_cast<std::size_t>(r)] = in.u64();
-    std::uint64_t tag_len = in.u64();
-    if (tag_len > in.s.size() - in.at) throw Error(Errc::corrupt, "bad shard report");
-    if (r == 0) save->tmp_tag = std::string(in.s.substr(in.at, tag_len));
-    in.at += tag_len;
+    std::string tag = in.str();
+    bool inc = in.u64() == 1;
+    std::string base = in.str();
+    std::string origin = in.str();
+    if (r == 0) {
+      save->tmp_tag = std::move(tag);
+      save->incremental = inc;
+      save->base = std::move(base);
+      save->base_origin = std::move(origin);
+    }
     if (!ok) {
       throw Error(Errc::invalid_argument,
                   fmt::format("collective save refused by process {}: {}", r, in.s.substr(in.at)),
@@ -275,7 +300,7 @@ std::string encode_fragment(const ShardedSave& save, const ShardResult& r) {
   for (std::size_t b = 0; b < m.blocks.size(); ++b) {
     o.u64(m.blocks[b].offset);
     o.u64(m.blocks[b].length);
-    o.u64((*r.block_crc)[b]);
+    o.u64(r.block_crc != nullptr ? (*r.block_crc)[b] : m.blocks[b].crc32c);
   }
   std::uint64_t with_bytes = 0;
   for (const auto& l : m.leaves) with_bytes += l.extents.empty() ? 0 : 1;
@@ -283,11 +308,30 @@ std::string encode_fragment(const ShardedSave& save, const ShardResult& r) {
   for (std::size_t i = 0; i < m.leaves.size(); ++i) {
     const LeafInfo& l = m.leaves[i];
     if (l.extents.empty()) continue;
+    const ExtentInfo& e = l.extents[0];  // a leaf's bytes are one extent (format version 2)
     o.u64(i);
-    o.u64(l.extents[0].offset);
-    o.u64(l.nbytes);  // a leaf's bytes are one extent (format version 2)
+    o.u64(e.file);  // 0: this process's own file; else a link's index
+    o.u64(e.offset);
+    o.u64(l.nbytes);
     o.shape(save.sharded[i] ? save.starts[i] : Shape());
     o.shape(save.sharded[i] ? l.shape : Shape());
+    o.u64(e.has_hash ? 1 : 0);
+    o.u64(e.hash.lo);
+    o.u64(e.hash.hi);
+  }
+  const std::size_t links = r.links != nullptr ? r.links->size() : 0;
+  o.u64(links);
+  for (std::size_t k = 0; k < links; ++k) {
+    const LinkedFile& f = (*r.links)[k];
+    o.u64(f.index);
+    o.u64(f.info.size);
+    o.str(f.info.origin);
+    o.u64(f.blocks.size());
+    for (const auto& b : f.blocks) {
+      o.u64(b.offset);
+      o.u64(b.length);
+      o.u64(b.crc32c);
+    }
   }
   return o.s;
 }
@@ -306,36 +350,100 @@ bool overlap(const ExtentInfo& a, const ExtentInfo& b) {
 }  // namespace
 
 Manifest merge_fragments(const ShardedSave& save, const std::vector<std::string>& fragments,
-                         std::int64_t created_unix_ns) {
+                         std::int64_t created_unix_ns, std::vector<std::uint32_t>* link_order) {
   Manifest m = save.global;
   m.format_version = kFormatVersion;
   m.writer = "ckpt 0.1.0";
   m.created_unix_ns = created_unix_ns;
-  m.process_count = static_cast<std::uint32_t>(fragments.size());
-  for (std::uint32_t r = 0; r < fragments.size(); ++r) {
-    In in{fragments[r]};
-    m.data_files.push_back(FileInfo{data_file_name(r), in.u64(), 0});
+  const auto processes = static_cast<std::uint32_t>(fragments.size());
+  m.process_count = processes;
+  // Linked files by index: the same base file whichever process linked it.
+  std::map<std::uint32_t, LinkedFile> links;
+  auto read_blocks = [](In& in, std::uint32_t file, std::vector<BlockInfo>& out) {
     std::uint64_t blocks = in.u64();
     for (std::uint64_t b = 0; b < blocks; ++b) {
       BlockInfo k;
-      k.file = r;
+      k.file = file;
       k.offset = in.u64();
       k.length = in.u64();
       k.crc32c = static_cast<std::uint32_t>(in.u64());
-      m.blocks.push_back(k);
+      out.push_back(k);
     }
+  };
+  for (std::uint32_t r = 0; r < processes; ++r) {
+    In in{fragments[r]};
+    m.data_files.push_back(FileInfo{data_file_name(r), in.u64(), 0});
+    read_blocks(in, r, m.blocks);
     std::uint64_t leaves = in.u64();
     for (std::uint64_t k = 0; k < leaves; ++k) {
       std::uint64_t li = in.u64();
       if (li >= m.leaves.size()) throw Error(Errc::corrupt, "shard report names a missing leaf");
       ExtentInfo e;
-      e.file = r;
+      std::uint64_t file = in.u64();
+      if (file != 0 && (file < processes || file > std::numeric_limits<std::uint32_t>::max()))
+        throw Error(Errc::corrupt, fmt::format("process {} reports a bad data file index", r));
+      e.file = file == 0 ? r : static_cast<std::uint32_t>(file);
       e.offset = in.u64();
       e.length = e.stored_length = in.u64();
       e.process_index = r;
       e.slice_start = in.shape();
       e.slice_shape = in.shape();
+      e.has_hash = in.u64() == 1;
+      e.hash.lo = in.u64();
+      e.hash.hi = in.u64();
       m.leaves[li].extents.push_back(std::move(e));
+    }
+    std::uint64_t linked = in.u64();
+    for (std::uint64_t k = 0; k < linked; ++k) {
+      LinkedFile f;
+      std::uint64_t index = in.u64();
+      if (index < processes || index > std::numeric_limits<std::uint32_t>::max())
+        throw Error(Errc::corrupt, fmt::format("process {} reports a bad link index", r));
+      f.index = static_cast<std::uint32_t>(index);
+      f.info.name = data_file_name(f.index);
+      f.info.size = in.u64();
+      f.info.origin = in.str();
+      read_blocks(in, f.index, f.blocks);
+      auto [it, fresh] = links.try_emplace(f.index, f);
+      const LinkedFile& seen = it->second;
+      const bool same =
+          seen.info.size == f.info.size && seen.blocks.size() == f.blocks.size() &&
+          std::equal(seen.blocks.begin(), seen.blocks.end(), f.blocks.begin(),
+                     [](const BlockInfo& a, const BlockInfo& b) {
+                       return a.offset == b.offset && a.length == b.length && a.crc32c == b.crc32c;
+                     });
+      if (!fresh && !same) {
+        throw Error(Errc::corrupt,
+                    fmt::format("processes describe {} differently (another base?)", f.info.name));
+      }
+    }
+  }
+  // The links some extent uses, renumbered after the own files.
+  std::map<std::uint32_t, std::uint32_t> renumber;
+  for (const auto& l : m.leaves) {
+    for (const auto& e : l.extents) {
+      if (e.file < processes) continue;
+      if (links.find(e.file) == links.end()) {
+        throw Error(Errc::corrupt, fmt::format("process {} uses {}, which no process linked",
+                                               e.process_index, data_file_name(e.file)));
+      }
+      renumber.emplace(e.file, 0);
+    }
+  }
+  for (auto& [old, index] : renumber) {
+    index = processes + static_cast<std::uint32_t>(m.data_files.size() - processes);
+    LinkedFile& f = links.at(old);
+    f.info.name = data_file_name(index);
+    m.data_files.push_back(f.info);
+    for (BlockInfo b : f.blocks) {
+      b.file = index;
+      m.blocks.push_back(b);
+    }
+    if (link_order != nullptr) link_order->push_back(old);
+  }
+  for (auto& l : m.leaves) {
+    for (auto& e : l.extents) {
+      if (e.file >= processes) e.file = renumber.at(e.file);
     }
   }
   // Every leaf covered exactly once: a replicated leaf by one extent, a sharded leaf by boxes that
@@ -397,6 +505,40 @@ void remove_own_file(const std::string& tmp_dir, int rank) noexcept {
 
 }  // namespace
 
+void settle_links(const std::string& tmp_dir, std::uint32_t processes,
+                  const std::vector<std::uint32_t>& link_order) {
+  // Every data file of the directory at or above `processes`, by index. Renaming in ascending
+  // order finds each target free: it is at most the old index, and every name below was renamed
+  // or removed already.
+  std::vector<std::uint32_t> present;
+  for (const auto& entry : fs::directory_iterator(tmp_dir)) {
+    const std::string name = entry.path().filename().string();
+    unsigned index = 0;
+    char tail = 0;
+    if (name.size() == data_file_name(0).size() &&
+        std::sscanf(name.c_str(), "data-%5u.bin%c", &index, &tail) == 1 &&
+        name == data_file_name(index) && index >= processes) {
+      present.push_back(index);
+    }
+  }
+  std::sort(present.begin(), present.end());
+  std::size_t next = 0;
+  for (std::uint32_t index : present) {
+    const std::string from = tmp_dir + "/" + data_file_name(index);
+    if (next < link_order.size() && link_order[next] == index) {
+      const std::string to = tmp_dir + "/" + data_file_name(processes + static_cast<std::uint32_t>(next));
+      if (from != to && ::rename(from.c_str(), to.c_str()) != 0) throw sys_error("rename", from, errno);
+      ++next;
+    } else if (::unlink(from.c_str()) != 0) {
+      throw sys_error("unlink", from, errno);
+    }
+  }
+  if (next != link_order.size()) {
+    throw Error(Errc::io, fmt::format("{} of the linked files are missing", link_order.size() - next),
+                tmp_dir);
+  }
+}
+
 std::exception_ptr collective_commit(const ShardedSave& save, const ShardResult& r) {
   Communicator& comm = *save.comm;
   const bool root = comm.rank() == 0;
@@ -427,7 +569,9 @@ std::exception_ptr collective_commit(const ShardedSave& save, const ShardResult&
         }
       }
       if (outcome.empty()) {
-        Manifest m = merge_fragments(save, all, r.created_unix_ns);
+        std::vector<std::uint32_t> link_order;
+        Manifest m = merge_fragments(save, all, r.created_unix_ns, &link_order);
+        if (save.incremental) settle_links(r.tmp_dir, m.process_count, link_order);
         CKPT_CRASH_POINT("before_global_manifest");
         finish_checkpoint(r.tmp_dir, r.final_dir, m, *r.metadata, *r.extra_files);
         outcome = "1";

@@ -35,6 +35,7 @@
 
 #include "runtime/communicator.h"
 #include "runtime/manifest.h"
+#include "runtime/shard_incremental.h"
 #include "runtime/sharding.h"
 #include "runtime/tree.h"
 
@@ -51,6 +52,17 @@ struct ShardedSave {
   std::vector<bool> sharded;
   // Process 0 only: the global tree (nodes; leaves with their global shapes, without extents).
   Manifest global;
+  // Incremental (runtime/shard_incremental.h): process 0's choice, the same on every process.
+  bool incremental = false;
+  std::string base;         // the base checkpoint's directory; empty: none
+  std::string base_origin;  // how linked files name it (its suffix in the run directory)
+};
+
+// Process 0's incremental choice, sent to every process at the check.
+struct IncrementalChoice {
+  bool on = false;
+  std::string base;
+  std::string origin;
 };
 
 // The shared temporary directory of a collective save of final_dir: <final_dir>.tmp-<tmp_tag>.
@@ -70,13 +82,18 @@ struct ShardedPlan {
 ShardedPlan plan_sharded_save(const Tree& tree, const Sharding& sharding,
                               std::shared_ptr<Communicator> comm, std::uint64_t seq,
                               std::chrono::milliseconds timeout, const std::string& final_dir,
-                              std::exception_ptr refused = nullptr);
+                              std::exception_ptr refused = nullptr,
+                              const IncrementalChoice& incremental = IncrementalChoice());
 
 // This process's data file written and fsynced (or its failure): what steps 3 to 5 need.
 struct ShardResult {
   std::exception_ptr failure;                  // this process's own, if any
-  const Manifest* local = nullptr;             // the local plan: leaves' extents, blocks
+  // The local plan: leaves' extents (file 0: this process's own file; an incremental save's
+  // extents may name a link, by its index), blocks; their CRCs in block_crc, or when that is null
+  // in the blocks themselves.
+  const Manifest* local = nullptr;
   const std::vector<std::uint32_t>* block_crc = nullptr;
+  const std::vector<LinkedFile>* links = nullptr;  // incremental: the base files it links
   std::string tmp_dir;
   std::string final_dir;
   const boost::json::object* metadata = nullptr;
@@ -94,8 +111,17 @@ std::exception_ptr collective_outcome(Communicator& comm, std::uint64_t seq,
                                       std::chrono::milliseconds timeout, std::exception_ptr mine);
 
 // The global manifest from every process's fragment (process 0, step 4); exposed for tests.
-// Throws Error(invalid_argument) when the boxes of a sharded leaf do not tile it.
+// Throws Error(invalid_argument) when the boxes of a sharded leaf do not tile it. Linked files
+// some extent uses follow the processes' own files, renumbered densely in the order of their
+// indices; `link_order` (when given) receives those indices, old ones, in that order.
 Manifest merge_fragments(const ShardedSave& save, const std::vector<std::string>& fragments,
-                         std::int64_t created_unix_ns);
+                         std::int64_t created_unix_ns,
+                         std::vector<std::uint32_t>* link_order = nullptr);
+
+// Process 0, before the commit: in tmp_dir, renames the links `link_order` names (old indices,
+// ascending) to data_file_name(processes + k) and removes every other data file whose index is
+// at least `processes` (links no extent uses).
+void settle_links(const std::string& tmp_dir, std::uint32_t processes,
+                  const std::vector<std::uint32_t>& link_order);
 
 }  // namespace ckpt

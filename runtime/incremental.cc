@@ -31,16 +31,7 @@ ContentHash content_hash(const void* data, std::size_t n) {
 
 namespace {
 
-// A descriptor closed on scope exit.
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
+using Fd = ScopedFd;
 
 constexpr std::size_t kTrailerBytes = 16;  // runtime/manifest.h
 
@@ -69,6 +60,10 @@ std::uint64_t kept_alignment(std::uint64_t file_offset) {
 
 }  // namespace
 
+ScopedFd::~ScopedFd() {
+  if (fd >= 0) ::close(fd);
+}
+
 bool worth_sharing(std::uint64_t file_size, std::uint64_t used) {
   if (file_size == 0 || used == 0) return false;
   std::uint64_t dead = file_size > used ? file_size - used : 0;
@@ -83,32 +78,12 @@ IncrementalSave::IncrementalSave(const Manifest& /*skeleton*/, const std::vector
 void IncrementalSave::attach_base(const std::string& base_dir, const std::string& tmp_dir,
                                   const std::string& run_dir) {
   try {
-    Fd dir(::open(base_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (dir.fd < 0) {
-      if (errno == ENOENT) {
-        log().info("incremental save: the base {} is gone; writing everything", base_dir);
-        return;
-      }
-      throw sys_error("open", base_dir, errno);
-    }
-    std::shared_ptr<const Manifest> held = read_base(dir.fd, base_dir);
+    Fd dir(-1);
+    std::vector<bool> shareable;
+    std::shared_ptr<const Manifest> held =
+        open_base(base_dir, cached_, cached_trailer_, dir, shareable);
+    if (!held) return;
     const Manifest& base = *held;
-    // Live bytes per base file: what the base's own leaves use of it.
-    std::vector<std::uint64_t> live(base.data_files.size(), 0);
-    bool hashed = false;
-    for (const auto& leaf : base.leaves) {
-      for (const auto& e : leaf.extents) {
-        live[e.file] += e.length;
-        hashed = hashed || e.has_hash;
-      }
-    }
-    if (!hashed) {
-      log().info(
-          "incremental save: the base {} has no content hashes (not an incremental save); "
-          "writing everything",
-          base_dir);
-      return;
-    }
     std::string origin_of_base = base_dir;
     if (!run_dir.empty()) {
       try {
@@ -121,7 +96,7 @@ void IncrementalSave::attach_base(const std::string& base_dir, const std::string
     std::vector<std::int64_t> mapped(base.data_files.size(), -1);  // base file -> ours
     for (std::uint32_t f = 0; f < base.data_files.size(); ++f) {
       const FileInfo& bf = base.data_files[f];
-      if (!worth_sharing(bf.size, live[f])) continue;
+      if (!shareable[f]) continue;
       auto index = static_cast<std::uint32_t>(1 + linked_files_.size());
       std::string name = data_file_name(index);
       if (::linkat(dir.fd, bf.name.c_str(), tmp.fd, name.c_str(), 0) != 0) {
@@ -165,22 +140,62 @@ void IncrementalSave::attach_base(const std::string& base_dir, const std::string
   }
 }
 
-std::shared_ptr<const Manifest> IncrementalSave::read_base(int dir_fd,
-                                                           const std::string& base_dir) const {
-  const std::string path = base_dir + "/" + std::string(kManifestName);
+std::shared_ptr<const Manifest> read_manifest_at(int dir_fd, const std::string& dir,
+                                                 const std::shared_ptr<const Manifest>& cached,
+                                                 const std::string& cached_trailer) {
+  const std::string path = dir + "/" + std::string(kManifestName);
   Fd f(::openat(dir_fd, kManifestName.data(), O_RDONLY | O_CLOEXEC));
   if (f.fd < 0) throw sys_error("open", path, errno);
   struct stat st {};
   if (::fstat(f.fd, &st) != 0) throw sys_error("fstat", path, errno);
   auto size = static_cast<std::uint64_t>(st.st_size);
   if (size > kMaxManifestBytes) throw Error(Errc::corrupt, "manifest too large", path);
-  // The trailer holds the CRC32C of the whole flatbuffer: the same trailer, the same manifest.
-  if (cached_ && size >= kTrailerBytes && cached_trailer_.size() == kTrailerBytes &&
-      read_range(f.fd, size - kTrailerBytes, kTrailerBytes, path) == cached_trailer_) {
-    return cached_;
+  if (cached && size >= kTrailerBytes && cached_trailer.size() == kTrailerBytes &&
+      read_range(f.fd, size - kTrailerBytes, kTrailerBytes, path) == cached_trailer) {
+    return cached;
   }
   return std::make_shared<const Manifest>(
       decode_manifest(read_range(f.fd, 0, static_cast<std::size_t>(size), path), path));
+}
+
+std::shared_ptr<const Manifest> open_base(const std::string& base_dir,
+                                          const std::shared_ptr<const Manifest>& cached,
+                                          const std::string& cached_trailer, ScopedFd& dir,
+                                          std::vector<bool>& shareable) {
+  dir.fd = ::open(base_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir.fd < 0) {
+    if (errno == ENOENT) {
+      log().info("incremental save: the base {} is gone; writing everything", base_dir);
+      return nullptr;
+    }
+    throw sys_error("open", base_dir, errno);
+  }
+  std::shared_ptr<const Manifest> base = read_manifest_at(dir.fd, base_dir, cached, cached_trailer);
+  bool hashed = false;
+  shareable = shareable_files(*base, hashed);
+  if (!hashed) {
+    log().info(
+        "incremental save: the base {} has no content hashes (not an incremental save); "
+        "writing everything",
+        base_dir);
+    return nullptr;
+  }
+  return base;
+}
+
+std::vector<bool> shareable_files(const Manifest& base, bool& hashed) {
+  // Live bytes per base file: what the base's own leaves use of it.
+  std::vector<std::uint64_t> live(base.data_files.size(), 0);
+  hashed = false;
+  for (const auto& leaf : base.leaves) {
+    for (const auto& e : leaf.extents) {
+      live[e.file] += e.length;
+      hashed = hashed || e.has_hash;
+    }
+  }
+  std::vector<bool> out(base.data_files.size(), false);
+  for (std::size_t f = 0; f < out.size(); ++f) out[f] = worth_sharing(base.data_files[f].size, live[f]);
+  return out;
 }
 
 std::string manifest_trailer(const std::string& dir) {

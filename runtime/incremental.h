@@ -47,6 +47,34 @@ ContentHash content_hash(const void* data, std::size_t n);
 // the ones they use, or at most one page.
 bool worth_sharing(std::uint64_t file_size, std::uint64_t used);
 
+// A descriptor closed on scope exit.
+struct ScopedFd {
+  int fd = -1;
+  explicit ScopedFd(int f) : fd(f) {}
+  ScopedFd(const ScopedFd&) = delete;
+  ScopedFd& operator=(const ScopedFd&) = delete;
+  ~ScopedFd();
+};
+
+// The manifest of the checkpoint whose directory is open as dir_fd (`dir` names it in errors):
+// `cached` when its manifest.ckpt still ends with `cached_trailer` (the trailer holds the CRC32C
+// of the whole flatbuffer: the same trailer, the same manifest), else decoded from the file.
+std::shared_ptr<const Manifest> read_manifest_at(int dir_fd, const std::string& dir,
+                                                 const std::shared_ptr<const Manifest>& cached,
+                                                 const std::string& cached_trailer);
+
+// Per data file of `base`: worth_sharing(its size, the bytes its leaves use). `hashed`: whether
+// any extent has a content hash (without one there is nothing to find).
+std::vector<bool> shareable_files(const Manifest& base, bool& hashed);
+
+// Opens base_dir into `dir` and reads its manifest (read_manifest_at) and which of its files are
+// worth sharing. Null, logged, when the base is gone or has no content hashes (the save then
+// writes everything); throws Error when it cannot be read.
+std::shared_ptr<const Manifest> open_base(const std::string& base_dir,
+                                          const std::shared_ptr<const Manifest>& cached,
+                                          const std::string& cached_trailer, ScopedFd& dir,
+                                          std::vector<bool>& shareable);
+
 struct ContentHashHasher {
   std::size_t operator()(const ContentHash& h) const noexcept {
     return static_cast<std::size_t>(h.lo ^ (h.hi * 0x9E3779B97F4A7C15ull));
@@ -120,9 +148,6 @@ class IncrementalSave {
   };
 
   const Location* find(const ContentHash& h, std::uint64_t len) const;
-
-  // The base's manifest: decoded from base_dir, or the cached one when its trailer matches.
-  std::shared_ptr<const Manifest> read_base(int dir_fd, const std::string& base_dir) const;
 
   const std::vector<Unit>& units_;
   std::shared_ptr<const Manifest> cached_;

@@ -133,7 +133,9 @@ struct SaveOptions {
   // The leaves of the tree that are shards (boxes of global arrays, runtime/sharding.h); the
   // others are replicated: every process holds the whole array, and one of them writes it. A save
   // with a sharding, or any save of a Runtime with a communicator, is collective. In a collective
-  // save only process 0's run_dir (lease, protection, retention), metadata and extra files count.
+  // save only process 0's run_dir (lease, protection, retention), metadata and extra files count,
+  // and its incremental / incremental_base: every process then dedupes its own shards against the
+  // base process 0 chose (runtime/shard_incremental.h).
   Sharding sharding;
 };
 

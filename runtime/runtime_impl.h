@@ -113,6 +113,10 @@ struct SaveOp {
   std::string inc_trailer;
   // A collective save (runtime/collective_commit.h): this process's part; null for a plain save.
   std::shared_ptr<ShardedSave> sharded;
+  // An incremental collective save (runtime/shard_incremental.h): hashed and placed once every
+  // unit is copied (units_copied counts them).
+  std::shared_ptr<ShardIncremental> sinc;
+  std::atomic<std::size_t> units_copied{0};
 };
 
 // The pool as seen by engine completions, which may outlive a save that timed out and even the
@@ -385,10 +389,16 @@ struct Runtime::Impl {
   // hashing (and, unless written whole, packing and write).
   void post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t i);
   void submit_write(const std::shared_ptr<SaveOp>& op, std::size_t i, std::uint64_t offset,
-                    std::uint64_t length);
+                    std::uint64_t length, std::uint64_t chunk_offset = 0);
+  // An incremental collective save, every unit copied: hashes the leaves on the copy threads,
+  // then places and writes what the base lacks (place_shards).
+  void hash_shards(const std::shared_ptr<SaveOp>& op);
+  void place_shards(const std::shared_ptr<SaveOp>& op);
   // Incremental saves: the base, chosen at prepare (on the caller's thread) from the options and
   // this Runtime's last commit in the run directory; what the last commit teaches is recorded.
   void plan_incremental(SaveOp& op);
+  // Process 0 of an incremental collective save: the base every process uses.
+  IncrementalChoice collective_base(const SaveOptions& options);
   void note_commit(const SaveOp& op);
   // The copy of a sync save is done: the checksums it held go to the copy pool.
   void release_checksums(const std::shared_ptr<SaveOp>& op);

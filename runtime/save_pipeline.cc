@@ -21,6 +21,8 @@
 // was given) and only orchestrate; copies, checksums and blocking file-system calls run on the
 // copy pool; IO completions arrive on the engine's thread and touch only atomic counters, the
 // Writes state and the staging pool. Unit i of a save always uses staging chunk i.
+#include "io/durable.h"
+#include "runtime/crc32c.h"
 #include "runtime/runtime_impl.h"
 
 namespace ckpt {
@@ -147,6 +149,7 @@ void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
       if (!op->inc_base.empty())
         op->inc->attach_base(op->inc_base, op->tmp_dir, op->options.run_dir);
     }
+    if (op->sinc && !op->inc_base.empty()) op->sinc->attach_base(op->inc_base, op->sharded->base_origin);
   } catch (...) {
     w.fail(std::current_exception());
   }
@@ -217,6 +220,12 @@ void Runtime::Impl::release_checksums(const std::shared_ptr<SaveOp>& op) {
 }
 
 void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i) {
+  if (op->sinc) {
+    // Nothing is written before every leaf is hashed: a leaf may span units.
+    if (op->units_copied.fetch_add(1) + 1 == op->plan->units.size())
+      asio::post(workers, [this, op] { hash_shards(op); });
+    return;
+  }
   if (op->writes->failed()) {
     part_done(op, gate, i);
     part_done(op, gate, i);
@@ -241,8 +250,9 @@ void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i)
 }
 
 void Runtime::Impl::submit_write(const std::shared_ptr<SaveOp>& op, std::size_t i,
-                                 std::uint64_t offset, std::uint64_t length) {
-  io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i], length, offset};
+                                 std::uint64_t offset, std::uint64_t length,
+                                 std::uint64_t chunk_offset) {
+  io::Request r{io::Request::Op::write, op->data.fd(), op->chunks[i] + chunk_offset, length, offset};
   op->writes->stage->submitted();
   engine->submit(r, [op, w = op->writes, gate = gate, i, len = length,
                      off = offset](std::int64_t res) {
@@ -257,6 +267,68 @@ void Runtime::Impl::submit_write(const std::shared_ptr<SaveOp>& op, std::size_t 
     }
     part_done(op, gate, i);
   });
+}
+
+void Runtime::Impl::hash_shards(const std::shared_ptr<SaveOp>& op) {
+  auto sweep = std::make_shared<Sweep>();
+  sweep->total = op->writes->failed() ? 0 : op->sinc->leaf_count();
+  if (sweep->total == 0) return place_shards(op);
+  auto work = [this, op, sweep] {
+    for (;;) {
+      std::size_t l = sweep->next.fetch_add(1);
+      if (l >= sweep->total) return;
+      try {
+        op->sinc->hash_leaf(l, op->chunks);
+      } catch (...) {
+        op->writes->fail(std::current_exception());
+      }
+      if (sweep->finished.fetch_add(1) + 1 == sweep->total) place_shards(op);
+    }
+  };
+  auto helpers = static_cast<unsigned>(
+      std::min<std::size_t>(options.copy_threads > 0 ? options.copy_threads - 1 : 0, sweep->total));
+  for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
+  work();
+}
+
+void Runtime::Impl::place_shards(const std::shared_ptr<SaveOp>& op) {
+  const std::size_t n = op->plan->units.size();
+  auto writes = std::make_shared<std::vector<ShardIncremental::Write>>();
+  if (!op->writes->failed()) {
+    try {
+      *writes = op->sinc->place(op->tmp_dir);
+    } catch (...) {
+      op->writes->fail(std::current_exception());
+    }
+  }
+  if (op->writes->failed()) {
+    for (std::size_t i = 0; i < n; ++i) {
+      part_done(op, gate, i);
+      part_done(op, gate, i);
+    }
+    return;
+  }
+  // Per unit: its writes, and one more part for their checksums.
+  std::vector<std::vector<std::size_t>> per_unit(n);
+  for (std::size_t k = 0; k < writes->size(); ++k) per_unit[(*writes)[k].unit].push_back(k);
+  for (std::size_t i = 0; i < n; ++i) op->writes->parts[i] = static_cast<int>(per_unit[i].size()) + 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (per_unit[i].empty()) {
+      part_done(op, gate, i);
+      continue;
+    }
+    for (std::size_t k : per_unit[i]) {
+      const auto& w = (*writes)[k];
+      submit_write(op, i, w.file_offset, w.length, w.unit_offset);
+    }
+    asio::post(workers, [op, i, writes, ks = std::move(per_unit[i]), gate = gate] {
+      for (std::size_t k : ks) {
+        const auto& w = (*writes)[k];
+        op->sinc->set_crc(k, crc32c(op->chunks[i] + w.unit_offset, w.length));
+      }
+      part_done(op, gate, i);
+    });
+  }
 }
 
 asio::awaitable<void> Runtime::Impl::await_writes(const std::shared_ptr<SaveOp>& op) {
@@ -291,8 +363,8 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   std::exception_ptr failure;
   const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
   const auto trim = [op] {
-    op->data.truncate(op->inc->own_size());
-    op->inc->drop_unused_links(op->tmp_dir);
+    op->data.truncate(op->sinc ? op->sinc->own_size() : op->inc->own_size());
+    if (op->inc) op->inc->drop_unused_links(op->tmp_dir);
   };
   const auto commit = [op] {
     op->data.close();
@@ -332,6 +404,13 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
     r.failure = *agreed;
     r.local = &op->plan->manifest;
     r.block_crc = &op->block_crc;
+    Manifest placed;  // an incremental save's: its extents, its own file's blocks and links
+    if (op->sinc && !r.failure) {
+      placed = op->sinc->local_result();
+      r.local = &placed;
+      r.block_crc = nullptr;
+      r.links = &op->sinc->links();
+    }
     // Process 0 removes the shared directory on a failure, even one before it made it itself.
     r.tmp_dir = op->tmp_dir.empty() && op->sharded->comm->rank() == 0
                     ? shared_tmp_dir(*op->sharded, op->final_dir)
@@ -349,7 +428,7 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
       mark_snapshotted(*op);
     }
     co_await await_writes(op);
-    if (op->inc) co_await on_workers(trim);
+    if (op->inc || op->sinc) co_await on_workers(trim);
     co_await fsync_data(op);
     CKPT_FAULT_POINT("after_data_fsync", op->data.path());
     if (op->previous) {
@@ -385,6 +464,9 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
     if (op->inc) {
       op->shared->timings.stored_bytes = op->inc->stored_bytes();
       op->shared->timings.written_bytes = op->inc->own_size();
+    } else if (op->sinc) {
+      op->shared->timings.stored_bytes = op->sinc->stored_bytes();
+      op->shared->timings.written_bytes = op->sinc->own_size();
     }
   }
   note_commit(*op);
@@ -479,10 +561,14 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
     } catch (...) {
       refused = std::current_exception();
     }
+    IncrementalChoice choice;
+    if (comm->rank() == 0 && options.incremental.value_or(this->options.incremental)) {
+      choice = collective_base(options);
+    }
     ShardedPlan sp;
     try {
       sp = plan_sharded_save(tree, options.sharding, comm, seq, this->options.collective_timeout,
-                             op->final_dir, refused);
+                             op->final_dir, refused, choice);
     } catch (...) {
       collective_steps.skip(seq);
       throw;
@@ -526,16 +612,51 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   op->shared->timings.bytes = op->plan->manifest.total_bytes;
   op->shared->timings.stored_bytes = op->plan->manifest.stored_bytes();
   op->shared->timings.written_bytes = op->shared->timings.stored_bytes;
-  if (options.incremental.value_or(this->options.incremental)) {
-    // A collective save writes everything (docs/design.md, section 14): each process's data file
-    // would need its own base, which the processes of a resharded restart do not have.
-    if (!op->sharded) {
-      plan_incremental(*op);
-    } else if (options.incremental.value_or(false)) {
-      log().warn("save of {}: a collective save is not incremental; writing it whole", op->final_dir);
+  if (op->sharded) {
+    // Process 0's choice, for every process (runtime/shard_incremental.h).
+    if (op->sharded->incremental) {
+      op->sinc = std::make_shared<ShardIncremental>(
+          op->plan->manifest, op->plan->units,
+          static_cast<std::uint32_t>(op->sharded->comm->size()));
+      op->inc_base = op->sharded->base;
     }
+  } else if (options.incremental.value_or(this->options.incremental)) {
+    plan_incremental(*op);
   }
   return op;
+}
+
+IncrementalChoice Runtime::Impl::collective_base(const SaveOptions& options) {
+  // As for one process: the explicit base, else this Runtime's last commit in the run directory,
+  // else the one its `latest` names (a small read in the caller's stall, once per run).
+  IncrementalChoice choice;
+  choice.on = true;
+  try {
+    std::string run;
+    if (!options.run_dir.empty()) run = clean_checkpoint_dir(options.run_dir);
+    if (!options.incremental_base.empty()) {
+      choice.base = clean_checkpoint_dir(options.incremental_base);
+    } else if (!run.empty()) {
+      {
+        std::lock_guard lock(mu);
+        if (auto it = last_commits.find(run); it != last_commits.end()) choice.base = it->second.dir;
+      }
+      if (choice.base.empty()) {
+        if (auto suffix = read_latest(run)) choice.base = run + "/" + *suffix;
+      }
+    }
+    choice.origin = choice.base;
+    if (!run.empty() && !choice.base.empty()) {
+      try {
+        choice.origin = suffix_in_run_dir(run, choice.base);
+      } catch (const Error&) {  // an explicit base elsewhere: named by its path
+      }
+    }
+  } catch (const Error& e) {
+    log().warn("incremental collective save: no base ({}); writing everything", e.what());
+    choice.base.clear();
+  }
+  return choice;
 }
 
 void Runtime::Impl::plan_incremental(SaveOp& op) {

@@ -14,7 +14,9 @@
 #include "io/fault_engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
+#include "runtime/incremental.h"
 #include "runtime/manifest.h"
+#include "runtime/retention.h"
 #include "runtime/run_lock.h"
 #include "runtime/runtime.h"
 #include "tests/runtime/shard_fixture.h"
@@ -153,6 +155,71 @@ ShardedState matrix_state(std::uint64_t part, std::uint64_t parts) {
   return s;
 }
 
+
+// Incremental collective saves: six float32 leaves of global shape [3, 4096], process r of 3
+// holding row r (16 KiB, four 4 KiB units: a box spans units), and a replicated step. Each leaf
+// has a version; its values are a function of (leaf, version, global index).
+constexpr std::size_t kIncLeaves = 6;
+const Shape kIncShape{3, 4096};
+using Versions = std::vector<std::uint64_t>;
+
+float inc_value(std::size_t leaf, std::uint64_t version, std::uint64_t g) {
+  return static_cast<float>(leaf * 1000003 + version * 7919 + g) * 0.5f;
+}
+
+// Process `part` of `parts`: saves cut by rows, restores by columns (filled: the values).
+ShardedState inc_state(std::uint64_t part, std::uint64_t parts, bool save_cut,
+                       const Versions* filled, std::int64_t step) {
+  ShardedState s;
+  for (std::size_t i = 0; i < kIncLeaves; ++i) {
+    auto [start, shape] = split_box(kIncShape, save_cut ? 0 : 1, part, parts);
+    Array a = Array::zeros(DType::f32, shape);
+    if (filled != nullptr) {
+      test::for_each_in_box(kIncShape, start, shape, [&](std::uint64_t l, std::uint64_t g) {
+        a.as<float>()[l] = inc_value(i, (*filled)[i], g);
+      });
+    }
+    const std::string name = "l" + std::to_string(i);
+    s.tree[name] = a;
+    s.sharding.shard(name, kIncShape, start);
+  }
+  Array st = Array::zeros(DType::i64, {});
+  if (filled != nullptr) st.as<std::int64_t>()[0] = step;
+  s.tree["step"] = st;
+  return s;
+}
+
+// Restores dir into `parts` column boxes; the number of elements that differ from `v`.
+std::uint64_t inc_wrong(Runtime& rt, const std::string& dir, int parts, const Versions& v,
+                        std::int64_t step) {
+  std::uint64_t wrong = 0;
+  for (int r = 0; r < parts; ++r) {
+    ShardedState s = inc_state(static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(parts),
+                               false, nullptr, 0);
+    rt.restore(dir, s.tree, s.sharding);
+    for (std::size_t i = 0; i < kIncLeaves; ++i) {
+      const Box& b = *s.sharding.find("l" + std::to_string(i));
+      const Array& a = s.tree.at("l" + std::to_string(i)).array();
+      test::for_each_in_box(kIncShape, b.start, a.shape(), [&](std::uint64_t l, std::uint64_t g) {
+        wrong += a.as<float>()[l] != inc_value(i, v[i], g);
+      });
+    }
+    wrong += s.tree.at("step").array().as<std::int64_t>()[0] != step;
+  }
+  return wrong;
+}
+
+// Restores exactly, resharded to 2 processes (and to 1 when `to_one`), and verifies.
+bool inc_restores(Runtime& rt, const std::string& dir, const Versions& v, std::int64_t step,
+                  bool to_one = true) {
+  if (test::catch_error([&] {
+        if (inc_wrong(rt, dir, 2, v, step) + (to_one ? inc_wrong(rt, dir, 1, v, step) : 0) != 0)
+          throw Error(Errc::corrupt, "wrong values");
+      })) {
+    return false;
+  }
+  return verify_checkpoint(*io::make_engine(), dir).ok();
+}
 }  // namespace
 
 TEST_CASE("communicator collectives agree across an in-process group and time out naming the "
@@ -531,6 +598,212 @@ TEST_CASE("one process saves with a sharding; the tool lists, inspects, verifies
   CHECK_FALSE(std::filesystem::exists(tmp / "run/s"));
   CHECK(test::run_command(tool + " verify " + tmp / "run/t", &out) == 0);
   CHECK(resharded_restore(3, tmp / "run/t") == 0);
+}
+
+TEST_CASE("incremental collective saves: each process writes only its changed shards; restores, "
+          "deletions in every order, corruption, export and a failing process") {
+  test::TempDir tmp;
+  const std::string run = tmp / "chain";
+  // s1 writes everything; s2 changes leaves 0 and 1, s3 leaves 2 and 3: a third of the shards.
+  const std::vector<Versions> versions{{0, 0, 0, 0, 0, 0}, {1, 1, 0, 0, 0, 0}, {1, 1, 2, 2, 0, 0}};
+  const std::vector<std::string> suffixes{"s1", "s2", "s3"};
+  std::vector<std::vector<SaveTimings>> timings(3, std::vector<SaveTimings>(3));
+  {
+    LocalGroup group(3);
+    auto errors = on_ranks(3, [&](int r) {
+      RuntimeOptions o = small_options();
+      o.communicator = group.member(r);
+      o.incremental = true;
+      Runtime rt(o);
+      for (std::size_t k = 0; k < 3; ++k) {
+        ShardedState s = inc_state(static_cast<std::uint64_t>(r), 3, true, &versions[k],
+                                   static_cast<std::int64_t>(k + 1));
+        SaveOptions so;
+        so.sharding = s.sharding;
+        so.run_dir = run;  // the base: process 0's last commit in it
+        SaveHandle h = rt.save(run + "/" + suffixes[k], s.tree, {}, so);
+        h.wait();
+        timings[k][static_cast<std::size_t>(r)] = h.timings();
+      }
+      rt.register_latest(run, "s3").wait();
+    });
+    for (const auto& e : errors) CHECK_MESSAGE(e.empty(), e);
+  }
+  const std::uint64_t box_bytes = 4096 * 4;
+  Runtime reader(small_options());
+  for (std::size_t r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    MESSAGE("process " << r << " written bytes: " << timings[0][r].written_bytes << " (full), "
+                       << timings[1][r].written_bytes << ", " << timings[2][r].written_bytes
+                       << " (incremental)");
+    CHECK(timings[0][r].written_bytes >= kIncLeaves * box_bytes);
+    for (std::size_t k = 1; k < 3; ++k) {
+      // Two changed boxes, and the page of the replicated step for the process that writes it.
+      CHECK(timings[k][r].written_bytes >= 2 * box_bytes);
+      CHECK(timings[k][r].written_bytes <= 2 * box_bytes + 4096);
+      CHECK(timings[k][r].stored_bytes >= kIncLeaves * box_bytes);
+    }
+  }
+  for (std::size_t k = 0; k < 3; ++k) {
+    CAPTURE(k);
+    CHECK(inc_restores(reader, run + "/" + suffixes[k], versions[k],
+                       static_cast<std::int64_t>(k + 1)));
+  }
+  // s3 names its own three files and links to s2's (leaves 0, 1) and s1's (leaves 4, 5).
+  Manifest m3 = read_manifest(run + "/s3");
+  CHECK(m3.process_count == 3);
+  REQUIRE(m3.data_files.size() == 9);
+  CHECK(m3.data_files[3].origin == "s2");
+  CHECK(m3.data_files[8].origin == "s1");
+  CHECK(storage_report(run + "/s3", m3).shared > 0);
+
+  // Deleting the checkpoints in every order never breaks the others.
+  std::vector<std::size_t> order{0, 1, 2};
+  int orders = 0;
+  do {
+    const std::string copy = tmp / ("order" + std::to_string(orders++));
+    REQUIRE(test::run_command("cp -a '" + run + "' '" + copy + "'") == 0);
+    for (std::size_t gone = 0; gone < order.size(); ++gone) {
+      remove_checkpoint(copy + "/" + suffixes[order[gone]]);
+      for (std::size_t k = gone + 1; k < order.size(); ++k) {
+        const std::size_t left = order[k];
+        CHECK_MESSAGE(inc_restores(reader, copy + "/" + suffixes[left], versions[left],
+                                   static_cast<std::int64_t>(left + 1), false),
+                      suffixes[left]);
+      }
+    }
+  } while (std::next_permutation(order.begin(), order.end()));
+  CHECK(orders == 6);
+
+  // A corrupt shared file is named, as shared, by every checkpoint that uses it.
+  const Manifest m1 = read_manifest(run + "/s1");
+  const ExtentInfo& e4 = m1.leaves[4].extents.at(0);
+  const std::string s1_file = run + "/s1/data-0000" + std::to_string(e4.file) + ".bin";
+  test::flip_byte(s1_file, e4.offset + 8);
+  VerifyReport bad = verify_checkpoint(*io::make_engine(), run + "/s3");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(test::contains(bad.problems.front(), "shared, first written by s1"));
+  CHECK(test::contains(bad.problems.front(), "l4"));
+  CHECK_FALSE(inc_restores(reader, run + "/s3", versions[2], 3));
+  test::flip_byte(s1_file, e4.offset + 8);
+  CHECK(inc_restores(reader, run + "/s3", versions[2], 3));
+
+  // New Runtimes (the base: `latest`, s3, read by process 0). s4 changes leaves 2 and 3 again,
+  // so it needs none of s3's own files: its links are renumbered past the gap. Leaves 4 and 5 are
+  // written again: s1's files hold 32 KiB s4 would use and 68 KiB it would not, which
+  // worth_sharing refuses (dead bytes bounded). Then a process failing s5 fails it everywhere;
+  // nothing is committed or left behind.
+  const Versions v4{1, 1, 4, 4, 0, 0};
+  for (int fail = 0; fail < 2; ++fail) {
+    LocalGroup group(3);
+    const std::string path = run + (fail ? "/s5" : "/s4");
+    auto errors = on_ranks(3, [&](int r) {
+      RuntimeOptions o = small_options();
+      o.communicator = group.member(r);
+      o.incremental = true;
+      io::FaultEngine* faults = nullptr;
+      o.wrap_engine = test::wrap_in_faults(&faults);
+      Runtime rt(o);
+      if (fail && r == 1) faults->arm({io::Request::Op::write, 1, io::FaultKind::error, EIO, false});
+      Versions v = fail ? Versions{1, 1, 5, 5, 5, 5} : v4;
+      ShardedState s = inc_state(static_cast<std::uint64_t>(r), 3, true, &v, 4 + fail);
+      SaveOptions so;
+      so.sharding = s.sharding;
+      so.run_dir = run;
+      SaveHandle h = rt.save(path, s.tree, {}, so);
+      h.wait();
+      CHECK(h.timings().written_bytes >= 4 * box_bytes);
+      CHECK(h.timings().written_bytes <= 4 * box_bytes + 4096);
+      rt.register_latest(run, fail ? "s5" : "s4").wait();
+    });
+    for (const auto& e : errors) CHECK(fail ? test::contains(e, "process 1: ") : e.empty());
+  }
+  Manifest m4 = read_manifest(run + "/s4");
+  REQUIRE(m4.data_files.size() == 6);  // its own three, s2's three (through s3's links)
+  CHECK(m4.data_files[5].origin == "s2");
+  CHECK(inc_restores(reader, run + "/s4", v4, 4));
+  CHECK_FALSE(std::filesystem::exists(run + "/s5"));
+  CHECK(test::find_tmp_entries(run).empty());
+
+  // Export: a self-contained copy that outlives the whole chain.
+  export_checkpoint(run + "/s3", tmp / "exported");
+  std::filesystem::remove_all(run);
+  Manifest ex = read_manifest(tmp / "exported");
+  CHECK(ex.data_files.size() == 9);
+  CHECK(storage_report(tmp / "exported", ex).shared == 0);
+  CHECK(inc_restores(reader, tmp / "exported", versions[2], 3));
+}
+
+TEST_CASE("retention and ckpt gc over incremental collective saves keep what they keep restorable; "
+          "the tool lists, inspects and verifies them") {
+  test::TempDir tmp;
+  const std::string run = tmp / "run";
+  std::vector<Versions> versions;
+  LocalGroup group(2);
+  auto errors = on_ranks(2, [&](int r) {
+    RuntimeOptions o = small_options();
+    o.communicator = group.member(r);
+    o.incremental = true;
+    Runtime rt(o);
+    Versions v(kIncLeaves, 0);
+    for (std::uint64_t k = 0; k < 3; ++k) {
+      v[k % kIncLeaves] = 10 + k;
+      if (r == 0) versions.push_back(v);
+      ShardedState s = inc_state(static_cast<std::uint64_t>(r), 2, true, &v,
+                                 static_cast<std::int64_t>(k));
+      SaveOptions so;
+      so.sharding = s.sharding;
+      so.run_dir = run;
+      so.retention.max_to_keep = 2;  // process 0's policy removes the bases
+      rt.save(run + "/step/" + std::to_string(k), s.tree, {}, so).wait();
+      rt.register_latest(run, "step/" + std::to_string(k)).wait();
+    }
+    rt.drain();
+  });
+  for (const auto& e : errors) CHECK_MESSAGE(e.empty(), e);
+  auto listed = list_checkpoints(run);
+  REQUIRE(listed.size() == 2);
+  Runtime reader(small_options());
+  for (const auto& info : listed) {
+    std::size_t k = std::stoul(info.suffix.substr(5));
+    CHECK_MESSAGE(inc_restores(reader, info.path, versions[k], static_cast<std::int64_t>(k)),
+                  info.suffix);
+  }
+  const std::string tool = CKPT_TOOL_PATH;
+  std::string out;
+  CHECK(test::run_command(tool + " list " + run, &out) == 0);
+  CHECK(test::contains(out, "step/2"));
+  CHECK(test::run_command(tool + " inspect " + run + "/step/2", &out) == 0);
+  CHECK(test::contains(out, "shared bytes"));
+  CHECK(test::contains(out, "step/1"));  // the origin of the files it links
+  CHECK(test::run_command(tool + " gc " + run + " --keep 1", &out) == 0);
+  REQUIRE(list_checkpoints(run).size() == 1);
+  CHECK(test::run_command(tool + " verify " + run + "/step/2", &out) == 0);
+  CHECK(inc_restores(reader, run + "/step/2", versions[2], 2));
+}
+
+TEST_CASE("an incremental save with a sharding and no communicator (one process) shares unchanged "
+          "leaves and restores") {
+  test::TempDir tmp;
+  RuntimeOptions o = small_options();
+  o.incremental = true;
+  Runtime rt(o);
+  Versions v(kIncLeaves, 0);
+  std::vector<SaveTimings> t;
+  for (std::uint64_t k = 0; k < 2; ++k) {
+    v[1] = k;
+    ShardedState s = inc_state(0, 1, true, &v, static_cast<std::int64_t>(k));
+    SaveOptions so;
+    so.sharding = s.sharding;
+    so.run_dir = tmp / "run";
+    SaveHandle h = rt.save(tmp / ("run/" + std::to_string(k)), s.tree, {}, so);
+    h.wait();
+    t.push_back(h.timings());
+  }
+  CHECK(t[0].written_bytes >= kIncLeaves * 3 * 4096 * 4);
+  CHECK(t[1].written_bytes <= 3 * 4096 * 4 + 4096);  // leaf 1 and the step's page
+  CHECK(read_manifest(tmp / "run/1").data_files.size() == 2);
+  CHECK(inc_restores(rt, tmp / "run/1", v, 1));
 }
 
 TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overlap or leave "
