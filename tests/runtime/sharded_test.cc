@@ -345,39 +345,47 @@ TEST_CASE("processes whose trees differ fail save() on every process, naming the
   CHECK(test::list_dir(tmp.path()).empty());
 }
 
-TEST_CASE("one process's write error fails the save on every process, naming it, and commits "
-          "nothing") {
-  test::TempDir tmp;
-  collective_save(3, tmp / "run", "step/1");
-  LocalGroup group(3);
-  std::vector<std::string> save_errors(3), register_errors(3);
-  auto errors = on_ranks(3, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
-    io::FaultEngine* faults = nullptr;
-    o.wrap_engine = test::wrap_in_faults(&faults);
-    Runtime rt(o);
-    if (r == 1) faults->arm({io::Request::Op::write, 1, io::FaultKind::error, EIO, false});
-    ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
-    SaveOptions so;
-    so.sharding = s.sharding;
-    so.run_dir = tmp / "run";
-    auto h = rt.save(tmp / "run/step/2", s.tree, {}, so);
-    auto reg = rt.register_latest(tmp / "run", "step/2");
-    if (auto e = test::catch_error([&] { h.wait(); })) save_errors[static_cast<std::size_t>(r)] = e->what();
-    if (auto e = test::catch_error([&] { reg.wait(); })) register_errors[static_cast<std::size_t>(r)] = e->what();
-    rt.drain();
-  });
-  for (int r = 0; r < 3; ++r) {
-    CAPTURE(r);
-    CHECK(errors[static_cast<std::size_t>(r)].empty());
-    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "process 1: "));
-    CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "Input/output error"));
-    CHECK(test::contains(register_errors[static_cast<std::size_t>(r)], "process 1: "));
+TEST_CASE("one process's write error (EIO, ENOSPC) fails the save on every process, naming it and "
+          "the cause, and commits nothing") {
+  struct Fault {
+    int error;
+    const char* cause;
+  };
+  for (const Fault fault :
+       {Fault{EIO, "Input/output error"}, Fault{ENOSPC, "No space left on device"}}) {
+    CAPTURE(fault.cause);
+    test::TempDir tmp;
+    collective_save(3, tmp / "run", "step/1");
+    LocalGroup group(3);
+    std::vector<std::string> save_errors(3), register_errors(3);
+    auto errors = on_ranks(3, [&](int r) {
+      RuntimeOptions o = small_options();
+      o.communicator = group.member(r);
+      io::FaultEngine* faults = nullptr;
+      o.wrap_engine = test::wrap_in_faults(&faults);
+      Runtime rt(o);
+      if (r == 1) faults->arm({io::Request::Op::write, 1, io::FaultKind::error, fault.error, false});
+      ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
+      SaveOptions so;
+      so.sharding = s.sharding;
+      so.run_dir = tmp / "run";
+      auto h = rt.save(tmp / "run/step/2", s.tree, {}, so);
+      auto reg = rt.register_latest(tmp / "run", "step/2");
+      if (auto e = test::catch_error([&] { h.wait(); })) save_errors[static_cast<std::size_t>(r)] = e->what();
+      if (auto e = test::catch_error([&] { reg.wait(); })) register_errors[static_cast<std::size_t>(r)] = e->what();
+      rt.drain();
+    });
+    for (int r = 0; r < 3; ++r) {
+      CAPTURE(r);
+      CHECK(errors[static_cast<std::size_t>(r)].empty());
+      CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], "process 1: "));
+      CHECK(test::contains(save_errors[static_cast<std::size_t>(r)], fault.cause));
+      CHECK(test::contains(register_errors[static_cast<std::size_t>(r)], "process 1: "));
+    }
+    CHECK_FALSE(std::filesystem::exists(tmp / "run/step/2"));
+    CHECK(test::find_tmp_entries(tmp / "run").empty());
+    CHECK(read_latest(tmp / "run") == std::optional<std::string>("step/1"));
   }
-  CHECK_FALSE(std::filesystem::exists(tmp / "run/step/2"));
-  CHECK(test::find_tmp_entries(tmp / "run").empty());
-  CHECK(read_latest(tmp / "run") == std::optional<std::string>("step/1"));
 }
 
 TEST_CASE("a save one process refuses after the check (over its staging budget) fails on every "
