@@ -94,6 +94,12 @@ struct SaveOp {
   // the chunks they write from and, through this op, the data file (RuntimeOptions::io_timeout).
   std::atomic<bool> io_abandoned{false};
   std::shared_ptr<Writes> writes;  // from admission
+  // A full single-process save writes metadata.json, its extra files and its manifest as soon as
+  // its last checksum is in, while its data writes are still in flight; this fires when they are
+  // written and fsynced. Null for the saves whose manifest depends on their writes (incremental,
+  // collective): they write it after their data.
+  std::shared_ptr<Event> files_done;
+  std::atomic<bool> files_started{false};
   // The previous save of the same path, still running when this one was admitted: commits of
   // one path happen in admission order, so the newest save is the one that stays.
   std::shared_ptr<detail::SaveShared> previous;
@@ -188,6 +194,8 @@ struct Writes {
   std::unique_ptr<std::atomic<int>[]> parts;
   std::atomic<std::size_t> remaining{0};  // units not finished, plus 1 for the open
   std::atomic<std::size_t> writes_done{0};
+  // A full single-process save's checksums still to come: the last one starts its manifest.
+  std::atomic<std::size_t> checksums_left{0};
   std::shared_ptr<IoStage> stage = std::make_shared<IoStage>();
   std::shared_ptr<Event> done = std::make_shared<Event>();
 
@@ -402,6 +410,9 @@ struct Runtime::Impl {
   void note_commit(const SaveOp& op);
   // The copy of a sync save is done: the checksums it held go to the copy pool.
   void release_checksums(const std::shared_ptr<SaveOp>& op);
+  void start_files(const std::shared_ptr<SaveOp>& op);
+  void write_files(const std::shared_ptr<SaveOp>& op);
+  asio::awaitable<void> await_files(const std::shared_ptr<SaveOp>& op);
   // Completes when every unit was written and checksummed (or skipped after a failure) and every
   // chunk is back in the pool, or when the watchdog gives up on the writes in flight.
   asio::awaitable<void> await_writes(const std::shared_ptr<SaveOp>& op);

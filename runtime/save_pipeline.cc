@@ -5,8 +5,10 @@
 //   copy pool:   make <dir>.tmp-<tag>/, open the data file (O_DIRECT), sized   } at once,
 //                [overlapped: parallel copy ─► snapshotted]                      } overlapped
 //                per unit, as soon as it is copied and the file is open: engine write, and
-//                CRC32C on a copy thread; its chunk returns to the pool when both are done
-//   background:  every unit written ─► fsync data ─► metadata.json, extra files, manifest.ckpt
+//                CRC32C on a copy thread; its chunk returns to the pool when both are done;
+//                the last CRC32C ─► metadata.json, extra files, manifest.ckpt, each fsynced
+//                (write_files, during the data writes; a full single-process save only)
+//   background:  every unit written ─► fsync data ─► [incremental, collective: the files]
 //                ─► fsync dir ─► rename to <dir>, fsync parent (commit) ─► handle completes
 //                ─► retention
 //
@@ -119,6 +121,10 @@ void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
   for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
   w->remaining = n + 1;                                 // and the open
   w->hold_checksums = op->options.mode == SnapshotMode::sync;
+  if (!op->inc && !op->sharded) {
+    w->checksums_left = n;
+    op->files_done = std::make_shared<Event>();
+  }
   w->stage->done = [done = w->done](std::exception_ptr e) { done->complete(e); };
   op->writes = w;
   asio::post(workers, [this, op] { open_data_file(op); });
@@ -160,6 +166,9 @@ void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
     pending.swap(w.pending);
   }
   for (std::size_t i : pending) issue_unit(op, i);
+  if (op->files_done && op->plan->units.empty() && !w.failed()) {
+    start_files(op);  // no checksum to wait for (a tree without bytes)
+  }
   w.finish_one();
 }
 
@@ -192,6 +201,10 @@ void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t
   asio::post(workers, [this, op, i, gate = gate] {
     if (!op->inc) {
       checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
+      if (op->files_done && op->writes->checksums_left.fetch_sub(1) == 1 &&
+          !op->writes->failed()) {
+        start_files(op);  // before this unit's part is done, so before the writes can end
+      }
     } else if (op->speculate[i]) {
       op->inc->hash_whole(i, op->chunks[i]);  // written already
     } else if (op->writes->failed()) {
@@ -207,6 +220,27 @@ void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t
     }
     part_done(op, gate, i);
   });
+}
+
+// Called once the manifest is complete (its data need not be written yet), before the writes can
+// end: run_save, which waits for the writes, then knows whether the files are being written.
+void Runtime::Impl::start_files(const std::shared_ptr<SaveOp>& op) {
+  op->files_started = true;
+  asio::post(workers, [this, op] { write_files(op); });
+}
+
+void Runtime::Impl::write_files(const std::shared_ptr<SaveOp>& op) {
+  std::exception_ptr failure;
+  try {
+    ManifestParts parts;
+    parts.created_unix_ns = op->created_unix_ns;
+    parts.block_crc = &op->block_crc;
+    write_checkpoint_files(op->tmp_dir, op->plan->manifest, parts, &op->plan->encoded_tree(),
+                           op->metadata, op->options.extra_files);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  op->files_done->complete(failure);
 }
 
 void Runtime::Impl::release_checksums(const std::shared_ptr<SaveOp>& op) {
@@ -341,6 +375,11 @@ asio::awaitable<void> Runtime::Impl::await_writes(const std::shared_ptr<SaveOp>&
   if (e) std::rethrow_exception(e);
 }
 
+asio::awaitable<void> Runtime::Impl::await_files(const std::shared_ptr<SaveOp>& op) {
+  auto [e] = co_await async_wait_event(op->files_done, ex, asio::as_tuple(asio::use_awaitable));
+  if (e) std::rethrow_exception(e);
+}
+
 asio::awaitable<void> Runtime::Impl::fsync_data(const std::shared_ptr<SaveOp>& op) {
   return detail::async_call<void(std::exception_ptr)>(
       ex, asio::use_awaitable, [this, op](auto done) {
@@ -377,12 +416,8 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
       op->inc_committed = std::make_shared<const Manifest>(std::move(m));
       return;
     }
-    // The shared skeleton, completed with this save's own parts.
-    ManifestParts parts;
-    parts.created_unix_ns = op->created_unix_ns;
-    parts.block_crc = &op->block_crc;
-    finish_checkpoint(op->tmp_dir, op->final_dir, op->plan->manifest, parts,
-                      &op->plan->encoded_tree(), op->metadata, op->options.extra_files);
+    // Its files were written during the data writes (write_files).
+    commit_checkpoint(op->tmp_dir, op->final_dir);
   };
   const auto clean_up = [op] {
     // Requests the watchdog gave up on may still use the descriptor: it closes with the op.
@@ -431,6 +466,7 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
     if (op->inc || op->sinc) co_await on_workers(trim);
     co_await fsync_data(op);
     CKPT_FAULT_POINT("after_data_fsync", op->data.path());
+    if (op->files_done) co_await await_files(op);
     if (op->previous) {
       const std::shared_ptr<Event> previous_done(op->previous, &op->previous->done);
       co_await async_wait_event(previous_done, ex, asio::as_tuple(asio::use_awaitable));
@@ -443,6 +479,10 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   if (failure && !op->io_abandoned && !op->writes->done->done()) {
     // A failed copy or open: the units still in flight hold their chunks (and the file).
     co_await async_wait_event(op->writes->done, ex, asio::as_tuple(asio::use_awaitable));
+  }
+  if (failure && op->files_started && !op->io_abandoned) {
+    // Its files are being written into the temporary directory that the clean-up removes.
+    co_await async_wait_event(op->files_done, ex, asio::as_tuple(asio::use_awaitable));
   }
   if (!op->io_abandoned) release_all(*op);  // else the engine's completions return them
   if (op->sharded) {

@@ -2,6 +2,8 @@
 //   <dir>.tmp-<tag>/data-00000.bin   written with O_DIRECT through the engine, fsynced
 //   <dir>.tmp-<tag>/metadata.json    (and extra JSON files) written, fsynced
 //   <dir>.tmp-<tag>/manifest.ckpt    written last, fsynced; it checksums everything above
+//                                    (the Runtime's full saves write these two steps while their
+//                                    data writes are in flight: write_checkpoint_files)
 //   fsync <dir>.tmp-<tag>/, rename to <dir>, fsync the parent   <- commit point
 // A crash before the rename leaves only a *.tmp-* directory, which readers ignore and the next
 // writer removes; a crash after it leaves a complete checkpoint.
@@ -132,17 +134,13 @@ std::vector<FileInfo> write_json_files(const std::string& tmp, const boost::json
   return out;
 }
 
-void write_manifest_and_commit(const std::string& tmp, const std::string& final_dir,
-                               const Manifest& m, const ManifestParts* parts,
-                               const EncodedTree* tree) {
+void write_manifest(const std::string& tmp, const Manifest& m, const ManifestParts* parts,
+                    const EncodedTree* tree) {
   // Kept per thread: a steady state of saves maps no memory for their manifests.
   thread_local std::string encoded;
   encode_manifest(m, parts, tree, encoded);
   io::write_new_file(tmp + "/" + std::string(kManifestName), encoded);
   if (encoded.capacity() > (std::size_t{64} << 20)) std::string().swap(encoded);
-  io::fsync_dir(tmp, "checkpoint_dir");
-  io::commit_directory(tmp, final_dir);
-  io::forget_live_tmp(tmp);
 }
 
 }  // namespace
@@ -151,16 +149,30 @@ void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Man
                        const boost::json::object& metadata,
                        const std::map<std::string, std::string>& extra_files) {
   m.json_files = write_json_files(tmp, metadata, extra_files);
-  write_manifest_and_commit(tmp, final_dir, m, nullptr, nullptr);
+  write_manifest(tmp, m, nullptr, nullptr);
+  commit_checkpoint(tmp, final_dir);
+}
+
+void write_checkpoint_files(const std::string& tmp, const Manifest& skeleton, ManifestParts parts,
+                            const EncodedTree* tree, const boost::json::object& metadata,
+                            const std::map<std::string, std::string>& extra_files) {
+  const std::vector<FileInfo> json_files = write_json_files(tmp, metadata, extra_files);
+  parts.json_files = &json_files;
+  write_manifest(tmp, skeleton, &parts, tree);
+}
+
+void commit_checkpoint(const std::string& tmp, const std::string& final_dir) {
+  io::fsync_dir(tmp, "checkpoint_dir");
+  io::commit_directory(tmp, final_dir);
+  io::forget_live_tmp(tmp);
 }
 
 void finish_checkpoint(const std::string& tmp, const std::string& final_dir,
                        const Manifest& skeleton, ManifestParts parts, const EncodedTree* tree,
                        const boost::json::object& metadata,
                        const std::map<std::string, std::string>& extra_files) {
-  const std::vector<FileInfo> json_files = write_json_files(tmp, metadata, extra_files);
-  parts.json_files = &json_files;
-  write_manifest_and_commit(tmp, final_dir, skeleton, &parts, tree);
+  write_checkpoint_files(tmp, skeleton, parts, tree, metadata, extra_files);
+  commit_checkpoint(tmp, final_dir);
 }
 
 void abandon_tmp_dir(const std::string& tmp) noexcept {

@@ -12,10 +12,13 @@
 #include <boost/asio/use_future.hpp>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <future>
+#include <thread>
 
 #include "io/durable.h"
 #include "io/error.h"
+#include "io/fault_engine.h"
 #include "runtime/catalog.h"
 #include "runtime/checkpoint.h"
 #include "tests/test_util.h"
@@ -230,6 +233,53 @@ TEST_CASE("a failing save is reported through its handle and through drain") {
   CHECK(list_checkpoints(dir.path()).empty());
   SaveHandle ok = rt.save(dir / "good", tree, {});
   wait_or_fail(ok);
+}
+
+TEST_CASE(
+    "a full save writes its manifest during its data writes, and a failure after that leaves "
+    "nothing") {
+  TempDir dir;
+  io::FaultEngine* faults = nullptr;
+  RuntimeOptions o = small_options();
+  o.wrap_engine = test::wrap_in_faults(&faults);
+  Runtime rt(o);
+  Tree tree = make_tree(8, 100000, 1);  // several units
+  const auto find_tmp_manifest = [&] {
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+      if (io::is_tmp_name(e.path().filename().string()) &&
+          std::filesystem::exists(e.path() / "manifest.ckpt"))
+        return true;
+    }
+    return false;
+  };
+  // The first data write is held: the manifest and metadata.json still appear, fsynced, in the
+  // temporary directory, and the checkpoint is not committed.
+  faults->arm({io::Request::Op::write, 1, io::FaultKind::hang});
+  SaveHandle held = rt.save(dir / "step_1", tree, {{"step", 1}});
+  const auto until = std::chrono::steady_clock::now() + kDeadline;
+  while (!find_tmp_manifest()) {
+    REQUIRE_MESSAGE(std::chrono::steady_clock::now() < until, "no manifest before the deadline");
+    std::this_thread::sleep_for(1ms);
+  }
+  CHECK_FALSE(held.wait_for(0s));
+  CHECK_FALSE(std::filesystem::exists(dir / "step_1"));
+  // The data fsync fails: the save fails and its directory, manifest included, is gone.
+  faults->arm({io::Request::Op::fsync, 1, io::FaultKind::error, EIO});
+  faults->release_hung();
+  REQUIRE(held.wait_for(kDeadline));
+  CHECK(held.state() == SaveState::failed);
+  CHECK_THROWS_WITH_AS(held.wait(), doctest::Contains("fsync"), Error);
+  CHECK(std::filesystem::is_empty(dir.path()));
+  CHECK(rt.stats().staging_in_use == 0);
+  // The next save commits, its manifest naming the checksums of its own blocks.
+  SaveHandle ok = rt.save(dir / "step_2", tree, {{"step", 2}});
+  wait_or_fail(ok);
+  Tree back = test::zeros_like(tree);
+  auto meta = rt.restore(dir / "step_2", back);
+  CHECK(test::trees_equal(back, tree));
+  CHECK(meta.at("step").as_int64() == 2);
+  auto engine = io::make_engine();
+  CHECK(verify_checkpoint(*engine, dir / "step_2").ok());
 }
 
 TEST_CASE("register_latest applies in call order even when saves finish out of order") {
