@@ -4,9 +4,9 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <tuple>
-#include <unordered_set>
 #include <utility>
 
 #include "io/error.h"
@@ -439,27 +439,48 @@ void check_structure(const Manifest& m, const std::string& path) {
     if (!s) corrupt(path, "leaf not in the tree");
   }
   // Each leaf's path must be the one its place in the tree gives (iterative: no recursion depth
-  // for a hostile manifest to exhaust).
-  struct Visit {
+  // for a hostile manifest to exhaust; one path buffer, extended and cut back: no string per node).
+  if (m.nodes[0].kind == Tree::Kind::leaf) {
+    if (!m.leaves[m.nodes[0].leaf].path.empty()) {
+      corrupt(path, "leaf path '" + m.leaves[m.nodes[0].leaf].path + "' does not match the tree");
+    }
+    return;
+  }
+  struct Frame {
     std::uint32_t index;
-    std::string prefix;
-    std::size_t depth;
+    std::size_t next;  // the child to visit next
+    std::size_t mark;  // prefix length before this node's own part
   };
-  std::vector<Visit> stack{{0, std::string(), 0}};
+  std::string prefix;
+  std::vector<Frame> stack{{0, 0, 0}};
   while (!stack.empty()) {
-    auto [index, prefix, depth] = std::move(stack.back());
-    stack.pop_back();
-    if (depth > kMaxTreeDepth) corrupt(path, "tree deeper than " + std::to_string(kMaxTreeDepth));
-    const NodeInfo& n = m.nodes[index];
-    if (n.kind == Tree::Kind::leaf) {
-      if (m.leaves[n.leaf].path != prefix) {
-        corrupt(path, "leaf path '" + m.leaves[n.leaf].path + "' does not match the tree");
-      }
+    Frame& f = stack.back();
+    const NodeInfo& n = m.nodes[f.index];
+    if (f.next == n.children.size()) {
+      prefix.resize(f.mark);
+      stack.pop_back();
       continue;
     }
-    for (std::size_t k = 0; k < n.children.size(); ++k) {
-      std::string part = n.kind == Tree::Kind::dict ? n.keys[k] : std::to_string(k);
-      stack.push_back({n.children[k], prefix.empty() ? part : prefix + "/" + part, depth + 1});
+    const std::size_t k = f.next++;
+    // The child's depth is the stack's size (the root is at depth 0).
+    if (stack.size() > kMaxTreeDepth) {
+      corrupt(path, "tree deeper than " + std::to_string(kMaxTreeDepth));
+    }
+    const std::size_t mark = prefix.size();
+    if (!prefix.empty()) prefix += '/';
+    if (n.kind == Tree::Kind::dict) {
+      prefix += n.keys[k];
+    } else {
+      char digits[24];
+      prefix.append(digits, std::to_chars(digits, digits + sizeof digits, k).ptr);
+    }
+    const std::uint32_t c = n.children[k];
+    if (m.nodes[c].kind == Tree::Kind::leaf) {
+      const std::string& leaf_path = m.leaves[m.nodes[c].leaf].path;
+      if (leaf_path != prefix) corrupt(path, "leaf path '" + leaf_path + "' does not match the tree");
+      prefix.resize(mark);
+    } else {
+      stack.push_back({c, 0, mark});
     }
   }
 }
@@ -551,10 +572,15 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   if (!crc_ok) corrupt(path, "checksum mismatch");
 #endif
 
-  // flatbuffers wants an aligned buffer; a std::string's data is only 16-byte aligned at best.
-  std::vector<std::uint64_t> aligned((body.size() + 7) / 8);
-  std::memcpy(aligned.data(), body.data(), body.size());
-  const auto* data = reinterpret_cast<const std::uint8_t*>(aligned.data());
+  // flatbuffers wants its buffer aligned to its largest scalar (8 bytes); a file read into a
+  // std::string usually is (malloc's alignment), else it is copied.
+  std::vector<std::uint64_t> aligned;
+  const auto* data = reinterpret_cast<const std::uint8_t*>(body.data());
+  if (reinterpret_cast<std::uintptr_t>(data) % alignof(std::uint64_t) != 0) {
+    aligned.resize((body.size() + 7) / 8);
+    std::memcpy(aligned.data(), body.data(), body.size());
+    data = reinterpret_cast<const std::uint8_t*>(aligned.data());
+  }
   if (!fb::ManifestBufferHasIdentifier(data)) corrupt(path, "wrong file identifier");
   flatbuffers::Verifier verifier(data, body.size(), kMaxManifestNesting, kMaxManifestTables);
   if (!fb::VerifyManifestBuffer(verifier)) corrupt(path, "flatbuffers verification failed");
@@ -590,12 +616,14 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
     }
   }
   if (fm->nodes()) {
+    m.nodes.reserve(fm->nodes()->size());
     for (const auto* n : *fm->nodes()) {
       NodeInfo info;
       auto kind = static_cast<std::uint8_t>(n->kind());
       if (kind > static_cast<std::uint8_t>(Tree::Kind::leaf)) corrupt(path, "unknown node kind");
       info.kind = static_cast<Tree::Kind>(kind);
       if (n->keys()) {
+        info.keys.reserve(n->keys()->size());
         for (const auto* k : *n->keys()) info.keys.push_back(k->str());
       }
       if (n->children()) info.children.assign(n->children()->begin(), n->children()->end());
@@ -603,9 +631,9 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
       m.nodes.push_back(std::move(info));
     }
   }
-  std::unordered_set<std::string_view> paths;
   std::uint64_t total = 0;
   if (fm->leaves()) {
+    m.leaves.reserve(fm->leaves()->size());
     for (const auto* l : *fm->leaves()) {
       LeafInfo info;
       info.path = l->path() ? l->path()->str() : std::string();
@@ -627,6 +655,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
       }
       info.nbytes = l->nbytes();
       if (l->extents()) {
+        info.extents.reserve(l->extents()->size());
         for (const auto* e : *l->extents()) {
           ExtentInfo& x = info.extents.emplace_back();
           x.file = e->file();
@@ -659,9 +688,9 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
     } else {
       check_leaf(l, m, path);
     }
-    if (!paths.insert(l.path).second) corrupt(path, "duplicate leaf path '" + l.path + "'");
   }
   if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
+  // Also makes the leaf paths unique: each is its place in the tree (no set of them is kept).
   check_structure(m, path);
   if (m.format_version == kFormatVersion1) {
     if (fm->blocks() && fm->blocks()->size() > 0) corrupt(path, "blocks in a version 1 manifest");

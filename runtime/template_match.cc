@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <utility>
 
@@ -15,10 +17,6 @@ namespace {
 
 std::string show_path(const std::string& path) {
   return path.empty() ? std::string("(root)") : "'" + path + "'";
-}
-
-std::string child_path(const std::string& path, std::string_view part) {
-  return path.empty() ? std::string(part) : path + "/" + std::string(part);
 }
 
 std::string describe_kind(Tree::Kind kind, std::size_t children) {
@@ -60,7 +58,7 @@ class Matcher {
   }
 
   TemplateMatch run(const Tree& templ) {
-    match(templ, 0, std::string());
+    match(templ, 0);
     check_aliasing(templ);
     return std::move(out_);
   }
@@ -68,7 +66,31 @@ class Matcher {
  private:
   void problem(std::string text) { out_.problems.push_back(std::move(text)); }
 
-  void match(const Tree& t, std::uint32_t node, const std::string& path) {
+  // The path of the node being compared lives in one buffer, extended on the way down and cut
+  // back on the way up: a match of many leaves makes no string per node (only problems copy it).
+  class Down {
+   public:
+    Down(std::string& path, std::string_view part) : path_(path), size_(path.size()) {
+      if (!path_.empty()) path_ += '/';
+      path_ += part;
+    }
+    Down(std::string& path, std::size_t index) : path_(path), size_(path.size()) {
+      if (!path_.empty()) path_ += '/';
+      char digits[24];
+      auto end = std::to_chars(digits, digits + sizeof digits, index).ptr;
+      path_.append(digits, end);
+    }
+    ~Down() { path_.resize(size_); }
+    Down(const Down&) = delete;
+    Down& operator=(const Down&) = delete;
+
+   private:
+    std::string& path_;
+    std::size_t size_;
+  };
+
+  void match(const Tree& t, std::uint32_t node) {
+    const std::string& path = path_;
     const NodeInfo& n = m_.nodes[node];
     if (t.kind() != n.kind) {
       problem(fmt::format("{}: {} in the template, {} in the checkpoint", show_path(path),
@@ -76,7 +98,7 @@ class Matcher {
       return;
     }
     if (t.is_leaf()) {
-      match_leaf(t.array(), n.leaf, path);
+      match_leaf(t.array(), n.leaf);
     } else if (t.is_dict()) {
       // Both key lists are sorted (Tree keeps them so; decode_manifest checks it): one merge.
       const auto& keys = t.keys();
@@ -84,29 +106,39 @@ class Matcher {
       std::size_t k = 0;
       while (i < keys.size() || k < n.keys.size()) {
         if (k == n.keys.size() || (i < keys.size() && keys[i] < n.keys[k])) {
-          only_in_template(t.children()[i], child_path(path, keys[i]));
+          Down down(path_, keys[i]);
+          only_in_template(t.children()[i]);
           ++i;
         } else if (i == keys.size() || n.keys[k] < keys[i]) {
-          only_in_checkpoint(n.children[k], child_path(path, n.keys[k]));
+          Down down(path_, n.keys[k]);
+          only_in_checkpoint(n.children[k]);
           ++k;
         } else {
-          match(t.children()[i], n.children[k], child_path(path, keys[i]));
+          Down down(path_, keys[i]);
+          match(t.children()[i], n.children[k]);
           ++i;
           ++k;
         }
       }
     } else {
       std::size_t both = std::min(t.size(), n.children.size());
-      for (std::size_t i = 0; i < both; ++i)
-        match(t.children()[i], n.children[i], child_path(path, std::to_string(i)));
-      for (std::size_t i = both; i < t.size(); ++i)
-        only_in_template(t.children()[i], child_path(path, std::to_string(i)));
-      for (std::size_t i = both; i < n.children.size(); ++i)
-        only_in_checkpoint(n.children[i], child_path(path, std::to_string(i)));
+      for (std::size_t i = 0; i < both; ++i) {
+        Down down(path_, i);
+        match(t.children()[i], n.children[i]);
+      }
+      for (std::size_t i = both; i < t.size(); ++i) {
+        Down down(path_, i);
+        only_in_template(t.children()[i]);
+      }
+      for (std::size_t i = both; i < n.children.size(); ++i) {
+        Down down(path_, i);
+        only_in_checkpoint(n.children[i]);
+      }
     }
   }
 
-  void match_leaf(const Array& array, std::uint32_t index, const std::string& path) {
+  void match_leaf(const Array& array, std::uint32_t index) {
+    const std::string& path = path_;
     const LeafInfo& leaf = m_.leaves[index];
     if (leaf.dtype != array.dtype()) {
       problem(fmt::format("{}: dtype {} in the template, {} in the checkpoint", show_path(path),
@@ -123,7 +155,8 @@ class Matcher {
 
   // Every leaf and every empty dict or list below a template node the checkpoint lacks: partial
   // or not, the template asks for them.
-  void only_in_template(const Tree& t, const std::string& path) {
+  void only_in_template(const Tree& t) {
+    const std::string& path = path_;
     if (t.is_leaf()) {
       problem(fmt::format("{}: not in the checkpoint", show_path(path)));
     } else if (t.size() == 0) {
@@ -131,16 +164,22 @@ class Matcher {
                           describe_template(t)));
     } else {
       for (std::size_t i = 0; i < t.size(); ++i) {
-        only_in_template(t.children()[i],
-                         child_path(path, t.is_dict() ? t.keys()[i] : std::to_string(i)));
+        std::optional<Down> down;
+        if (t.is_dict()) {
+          down.emplace(path_, t.keys()[i]);
+        } else {
+          down.emplace(path_, i);
+        }
+        only_in_template(t.children()[i]);
       }
     }
   }
 
   // Every leaf and every empty dict or list below a checkpoint node the template lacks, unless
   // `partial`. Recursion depth is bounded by decode_manifest's depth limit.
-  void only_in_checkpoint(std::uint32_t node, const std::string& path) {
+  void only_in_checkpoint(std::uint32_t node) {
     if (partial_) return;
+    const std::string& path = path_;
     const NodeInfo& n = m_.nodes[node];
     if (n.kind == Tree::Kind::leaf) {
       const LeafInfo& leaf = m_.leaves[n.leaf];
@@ -151,8 +190,13 @@ class Matcher {
                           describe_saved(m_, node)));
     } else {
       for (std::size_t i = 0; i < n.children.size(); ++i) {
-        std::string part = n.kind == Tree::Kind::dict ? n.keys[i] : std::to_string(i);
-        only_in_checkpoint(n.children[i], child_path(path, part));
+        std::optional<Down> down;
+        if (n.kind == Tree::Kind::dict) {
+          down.emplace(path_, n.keys[i]);
+        } else {
+          down.emplace(path_, i);
+        }
+        only_in_checkpoint(n.children[i]);
       }
     }
   }
@@ -164,13 +208,14 @@ class Matcher {
       std::uintptr_t begin;
       std::uintptr_t end;
       std::size_t order;  // flattening order, so that messages name the pair stably
-      std::string path;
     };
     std::vector<Span> spans;
-    templ.for_each_leaf([&](const std::string& path, const Array& a) {
+    std::size_t order = 0;
+    templ.for_each_leaf([&](const std::string&, const Array& a) {
+      const std::size_t i = order++;
       if (a.read_only() || a.nbytes() == 0) return;
       auto begin = reinterpret_cast<std::uintptr_t>(a.data());
-      spans.push_back({begin, begin + a.nbytes(), spans.size(), path});
+      spans.push_back({begin, begin + a.nbytes(), i});
     });
     std::sort(spans.begin(), spans.end(),
               [](const Span& a, const Span& b) { return a.begin < b.begin; });
@@ -189,17 +234,23 @@ class Matcher {
       return std::pair(a.first->order, a.second->order) <
              std::pair(b.first->order, b.second->order);
     });
+    if (pairs.empty()) return;
+    // The paths of the leaves named, in a second walk (the first keeps none).
+    std::vector<std::string> paths(order);
+    order = 0;
+    templ.for_each_leaf([&](const std::string& path, const Array&) { paths[order++] = path; });
     for (const auto& [a, b] : pairs) {
       problem(
           fmt::format("{} and {}: template arrays share memory (restoring into both would mix "
                       "their data)",
-                      show_path(a->path), show_path(b->path)));
+                      show_path(paths[a->order]), show_path(paths[b->order])));
     }
   }
 
   const Manifest& m_;
   const bool partial_;
   TemplateMatch out_;
+  std::string path_;
 };
 
 }  // namespace

@@ -456,8 +456,9 @@ TEST_CASE("units keep every segment inside them even when a hostile manifest's e
 }
 
 TEST_CASE("manifest decode rejects duplicate leaf paths") {
+  // A leaf's path must be its place in the tree, so two leaves cannot share one.
   check_rejected([](Manifest& m) { leaf(m, "c/d").path = "a"; }, Errc::corrupt,
-                 "duplicate leaf path 'a'");
+                 "leaf path 'a' does not match the tree");
 }
 
 TEST_CASE("manifest decode rejects bad node indices and cycles") {
