@@ -51,11 +51,15 @@ void finish_checkpoint(const std::string& tmp_dir, const std::string& final_dir,
                        const std::map<std::string, std::string>& extra_files);
 
 // finish_checkpoint's two halves, for a save whose manifest is complete before its data is
-// durable (the Runtime's full saves write it while their data writes are still in flight):
+// durable (the Runtime's single-process saves write it while their data writes are in flight):
 // writes metadata.json, the extra files and the manifest into tmp_dir, each fsynced; then, once
 // the data files are written and fsynced too, fsyncs tmp_dir and renames it to final_dir.
 void write_checkpoint_files(const std::string& tmp_dir, const Manifest& skeleton,
                             ManifestParts parts, const EncodedTree* tree,
+                            const boost::json::object& metadata,
+                            const std::map<std::string, std::string>& extra_files);
+// (The same with a whole manifest, whose json_files it fills.)
+void write_checkpoint_files(const std::string& tmp_dir, Manifest& manifest,
                             const boost::json::object& metadata,
                             const std::map<std::string, std::string>& extra_files);
 void commit_checkpoint(const std::string& tmp_dir, const std::string& final_dir);

@@ -94,10 +94,10 @@ struct SaveOp {
   // the chunks they write from and, through this op, the data file (RuntimeOptions::io_timeout).
   std::atomic<bool> io_abandoned{false};
   std::shared_ptr<Writes> writes;  // from admission
-  // A full single-process save writes metadata.json, its extra files and its manifest as soon as
-  // its last checksum is in, while its data writes are still in flight; this fires when they are
-  // written and fsynced. Null for the saves whose manifest depends on their writes (incremental,
-  // collective): they write it after their data.
+  // A single-process save writes metadata.json, its extra files and its manifest as soon as its
+  // last unit is checksummed (incremental: hashed and placed), while its data writes are still in
+  // flight; this fires when they are written and fsynced. Null for a collective save: process 0
+  // writes the global manifest after every process's report.
   std::shared_ptr<Event> files_done;
   std::atomic<bool> files_started{false};
   // The previous save of the same path, still running when this one was admitted: commits of
@@ -194,7 +194,8 @@ struct Writes {
   std::unique_ptr<std::atomic<int>[]> parts;
   std::atomic<std::size_t> remaining{0};  // units not finished, plus 1 for the open
   std::atomic<std::size_t> writes_done{0};
-  // A full single-process save's checksums still to come: the last one starts its manifest.
+  // A single-process save's units still to checksum (or hash and place): the last starts its
+  // manifest.
   std::atomic<std::size_t> checksums_left{0};
   std::shared_ptr<IoStage> stage = std::make_shared<IoStage>();
   std::shared_ptr<Event> done = std::make_shared<Event>();

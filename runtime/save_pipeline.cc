@@ -6,9 +6,9 @@
 //                [overlapped: parallel copy ─► snapshotted]                      } overlapped
 //                per unit, as soon as it is copied and the file is open: engine write, and
 //                CRC32C on a copy thread; its chunk returns to the pool when both are done;
-//                the last CRC32C ─► metadata.json, extra files, manifest.ckpt, each fsynced
-//                (write_files, during the data writes; a full single-process save only)
-//   background:  every unit written ─► fsync data ─► [incremental, collective: the files]
+//                the last unit checksummed ─► metadata.json, extra files, manifest.ckpt, fsynced
+//                (write_files, during the data writes; not for a collective save)
+//   background:  every unit written ─► fsync data ─► [collective: the files, collective_commit]
 //                ─► fsync dir ─► rename to <dir>, fsync parent (commit) ─► handle completes
 //                ─► retention
 //
@@ -121,7 +121,7 @@ void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
   for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
   w->remaining = n + 1;                                 // and the open
   w->hold_checksums = op->options.mode == SnapshotMode::sync;
-  if (!op->inc && !op->sharded) {
+  if (!op->sharded) {
     w->checksums_left = n;
     op->files_done = std::make_shared<Event>();
   }
@@ -201,10 +201,6 @@ void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t
   asio::post(workers, [this, op, i, gate = gate] {
     if (!op->inc) {
       checksum_unit(op->plan->units[i], op->chunks[i], op->block_crc);
-      if (op->files_done && op->writes->checksums_left.fetch_sub(1) == 1 &&
-          !op->writes->failed()) {
-        start_files(op);  // before this unit's part is done, so before the writes can end
-      }
     } else if (op->speculate[i]) {
       op->inc->hash_whole(i, op->chunks[i]);  // written already
     } else if (op->writes->failed()) {
@@ -217,6 +213,10 @@ void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t
       } else {
         submit_write(op, i, w.offset, w.length);
       }
+    }
+    if (op->files_done && op->writes->checksums_left.fetch_sub(1) == 1 &&
+        !op->writes->failed()) {
+      start_files(op);  // before this unit's last part is done, so before the writes can end
     }
     part_done(op, gate, i);
   });
@@ -232,11 +232,22 @@ void Runtime::Impl::start_files(const std::shared_ptr<SaveOp>& op) {
 void Runtime::Impl::write_files(const std::shared_ptr<SaveOp>& op) {
   std::exception_ptr failure;
   try {
-    ManifestParts parts;
-    parts.created_unix_ns = op->created_unix_ns;
-    parts.block_crc = &op->block_crc;
-    write_checkpoint_files(op->tmp_dir, op->plan->manifest, parts, &op->plan->encoded_tree(),
-                           op->metadata, op->options.extra_files);
+    if (op->inc) {
+      // Every unit is placed: the links no extent uses go, and the manifest is known.
+      op->inc->drop_unused_links(op->tmp_dir);
+      Manifest m = op->inc->build_manifest(op->plan->manifest);
+      m.created_unix_ns = op->created_unix_ns;
+      write_checkpoint_files(op->tmp_dir, m, op->metadata, op->options.extra_files);
+      // Kept for the next save, which then need not decode it from disk.
+      op->inc_trailer = manifest_trailer(op->tmp_dir);
+      op->inc_committed = std::make_shared<const Manifest>(std::move(m));
+    } else {
+      ManifestParts parts;
+      parts.created_unix_ns = op->created_unix_ns;
+      parts.block_crc = &op->block_crc;
+      write_checkpoint_files(op->tmp_dir, op->plan->manifest, parts, &op->plan->encoded_tree(),
+                             op->metadata, op->options.extra_files);
+    }
   } catch (...) {
     failure = std::current_exception();
   }
@@ -403,19 +414,9 @@ asio::awaitable<void> Runtime::Impl::run_save(std::shared_ptr<SaveOp> op) {
   const auto copy_in_background = [this, op](auto done) { start_copy(op, done, false); };
   const auto trim = [op] {
     op->data.truncate(op->sinc ? op->sinc->own_size() : op->inc->own_size());
-    if (op->inc) op->inc->drop_unused_links(op->tmp_dir);
   };
   const auto commit = [op] {
     op->data.close();
-    if (op->inc) {
-      Manifest m = op->inc->build_manifest(op->plan->manifest);
-      m.created_unix_ns = op->created_unix_ns;
-      finish_checkpoint(op->tmp_dir, op->final_dir, m, op->metadata, op->options.extra_files);
-      // Kept for the next save, which then need not decode it from disk.
-      op->inc_trailer = manifest_trailer(op->final_dir);
-      op->inc_committed = std::make_shared<const Manifest>(std::move(m));
-      return;
-    }
     // Its files were written during the data writes (write_files).
     commit_checkpoint(op->tmp_dir, op->final_dir);
   };

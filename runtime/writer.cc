@@ -148,9 +148,15 @@ void write_manifest(const std::string& tmp, const Manifest& m, const ManifestPar
 void finish_checkpoint(const std::string& tmp, const std::string& final_dir, Manifest& m,
                        const boost::json::object& metadata,
                        const std::map<std::string, std::string>& extra_files) {
+  write_checkpoint_files(tmp, m, metadata, extra_files);
+  commit_checkpoint(tmp, final_dir);
+}
+
+void write_checkpoint_files(const std::string& tmp, Manifest& m,
+                            const boost::json::object& metadata,
+                            const std::map<std::string, std::string>& extra_files) {
   m.json_files = write_json_files(tmp, metadata, extra_files);
   write_manifest(tmp, m, nullptr, nullptr);
-  commit_checkpoint(tmp, final_dir);
 }
 
 void write_checkpoint_files(const std::string& tmp, const Manifest& skeleton, ManifestParts parts,
