@@ -551,7 +551,13 @@ std::vector<FileInfo> read_files(const flatbuffers::Vector<flatbuffers::Offset<f
 
 }  // namespace
 
-Manifest decode_manifest(std::string_view bytes, const std::string& path) {
+namespace {
+
+// What every decode starts with: the trailer, the checksum, the file identifier and the
+// flatbuffers Verifier over the whole buffer (copied into `aligned` when misaligned), then the
+// header fields and the file lists.
+const fb::Manifest* open_manifest(std::string_view bytes, const std::string& path,
+                                  std::vector<std::uint64_t>& aligned, Manifest& m) {
   if (bytes.size() < kTrailerSize) corrupt(path, "file too short");
   const char* trailer = bytes.data() + bytes.size() - kTrailerSize;
   if (std::string_view(trailer, 8) != kTrailerMagic) {
@@ -574,7 +580,6 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
 
   // flatbuffers wants its buffer aligned to its largest scalar (8 bytes); a file read into a
   // std::string usually is (malloc's alignment), else it is copied.
-  std::vector<std::uint64_t> aligned;
   const auto* data = reinterpret_cast<const std::uint8_t*>(body.data());
   if (reinterpret_cast<std::uintptr_t>(data) % alignof(std::uint64_t) != 0) {
     aligned.resize((body.size() + 7) / 8);
@@ -586,7 +591,6 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   if (!fb::VerifyManifestBuffer(verifier)) corrupt(path, "flatbuffers verification failed");
   const fb::Manifest* fm = fb::GetManifest(data);
 
-  Manifest m;
   m.format_version = fm->format_version();
   if (m.format_version != kFormatVersion && m.format_version != kFormatVersion1) {
     throw Error(
@@ -615,6 +619,33 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
       corrupt(path, "bad file name '" + f.name + "'");
     }
   }
+  return fm;
+}
+
+// Version 2's blocks, which must tile the data files.
+void read_blocks(const fb::Manifest* fm, Manifest& m, const std::string& path) {
+  if (fm->blocks()) {
+    m.blocks.reserve(fm->blocks()->size());
+    for (const auto* b : *fm->blocks())
+      m.blocks.push_back({b->file(), b->offset(), b->length(), b->crc32c()});
+  }
+  check_blocks(m, path);
+}
+
+}  // namespace
+
+Manifest decode_layout(std::string_view bytes, const std::string& path) {
+  std::vector<std::uint64_t> aligned;
+  Manifest m;
+  const fb::Manifest* fm = open_manifest(bytes, path, aligned, m);
+  if (m.format_version != kFormatVersion1) read_blocks(fm, m, path);
+  return m;
+}
+
+Manifest decode_manifest(std::string_view bytes, const std::string& path) {
+  std::vector<std::uint64_t> aligned;
+  Manifest m;
+  const fb::Manifest* fm = open_manifest(bytes, path, aligned, m);
   if (fm->nodes()) {
     m.nodes.reserve(fm->nodes()->size());
     for (const auto* n : *fm->nodes()) {
@@ -696,12 +727,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
     if (fm->blocks() && fm->blocks()->size() > 0) corrupt(path, "blocks in a version 1 manifest");
     blocks_from_extents(m, path);
   } else {
-    if (fm->blocks()) {
-      m.blocks.reserve(fm->blocks()->size());
-      for (const auto* b : *fm->blocks())
-        m.blocks.push_back({b->file(), b->offset(), b->length(), b->crc32c()});
-    }
-    check_blocks(m, path);
+    read_blocks(fm, m, path);
   }
   return m;
 }

@@ -140,5 +140,10 @@ void encode_manifest(const Manifest& manifest, const ManifestParts* parts, const
                      std::string& out);
 // `path` names the file in errors. Throws Error(corrupt | unsupported).
 Manifest decode_manifest(std::string_view bytes, const std::string& path);
+// Only the part of decode_manifest that says where the bytes are: its checks of the whole buffer
+// (trailer, checksum, Verifier), the header, the file lists and (version 2) the blocks, checked
+// to tile the data files; no tree, no leaves. What a restore of every block needs to start
+// reading while the rest is decoded.
+Manifest decode_layout(std::string_view bytes, const std::string& path);
 
 }  // namespace ckpt

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <memory>
+#include <optional>
 #include <filesystem>
 #include <unordered_map>
 
@@ -24,7 +26,10 @@ namespace ckpt {
 
 namespace fs = std::filesystem;
 
-Manifest read_manifest(const std::string& dir) {
+namespace {
+
+// The bytes of dir's manifest.ckpt, after checking that dir is a committed checkpoint's.
+std::string read_manifest_file(const std::string& dir, const std::string& path) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw Error(Errc::not_found, "no checkpoint directory", dir);
   // A *.tmp-* directory is an unfinished write, even when its manifest is complete (a crash just
@@ -34,11 +39,19 @@ Manifest read_manifest(const std::string& dir) {
   if (io::is_tmp_name(name.filename().string())) {
     throw Error(Errc::not_found, "not a committed checkpoint (an unfinished write)", dir);
   }
-  std::string path = dir + "/" + std::string(kManifestName);
   if (!fs::exists(path, ec)) {
     throw Error(Errc::not_found, "not a checkpoint (no manifest.ckpt)", dir);
   }
-  return decode_manifest(io::read_small_file(path, kMaxManifestBytes), path);
+  return io::read_small_file(path, kMaxManifestBytes);
+}
+
+std::string manifest_path(const std::string& dir) { return dir + "/" + std::string(kManifestName); }
+
+}  // namespace
+
+Manifest read_manifest(const std::string& dir) {
+  const std::string path = manifest_path(dir);
+  return decode_manifest(read_manifest_file(dir, path), path);
 }
 
 std::string read_checked_file(const std::string& dir, const Manifest& m, const std::string& name) {
@@ -104,6 +117,54 @@ std::uint64_t unit_size(std::uint64_t requested, const Manifest& m) {
   return std::max<std::uint64_t>(io::align_up(requested, m.alignment), m.alignment);
 }
 
+// The reads of a restore of every block, started before the tree is decoded (StagedRead): the
+// blocks come from decode_layout, cut into the units plan_units gives for every block. Best
+// effort: where it does not apply (format version 1, several processes' files, no staging, a
+// data file that does not open or has the wrong size) it is not made, and the restore takes its
+// usual path, which reports what is wrong in its usual order.
+class Prefetch {
+ public:
+  static std::unique_ptr<Prefetch> start(io::Engine& engine, const std::string& dir,
+                                         const std::string& bytes, const std::string& path,
+                                         const ReadOptions& options) {
+    Manifest layout = decode_layout(bytes, path);
+    if (layout.format_version != kFormatVersion || layout.process_count > 1) return nullptr;
+    auto p = std::unique_ptr<Prefetch>(new Prefetch());
+    try {
+      p->data_ = open_data(dir, layout, options.allow_direct);
+    } catch (const Error&) {
+      return nullptr;
+    }
+    p->unit_ = unit_size(options.unit_bytes, layout);
+    for (const auto& b : layout.blocks) p->unit_ = std::max(p->unit_, b.length);
+    p->units_ = plan_units(layout, p->unit_);
+    if (p->units_.empty()) return nullptr;
+    p->staging_.emplace(p->units_, p->unit_, options.staging_bytes, options.borrow,
+                        options.give_back);
+    if (p->staging_->buffers().empty()) return nullptr;
+    p->read_.emplace(engine, p->units_, p->data_.ptrs, p->staging_->buffers(),
+                     options.queue_depth);
+    p->read_->start();
+    return p;
+  }
+
+  // The restore of every leaf of `m` (decoded from the same bytes) into `targets`.
+  void finish(const Manifest& m, const std::vector<const Array*>& targets,
+              const ReadOptions& options) {
+    std::vector<Unit> units = plan_units(m, unit_, {});
+    read_->finish(m, units, targets, staged_options(options));
+  }
+
+ private:
+  Prefetch() = default;
+  // Destroyed in reverse: the read (which waits for what is in flight) before its buffers and files.
+  OpenData data_;
+  std::uint64_t unit_ = 0;
+  std::vector<Unit> units_;
+  std::optional<ReadStaging> staging_;
+  std::optional<StagedRead> read_;
+};
+
 }  // namespace
 
 boost::json::object read_metadata(const std::string& dir) {
@@ -114,11 +175,19 @@ boost::json::object read_metadata(const std::string& dir) {
 
 boost::json::object restore_checkpoint(io::Engine& engine, const std::string& dir, Tree& templ,
                                        bool partial, const ReadOptions& options) {
-  Manifest m = read_manifest(dir);
+  const std::string path = manifest_path(dir);
+  const std::string bytes = read_manifest_file(dir, path);
+  const bool resharding = options.sharding != nullptr && !options.sharding->empty();
+  // A whole restore reads every block: those reads start now, while the tree is decoded and the
+  // template matched (at 100,000 leaves those take longer than a quarter of the reads).
+  std::unique_ptr<Prefetch> prefetch;
+  if (!partial && !resharding) prefetch = Prefetch::start(engine, dir, bytes, path, options);
+  Manifest m = decode_manifest(bytes, path);
   boost::json::object metadata =
       parse_metadata(read_checked_file(dir, m, std::string(kMetadataName)),
                      dir + "/" + std::string(kMetadataName));
-  if (m.sharded() || (options.sharding != nullptr && !options.sharding->empty())) {
+  if (m.sharded() || resharding) {
+    prefetch.reset();
     read_resharded(engine, dir, m, templ, options.sharding, partial, options);
     return metadata;
   }
@@ -133,6 +202,10 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   }
   const std::vector<const Array*>& targets = match.targets;
   const std::vector<bool>& wanted = match.wanted;
+  if (prefetch) {
+    prefetch->finish(m, targets, options);
+    return metadata;
+  }
 
   OpenData data = open_data(dir, m, options.allow_direct);
   std::uint64_t unit = unit_size(options.unit_bytes, m);

@@ -118,15 +118,27 @@ bool segments_disjoint(const std::vector<Unit>& units, const std::vector<const A
   return true;
 }
 
-struct Staged : std::enable_shared_from_this<Staged> {
+}  // namespace
+
+// The reads go by `io` (file, offset and length of each unit, from the start); what verifies and
+// swaps them (`manifest`, `units`, `targets`, `swap`, `crc`) is armed by finish() before any worker
+// runs. Read completions touch only `io`, the buffers and the counters.
+struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
+  struct Io {
+    std::uint32_t file;
+    std::uint64_t offset;
+    std::uint64_t length;
+  };
   io::Engine& engine;
-  const Manifest& m;
-  const std::vector<Unit>& units;
+  std::vector<Io> io;
   const std::vector<io::File*>& files;
   const std::vector<std::byte*>& buffers;
-  const std::vector<const Array*>& targets;
   unsigned depth;
-  bool swap;  // swap each unit into the targets as it verifies (else copy after all verified)
+  const Manifest* m = nullptr;
+  const std::vector<Unit>* units = nullptr;
+  const std::vector<const Array*>* targets = nullptr;
+  bool swap = false;  // swap each unit into the targets as it verifies (else copy after all verified)
+  std::vector<std::uint32_t> crc;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -138,27 +150,19 @@ struct Staged : std::enable_shared_from_this<Staged> {
   std::exception_ptr error;
   bool finished = false;
   std::vector<char> swapped;  // per unit: its segments are in the targets
-  std::vector<std::uint32_t> crc;
 
-  Staged(io::Engine& e, const Manifest& man, const std::vector<Unit>& u,
-         const std::vector<io::File*>& f, const std::vector<std::byte*>& b,
-         const std::vector<const Array*>& t, unsigned d, bool sw)
-      : engine(e),
-        m(man),
-        units(u),
-        files(f),
-        buffers(b),
-        targets(t),
-        depth(std::max(d, 1u)),
-        swap(sw),
-        swapped(u.size(), 0),
-        crc(extent_slots(man)) {}
+  State(io::Engine& e, const std::vector<Unit>& u, const std::vector<io::File*>& f,
+        const std::vector<std::byte*>& b, unsigned d)
+      : engine(e), files(f), buffers(b), depth(std::max(d, 1u)), swapped(u.size(), 0) {
+    io.reserve(u.size());
+    for (const Unit& x : u) io.push_back({x.file, x.offset, x.length});
+  }
 
   // Under mu: the reads to submit now (submitted by the caller after unlocking: a completion
   // may run on the submitting thread).
   std::vector<std::size_t> take_reads_locked() {
     std::vector<std::size_t> out;
-    while (!error && in_flight < depth && next_read < units.size()) {
+    while (!error && in_flight < depth && next_read < io.size()) {
       out.push_back(next_read++);
       ++in_flight;
     }
@@ -173,7 +177,7 @@ struct Staged : std::enable_shared_from_this<Staged> {
   // being worked on (so that the caller may swap back what was swapped in).
   void advance_locked() {
     if (finished) return;
-    if (error ? in_flight == 0 && busy == 0 : done == units.size()) {
+    if (error ? in_flight == 0 && busy == 0 : done == io.size()) {
       finished = true;
       cv.notify_all();
     }
@@ -181,7 +185,7 @@ struct Staged : std::enable_shared_from_this<Staged> {
 
   void submit(const std::vector<std::size_t>& reads) {
     for (std::size_t i : reads) {
-      const Unit& u = units[i];
+      const Io& u = io[i];
       io::Request r{io::Request::Op::read, files[u.file]->fd(), buffers[i], u.length, u.offset};
       engine.submit(r,
                     [self = shared_from_this(), i](std::int64_t res) { self->read_done(i, res); });
@@ -193,7 +197,7 @@ struct Staged : std::enable_shared_from_this<Staged> {
     {
       std::lock_guard lock(mu);
       --in_flight;
-      const Unit& u = units[i];
+      const Io& u = io[i];
       if (res < 0) {
         fail_locked(std::make_exception_ptr(
             sys_error("read", files[u.file]->path(), static_cast<int>(-res))));
@@ -216,20 +220,20 @@ struct Staged : std::enable_shared_from_this<Staged> {
   // Verifies unit i and swaps it into the targets (a bad one too: it goes back with the rest).
   // Unlocked.
   void process(std::size_t i) {
-    const Unit& u = units[i];
+    const Unit& u = (*units)[i];
     std::exception_ptr bad;
     bool in = false;
     try {
       std::optional<Piece> wrong;
       if (swap) {
-        wrong = verify_swap_unit(u, buffers[i], m, crc, targets);
+        wrong = verify_swap_unit(u, buffers[i], *m, crc, *targets);
         in = true;
-      } else if (auto pieces = verify_unit(u, buffers[i], m, crc); !pieces.empty()) {
+      } else if (auto pieces = verify_unit(u, buffers[i], *m, crc); !pieces.empty()) {
         wrong = pieces.front();
       }
       if (wrong) {
         bad = std::make_exception_ptr(
-            Error(Errc::corrupt, describe_bad_block(m, wrong->block), files[u.file]->path()));
+            Error(Errc::corrupt, describe_bad_block(*m, wrong->block), files[u.file]->path()));
       }
     } catch (...) {
       bad = std::current_exception();
@@ -265,8 +269,6 @@ struct Staged : std::enable_shared_from_this<Staged> {
   }
 };
 
-}  // namespace
-
 std::string describe_bad_block(const Manifest& m, std::uint32_t block) {
   const BlockInfo& b = m.blocks[block];
   return fmt::format("checksum mismatch in the block at offset {} ({} bytes) holding {}", b.offset,
@@ -282,19 +284,50 @@ bool whole_blocks(const std::vector<Unit>& units) {
   return true;
 }
 
-void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
-                 const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
-                 const std::vector<const Array*>& targets, const StagedReadOptions& options) {
-  const bool swap = !targets.empty() && segments_disjoint(units, targets);
-  auto st = std::make_shared<Staged>(engine, manifest, units, files, buffers, targets,
-                                     options.queue_depth, swap);
+StagedRead::StagedRead(io::Engine& engine, const std::vector<Unit>& units,
+                       const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
+                       unsigned queue_depth)
+    : st_(std::make_shared<State>(engine, units, files, buffers, queue_depth)) {}
+
+StagedRead::~StagedRead() {
+  // Without a finish(): the reads in flight still write into the buffers.
+  std::unique_lock lock(st_->mu);
+  if (st_->finished) return;
+  st_->fail_locked(std::make_exception_ptr(Error(Errc::cancelled, "staged read abandoned")));
+  st_->advance_locked();
+  st_->cv.wait(lock, [&] { return st_->finished; });
+}
+
+void StagedRead::start() {
   std::vector<std::size_t> first;
   {
-    std::lock_guard lock(st->mu);
-    first = st->take_reads_locked();
-    st->advance_locked();
+    std::lock_guard lock(st_->mu);
+    first = st_->take_reads_locked();
+    st_->advance_locked();
   }
-  st->submit(first);
+  st_->submit(first);
+}
+
+void StagedRead::finish(const Manifest& manifest, const std::vector<Unit>& units,
+                        const std::vector<const Array*>& targets,
+                        const StagedReadOptions& options) {
+  State& st = *st_;
+  if (units.size() != st.io.size()) throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
+  for (std::size_t i = 0; i < units.size(); ++i) {
+    if (units[i].file != st.io[i].file || units[i].offset != st.io[i].offset ||
+        units[i].length != st.io[i].length) {
+      throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
+    }
+  }
+  const bool swap = !targets.empty() && segments_disjoint(units, targets);
+  {
+    std::lock_guard lock(st.mu);  // the workers, which start below, see it armed
+    st.m = &manifest;
+    st.units = &units;
+    st.targets = &targets;
+    st.swap = swap;
+    st.crc.assign(extent_slots(manifest), 0);
+  }
   unsigned helpers = options.threads > 1 ? options.threads - 1 : 0;
   helpers = static_cast<unsigned>(
       std::min<std::size_t>(helpers, units.size() > 0 ? units.size() - 1 : 0));
@@ -302,26 +335,34 @@ void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector
   for (unsigned t = 0; t < helpers; ++t) {
     // A helper holds the state alive; it touches buffers and targets only for a unit it took,
     // and the read is finished only once no unit is being worked on.
-    auto run = [st] { st->work(); };
+    auto run = [st = st_] { st->work(); };
     if (options.spawn) {
       options.spawn(run);
     } else {
       threads.emplace_back(run);
     }
   }
-  st->work();
+  st.work();
   for (auto& t : threads) t.join();
-  std::lock_guard lock(st->mu);
-  if (st->error) {
+  std::lock_guard lock(st.mu);
+  if (st.error) {
     // Nothing is in flight or being worked on: put back what the targets held.
     for (std::size_t i = 0; i < units.size(); ++i) {
-      if (st->swapped[i] != 0) swap_unit(units[i], buffers[i], targets);
+      if (st.swapped[i] != 0) swap_unit(units[i], st.buffers[i], targets);
     }
-    std::rethrow_exception(st->error);
+    std::rethrow_exception(st.error);
   }
   if (!swap && !targets.empty()) {
-    for (std::size_t i = 0; i < units.size(); ++i) scatter_unit(units[i], buffers[i], targets);
+    for (std::size_t i = 0; i < units.size(); ++i) scatter_unit(units[i], st.buffers[i], targets);
   }
+}
+
+void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
+                 const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
+                 const std::vector<const Array*>& targets, const StagedReadOptions& options) {
+  StagedRead read(engine, units, files, buffers, options.queue_depth);
+  read.start();
+  read.finish(manifest, units, targets, options);
 }
 
 void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit>& units,
@@ -339,12 +380,17 @@ void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit
   }
 }
 
+StagedReadOptions staged_options(const ReadOptions& options) {
+  StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
+  if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  return staged;
+}
+
 void read_into_targets(io::Engine& engine, const Manifest& m, const std::vector<Unit>& units,
                        std::uint64_t unit_bytes, const std::vector<io::File*>& files,
                        const std::vector<const Array*>& targets, const ReadOptions& options,
                        const std::vector<Unit>& pass_units, std::uint64_t pass_unit_bytes) {
-  StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
-  if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  const StagedReadOptions staged = staged_options(options);
   {
     // Staging: buffers lent by the caller (the Runtime's pool), else memory of our own within
     // staging_bytes, else the two-pass read.

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "io/engine.h"
@@ -30,6 +31,9 @@ struct StagedReadOptions {
   std::function<void(std::function<void()>)> spawn;
 };
 
+// The options of a restore's read (threads 0: the hardware's, at most 8).
+StagedReadOptions staged_options(const ReadOptions& options);
+
 // Reads units[i] into buffers[i] (aligned, at least units[i].length bytes), verifies every block
 // (all units must be made of whole blocks) and puts each unit's segments into targets[leaf]
 // (Segment::leaf indexes `targets`; leaf_offset is a byte offset into that array). Throws
@@ -40,6 +44,32 @@ struct StagedReadOptions {
 void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
                  const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
                  const std::vector<const Array*>& targets, const StagedReadOptions& options);
+
+// staged_read in two steps, so that the reads can start before the leaves are known: a restore of
+// a whole checkpoint reads every block, which decode_layout gives, and issues those reads while it
+// decodes the rest of the manifest and matches the template. start() submits the reads of
+// `units` (only their file, offset and length count here) into `buffers`; finish() is staged_read
+// with the same units planned with their segments. Destroyed without a finish(), it waits for the
+// reads in flight (the buffers and files must outlive it).
+class StagedRead {
+ public:
+  StagedRead(io::Engine& engine, const std::vector<Unit>& units,
+             const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
+             unsigned queue_depth);
+  ~StagedRead();
+  StagedRead(const StagedRead&) = delete;
+  StagedRead& operator=(const StagedRead&) = delete;
+
+  void start();
+  // `units`: the constructor's, each the same file, offset and length, with pieces and segments.
+  void finish(const Manifest& manifest, const std::vector<Unit>& units,
+              const std::vector<const Array*>& targets, const StagedReadOptions& options);
+
+  struct State;
+
+ private:
+  std::shared_ptr<State> st_;
+};
 
 // Verifies every unit (pass 1), then reads them again, verifying and copying each into `targets`
 // (pass 2), through a UnitPipe of `queue_depth` buffers of `unit_bytes` (the largest unit).

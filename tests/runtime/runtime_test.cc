@@ -282,6 +282,33 @@ TEST_CASE(
   CHECK(verify_checkpoint(*engine, dir / "step_2").ok());
 }
 
+TEST_CASE(
+    "a whole restore that fails after its reads started (a template that does not match, a bad "
+    "block) leaves the template as it was and returns every staging chunk") {
+  TempDir dir;
+  io::FaultEngine* faults = nullptr;
+  RuntimeOptions o = small_options(256u << 20);
+  o.wrap_engine = test::wrap_in_faults(&faults);
+  Runtime rt(o);
+  Tree tree = make_tree(16, 200000, 1);  // 12.8 MB: several units
+  wait_or_fail(rt.save(dir / "c", tree, {}));
+  // The reads start before the tree is decoded; the template's mismatch is found after.
+  Tree wrong = make_tree(17, 200000, 2);
+  CHECK_THROWS_WITH_AS(rt.restore(dir / "c", wrong), doctest::Contains("layer16"), Error);
+  CHECK(test::trees_equal(wrong, make_tree(17, 200000, 2)));
+  CHECK(rt.stats().staging_in_use == 0);
+  // A read that fails midway: the template keeps its bytes, the staging comes back.
+  Tree target = make_tree(16, 200000, 3);
+  faults->arm({io::Request::Op::read, 3, io::FaultKind::error, EIO});
+  CHECK_THROWS_WITH_AS(rt.restore(dir / "c", target), doctest::Contains("data-00000.bin"), Error);
+  CHECK(test::trees_equal(target, make_tree(16, 200000, 3)));
+  CHECK(rt.stats().staging_in_use == 0);
+  // And the next restore reads everything.
+  rt.restore(dir / "c", target);
+  CHECK(test::trees_equal(target, tree));
+  CHECK(rt.stats().staging_in_use == 0);
+}
+
 TEST_CASE("register_latest applies in call order even when saves finish out of order") {
   TempDir dir;
   Runtime rt(small_options(256u << 20));
