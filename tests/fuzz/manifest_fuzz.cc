@@ -288,11 +288,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     manifest_bytes = rest.substr(0, n);
     data0 = rest.substr(n);
   }
+  // decode_layout (what a whole restore reads by before the full decode) accepts what
+  // decode_manifest accepts, with the same blocks.
+  std::optional<ckpt::Manifest> layout;
+  try {
+    layout = ckpt::decode_layout(manifest_bytes, "fuzz/manifest.ckpt");
+  } catch (const ckpt::Error&) {
+  }
   ckpt::Manifest m;
   try {
     m = ckpt::decode_manifest(manifest_bytes, "fuzz/manifest.ckpt");
   } catch (const ckpt::Error&) {
     return 0;
+  }
+  if (!layout || layout->data_files.size() != m.data_files.size() ||
+      (m.format_version != ckpt::kFormatVersion1 && layout->blocks.size() != m.blocks.size())) {
+    std::abort();
   }
   fuzz_restore(manifest_bytes, m, data0);
   return 0;
