@@ -306,6 +306,17 @@ void check_leaf_size(const LeafInfo& l, const std::string& path) {
   if (nbytes != l.nbytes) fail(fmt::format("nbytes {} does not match shape and dtype", l.nbytes));
 }
 
+// The `length` bytes of extent e lie inside its data file (which exists: checked before).
+template <typename Fail>
+void check_extent_in_file(const ExtentInfo& e, std::uint64_t length, const Manifest& m,
+                          const Fail& fail) {
+  std::uint64_t size = m.data_files[e.file].size;
+  if (e.offset > size || length > size - e.offset) {
+    fail(fmt::format("extent at offset {} runs past the end of {}", e.offset,
+                     m.data_files[e.file].name));
+  }
+}
+
 void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
   auto fail = [&](const std::string& why) { corrupt(path, "leaf '" + l.path + "': " + why); };
   check_leaf_size(l, path);
@@ -321,11 +332,7 @@ void check_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
     } else if (e.stored_length != e.length || e.crc32c != 0) {
       fail("extent has a stored length or checksum of its own");
     }
-    std::uint64_t size = m.data_files[e.file].size;
-    if (e.offset > size || e.stored_length > size - e.offset) {
-      fail(fmt::format("extent at offset {} runs past the end of {}", e.offset,
-                       m.data_files[e.file].name));
-    }
+    check_extent_in_file(e, e.stored_length, m, fail);
     expect += e.length;
   }
   if (expect != l.nbytes) fail("extents do not cover the leaf");
@@ -378,11 +385,7 @@ void check_sharded_leaf(const LeafInfo& l, const Manifest& m, const std::string&
       box_bytes = array_nbytes(l.dtype, e.slice_shape);  // inside the shape: no overflow
     }
     if (e.length == 0 || e.length != box_bytes) fail("extent length differs from its box's");
-    std::uint64_t size = m.data_files[e.file].size;
-    if (e.offset > size || e.length > size - e.offset) {
-      fail(fmt::format("extent at offset {} runs past the end of {}", e.offset,
-                       m.data_files[e.file].name));
-    }
+    check_extent_in_file(e, e.length, m, fail);
     covered += e.length;
   }
   if (covered != l.nbytes) fail("the boxes do not cover the leaf exactly");

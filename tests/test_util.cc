@@ -150,6 +150,14 @@ std::vector<std::string> find_tmp_entries(const std::string& dir) {
   return found;
 }
 
+std::string mpirun_prefix(const std::string& mpiexec) {
+  const char* asan = std::getenv("ASAN_OPTIONS");
+  const std::string before = asan != nullptr && *asan != 0 ? std::string(asan) + ":" : "";
+  return "env ASAN_OPTIONS='" + before + "detect_leaks=0' " + mpiexec +
+         " --allow-run-as-root --oversubscribe --mca btl self,vader"
+         " --mca btl_vader_single_copy_mechanism none";
+}
+
 int run_command(const std::string& command, std::string* output) {
   std::string cmd = command + " 2>&1";
   FILE* pipe = ::popen(cmd.c_str(), "r");

@@ -115,4 +115,11 @@ int in_child(Fn&& fn) {
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& command, std::string* output = nullptr);
 
+// The start of a shell command running `mpiexec` as this machine needs it (docs/design.md,
+// section 14, "Sanitizers and mpirun"): as root, more processes than cores, one node over shared
+// memory only (TCP costs start-up time and shows lock-order inversions inside Open MPI under
+// ThreadSanitizer) without vader's single-copy mechanism (CMA needs ptrace rights containers
+// often lack), and no LeakSanitizer in the processes (Open MPI keeps memory until exit).
+std::string mpirun_prefix(const std::string& mpiexec);
+
 }  // namespace ckpt::test

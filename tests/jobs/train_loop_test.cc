@@ -298,16 +298,7 @@ namespace {
 
 const std::string kShardedArgs = " --sharded --state-mb 2 --steps 40 --save-every 10";
 
-// mpirun as this machine needs it (docs/design.md, section 14, "Sanitizers and mpirun"): as root,
-// more processes than cores, one node over shared memory without CMA, and no LeakSanitizer in
-// the processes (Open MPI keeps memory until exit).
-std::string mpirun() {
-  const char* asan = std::getenv("ASAN_OPTIONS");
-  return "env ASAN_OPTIONS='" + std::string(asan != nullptr && *asan != 0 ? asan + std::string(":") : "") +
-         "detect_leaks=0' " + CKPT_MPIEXEC +
-         " --allow-run-as-root --oversubscribe --mca btl self,vader"
-         " --mca btl_vader_single_copy_mechanism none";
-}
+std::string mpirun() { return test::mpirun_prefix(CKPT_MPIEXEC); }
 
 // train_loop --sharded on `dir`: alone (np 0) or under mpirun -np np; `env` prefixes the
 // command of the last process (a crash point). Only stdout is captured; stderr goes to err_path.

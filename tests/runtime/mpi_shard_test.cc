@@ -2,7 +2,6 @@
 // everything from inside the processes (see its header) and exits 0 only when all passed.
 #include <doctest/doctest.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -14,36 +13,16 @@
 namespace ckpt {
 namespace {
 
-void mpi_environment() {
-  // What Open MPI needs to run as root and with more processes than cores; vader's single-copy
-  // mechanism (CMA) needs ptrace rights that containers often lack.
-  ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-  ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-  ::setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 1);
-  ::setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
-  // One node: shared memory only. The TCP transport is not needed, costs start-up time, and its
-  // initialization shows lock-order inversions inside Open MPI under ThreadSanitizer.
-  ::setenv("OMPI_MCA_btl", "self,vader", 1);
-  // In the sanitizer builds the processes are instrumented too; LeakSanitizer would report what
-  // Open MPI keeps until exit, which is not ours.
-  std::string asan = std::getenv("ASAN_OPTIONS") != nullptr ? std::getenv("ASAN_OPTIONS") : "";
-  if (asan.find("detect_leaks") == std::string::npos) {
-    ::setenv("ASAN_OPTIONS", (asan.empty() ? "" : asan + ":").append("detect_leaks=0").c_str(), 1);
-  }
-}
-
 std::string mpirun(int processes, const std::string& dir) {
-  mpi_environment();
-  return std::string(CKPT_MPIEXEC) + " --oversubscribe -np " + std::to_string(processes) + " " +
+  return test::mpirun_prefix(CKPT_MPIEXEC) + " -np " + std::to_string(processes) + " " +
          CKPT_MPI_DRIVER + " " + dir + " 2>&1";
 }
 
 // Two processes, the second (or the first) armed with a crash point for its second save.
 std::string mpirun_crash(int armed, const std::string& point, const std::string& dir) {
-  mpi_environment();
   std::string plain = std::string("-np 1 ") + CKPT_MPI_DRIVER + " crash " + dir;
   std::string crash = "-np 1 env CKPT_CRASH_AT=" + point + " " + CKPT_MPI_DRIVER + " crash " + dir;
-  return std::string(CKPT_MPIEXEC) + " --oversubscribe " + (armed == 0 ? crash : plain) + " : " +
+  return test::mpirun_prefix(CKPT_MPIEXEC) + " " + (armed == 0 ? crash : plain) + " : " +
          (armed == 0 ? plain : crash) + " 2>&1";
 }
 
