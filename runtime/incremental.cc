@@ -220,14 +220,17 @@ const IncrementalSave::Location* IncrementalSave::find(const ContentHash& h,
   return it != index_.end() && it->second.length == len ? &it->second : nullptr;
 }
 
-IncrementalSave::Write IncrementalSave::process_unit(std::size_t i, std::byte* buf) {
+void IncrementalSave::pack(std::size_t i, std::byte* buf,
+                           const std::vector<const std::byte*>* sources) {
   const Unit& u = units_[i];
   UnitOut& out = out_[i];
   std::uint64_t cursor = 0;  // end of the packed bytes
   for (std::size_t k = 0; k < u.segments.size(); ++k) {
     const Segment& s = u.segments[k];
     Placed& p = out.segments[k];
-    p.hash = content_hash(buf + s.unit_offset, s.len);
+    const std::byte* src =
+        sources != nullptr ? (*sources)[s.leaf] + s.leaf_offset : buf + s.unit_offset;
+    p.hash = content_hash(src, s.len);
     if (const Location* at = find(p.hash, s.len)) {
       p.file = at->file;
       p.offset = at->offset;
@@ -238,11 +241,32 @@ IncrementalSave::Write IncrementalSave::process_unit(std::size_t i, std::byte* b
     // source (both grow with the same alignments), so moving in order overwrites nothing unread.
     std::uint64_t dst = io::align_up(cursor, kept_alignment(u.offset + s.unit_offset));
     if (dst > cursor) std::memset(buf + cursor, 0, dst - cursor);
-    if (dst != s.unit_offset) std::memmove(buf + dst, buf + s.unit_offset, s.len);
+    if (sources != nullptr) {
+      std::memcpy(buf + dst, src, s.len);
+    } else if (dst != s.unit_offset) {
+      std::memmove(buf + dst, src, s.len);
+    }
     p.file = 0;
     p.offset = dst;
     cursor = dst + s.len;
   }
+  out.packed_end = cursor;
+}
+
+IncrementalSave::Write IncrementalSave::process_unit(std::size_t i, std::byte* buf) {
+  pack(i, buf, nullptr);
+  return place_packed(i, buf);
+}
+
+bool IncrementalSave::pack_from_sources(std::size_t i, const std::vector<const std::byte*>& sources,
+                                        std::byte* buf) {
+  pack(i, buf, &sources);
+  return out_[i].changed;
+}
+
+IncrementalSave::Write IncrementalSave::place_packed(std::size_t i, std::byte* buf) {
+  UnitOut& out = out_[i];
+  const std::uint64_t cursor = out.packed_end;
   std::uint64_t length = io::align_up(cursor, io::kAlignment);
   if (length == 0) return {};
   if (length > cursor) std::memset(buf + cursor, 0, length - cursor);

@@ -110,6 +110,15 @@ class IncrementalSave {
   // Unit i is in buf (units[i].length bytes): hashes its segments, packs the ones the base lacks
   // to the front of buf, checksums them and reserves their place in data-00000.bin.
   Write process_unit(std::size_t i, std::byte* buf);
+  // A sync save's unit, in the caller's stall and only once the base is attached: hashes unit
+  // i's segments straight from the leaves' bytes (`sources`, as copy_unit reads them) and copies
+  // into buf only the ones the base lacks, packed as process_unit packs them; what the base has
+  // is never copied. place_packed(i, buf) then checksums them and reserves their place, off the
+  // stall. Together they do what copying the unit and process_unit do.
+  // Returns whether some segment changed (was copied).
+  bool pack_from_sources(std::size_t i, const std::vector<const std::byte*>& sources,
+                         std::byte* buf);
+  Write place_packed(std::size_t i, std::byte* buf);
   // Unit i is written whole: reserves its place now (before its hashes are known).
   Write reserve_whole(std::size_t i);
   // ... and later hashes and checksums it where it lies (buf holds it, unchanged).
@@ -145,9 +154,13 @@ class IncrementalSave {
     std::uint64_t length = 0;      // 0: nothing written
     std::uint32_t crc = 0;
     bool changed = false;
+    std::uint64_t packed_end = 0;  // after pack: the end of the packed bytes in the chunk
   };
 
   const Location* find(const ContentHash& h, std::uint64_t len) const;
+  // Hashes unit i's segments (from `sources` when given, else where they lie in buf) and packs
+  // the ones the base lacks to the front of buf; sets packed_end.
+  void pack(std::size_t i, std::byte* buf, const std::vector<const std::byte*>* sources);
 
   const std::vector<Unit>& units_;
   std::shared_ptr<const Manifest> cached_;

@@ -248,6 +248,7 @@ RuntimeStats Runtime::stats() const {
     std::lock_guard lock(impl_->mu);
     s = impl_->counters;
   }
+  s.units_packed_in_stall = impl_->packed_in_stall.load();
   s.staging_in_use = impl_->pool.in_use_bytes();
   s.staging_mapped = impl_->pool.mapped_bytes();
   return s;

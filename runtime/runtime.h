@@ -152,6 +152,9 @@ struct RuntimeStats {
   std::uint64_t saves_skipped = 0;
   std::uint64_t plans_built = 0;   // saves that planned their layout
   std::uint64_t plans_reused = 0;  // saves that reused the previous save's plan (same structure)
+  // Units of incremental sync saves hashed straight from the leaves in the caller's stall, with
+  // only what their base lacked copied (docs/design.md, section 13).
+  std::uint64_t units_packed_in_stall = 0;
   std::uint64_t staging_in_use = 0;  // bytes
   std::uint64_t staging_mapped = 0;  // bytes
   std::uint64_t staging_budget = 0;  // bytes

@@ -114,6 +114,15 @@ struct SaveOp {
   std::string inc_base;
   bool inc_base_from_latest = false;
   std::vector<std::uint8_t> speculate;
+  // A sync save with a base: fires once the base is attached (or could not be), on the opener's
+  // thread. Units the caller copies after that and does not speculate on are hashed from the
+  // leaves in the stall and only what the base lacks is copied (`packed`, per unit).
+  std::shared_ptr<Event> base_ready;
+  std::vector<std::uint8_t> packed;
+  // Of the units this save hashed in its stall, how many turned out changed (hashed and copied):
+  // past half of them (and a few), the rest of the copy stops hashing (pack_in_stall).
+  std::atomic<std::size_t> stall_hashed{0};
+  std::atomic<std::size_t> stall_changed{0};
   // Once committed: the manifest it wrote and that file's trailer (the next save's cached base).
   std::shared_ptr<const Manifest> inc_committed;
   std::string inc_trailer;
@@ -291,6 +300,7 @@ struct Runtime::Impl {
   // async_drain waiters: called (off the lock) with the report when active drops to 0.
   std::vector<std::function<void(DrainReport)>> idle_waiters;
   RuntimeStats counters;
+  std::atomic<std::uint64_t> packed_in_stall{0};  // RuntimeStats::units_packed_in_stall
 
   // Collective saves and registrations: the communicator (options.communicator, else a
   // single-process one for saves with a sharding), and the thread of their blocking steps, in

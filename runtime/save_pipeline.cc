@@ -29,6 +29,24 @@
 
 namespace ckpt {
 
+namespace {
+
+// A sync save's unit that may be shared, once the base is attached: hashed from the leaves in the
+// stall, and copied only where the base lacks it (runtime/incremental.h, pack_from_sources). Never
+// in overlapped mode, where the leaves change during the copy. Units copied before the base is
+// attached (it is opened on a copy thread beside the copy) are copied whole, as before. A unit
+// that changed costs its hashing on top of its copy, so once more than half of the units hashed
+// so far (and 4) changed, the rest are copied whole and hashed after the stall: a save where
+// everything changes unforeseen pays for a few units' hashing, not the state's.
+bool pack_in_stall(const SaveOp& op, std::size_t i) {
+  return op.inc && op.options.mode == SnapshotMode::sync && op.speculate[i] == 0 &&
+         op.base_ready && op.base_ready->done() && op.inc->has_base() &&
+         2 * op.stall_changed.load(std::memory_order_relaxed) <=
+             op.stall_hashed.load(std::memory_order_relaxed) + 8;
+}
+
+}  // namespace
+
 void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
                                std::function<void(std::exception_ptr)> on_done, bool caller_joins) {
   auto sweep = std::make_shared<Sweep>();
@@ -38,7 +56,15 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
       std::size_t i = sweep->next.fetch_add(1);
       if (i >= sweep->total) return;
       try {
-        copy_unit(op->plan->units[i], op->sources, op->chunks[i]);
+        if (pack_in_stall(*op, i)) {
+          const bool changed = op->inc->pack_from_sources(i, op->sources, op->chunks[i]);
+          op->packed[i] = 1;
+          op->stall_hashed.fetch_add(1, std::memory_order_relaxed);
+          if (changed) op->stall_changed.fetch_add(1, std::memory_order_relaxed);
+          packed_in_stall.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          copy_unit(op->plan->units[i], op->sources, op->chunks[i]);
+        }
       } catch (...) {
         std::lock_guard lock(sweep->mu);
         if (!sweep->error) sweep->error = std::current_exception();
@@ -159,6 +185,7 @@ void Runtime::Impl::open_data_file(const std::shared_ptr<SaveOp>& op) {
   } catch (...) {
     w.fail(std::current_exception());
   }
+  if (op->base_ready) op->base_ready->complete();  // attached or not: the copy need not wait
   std::vector<std::size_t> pending;
   {
     std::lock_guard lock(w.mu);
@@ -206,8 +233,10 @@ void Runtime::Impl::post_checksum(const std::shared_ptr<SaveOp>& op, std::size_t
     } else if (op->writes->failed()) {
       part_done(op, gate, i);  // its write is skipped
     } else {
-      // Hashed, packed and checksummed here; written only when something is left.
-      IncrementalSave::Write w = op->inc->process_unit(i, op->chunks[i]);
+      // Hashed, packed and checksummed here (or hashed and packed in the caller's stall already);
+      // written only when something is left.
+      IncrementalSave::Write w = op->packed[i] != 0 ? op->inc->place_packed(i, op->chunks[i])
+                                                    : op->inc->process_unit(i, op->chunks[i]);
       if (w.length == 0) {
         part_done(op, gate, i);
       } else {
@@ -703,6 +732,7 @@ IncrementalChoice Runtime::Impl::collective_base(const SaveOptions& options) {
 void Runtime::Impl::plan_incremental(SaveOp& op) {
   op.inc = std::make_shared<IncrementalSave>(op.plan->manifest, op.plan->units);
   op.speculate.assign(op.plan->units.size(), 0);
+  op.packed.assign(op.plan->units.size(), 0);
   const std::string& run_dir = op.options.run_dir;
   if (!op.options.incremental_base.empty()) {
     op.inc_base = clean_checkpoint_dir(op.options.incremental_base);
@@ -723,6 +753,8 @@ void Runtime::Impl::plan_incremental(SaveOp& op) {
   }
   if (op.inc_base.empty() && !op.inc_base_from_latest) {
     op.speculate.assign(op.plan->units.size(), 1);  // nothing to share: write as it comes
+  } else if (op.options.mode == SnapshotMode::sync) {
+    op.base_ready = std::make_shared<Event>();
   }
 }
 
