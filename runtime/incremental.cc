@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
@@ -23,11 +22,6 @@
 namespace ckpt {
 
 namespace fs = std::filesystem;
-
-ContentHash content_hash(const void* data, std::size_t n) {
-  XXH128_hash_t h = XXH3_128bits(data, n);
-  return ContentHash{h.low64, h.high64};
-}
 
 namespace {
 
