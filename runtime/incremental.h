@@ -3,8 +3,10 @@
 //
 // Protocol (docs/design.md, section 13, says why this storage scheme):
 //  - With incremental on, every segment of a save (a leaf's bytes inside one IO unit of the
-//    planned layout) gets an XXH3-128 content hash, on a copy thread after the snapshot copy,
-//    never in the caller's stall. The hash is recorded with the segment's extent in the manifest.
+//    planned layout) gets an XXH3-128 content hash, on a copy thread after the snapshot copy; or,
+//    in a sync save once the base is attached, in the caller's stall straight from the leaves,
+//    instead of copying them (pack_from_sources: only what the base lacks is then copied). The
+//    hash is recorded with the segment's extent in the manifest.
 //  - The base is a committed checkpoint (the previous one of the run directory, or an explicit
 //    one). It is opened through a directory descriptor, so its manifest and files are those of one
 //    directory even if it is renamed away (removed) meanwhile.
