@@ -173,14 +173,6 @@ void commit_checkpoint(const std::string& tmp, const std::string& final_dir) {
   io::forget_live_tmp(tmp);
 }
 
-void finish_checkpoint(const std::string& tmp, const std::string& final_dir,
-                       const Manifest& skeleton, ManifestParts parts, const EncodedTree* tree,
-                       const boost::json::object& metadata,
-                       const std::map<std::string, std::string>& extra_files) {
-  write_checkpoint_files(tmp, skeleton, parts, tree, metadata, extra_files);
-  commit_checkpoint(tmp, final_dir);
-}
-
 void abandon_tmp_dir(const std::string& tmp) noexcept {
   try {
     io::remove_tree(tmp);
