@@ -117,6 +117,13 @@ std::uint64_t unit_size(std::uint64_t requested, const Manifest& m) {
   return std::max<std::uint64_t>(io::align_up(requested, m.alignment), m.alignment);
 }
 
+// Units of whole blocks, so that each verifies on its own: at least the largest block.
+std::uint64_t staged_unit_size(std::uint64_t requested, const Manifest& m) {
+  std::uint64_t unit = unit_size(requested, m);
+  for (const auto& b : m.blocks) unit = std::max(unit, b.length);
+  return unit;
+}
+
 // The reads of a restore of every block, started before the tree is decoded (StagedRead): the
 // blocks come from decode_layout, cut into the units plan_units gives for every block. Best
 // effort: where it does not apply (format version 1, several processes' files, no staging, a
@@ -135,8 +142,7 @@ class Prefetch {
     } catch (const Error&) {
       return nullptr;
     }
-    p->unit_ = unit_size(options.unit_bytes, layout);
-    for (const auto& b : layout.blocks) p->unit_ = std::max(p->unit_, b.length);
+    p->unit_ = staged_unit_size(options.unit_bytes, layout);
     p->units_ = plan_units(layout, p->unit_);
     if (p->units_.empty()) return nullptr;
     p->staging_.emplace(p->units_, p->unit_, options.staging_bytes, options.borrow,
@@ -209,9 +215,7 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
 
   OpenData data = open_data(dir, m, options.allow_direct);
   std::uint64_t unit = unit_size(options.unit_bytes, m);
-  // Units of whole blocks, so that each verifies on its own: at least the largest block.
-  std::uint64_t staged_unit = unit;
-  for (const auto& b : m.blocks) staged_unit = std::max(staged_unit, b.length);
+  std::uint64_t staged_unit = staged_unit_size(options.unit_bytes, m);
   std::vector<Unit> units = plan_units(m, staged_unit, wanted);
   // Beyond the staging, two passes in units of the requested size (a large block in pieces).
   std::vector<Unit> pass_units;
