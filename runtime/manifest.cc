@@ -4,7 +4,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cstring>
 #include <tuple>
 #include <utility>
@@ -470,12 +469,10 @@ void check_structure(const Manifest& m, const std::string& path) {
       corrupt(path, "tree deeper than " + std::to_string(kMaxTreeDepth));
     }
     const std::size_t mark = prefix.size();
-    if (!prefix.empty()) prefix += '/';
     if (n.kind == Tree::Kind::dict) {
-      prefix += n.keys[k];
+      append_path_part(prefix, n.keys[k]);
     } else {
-      char digits[24];
-      prefix.append(digits, std::to_chars(digits, digits + sizeof digits, k).ptr);
+      append_path_part(prefix, k);
     }
     const std::uint32_t c = n.children[k];
     if (m.nodes[c].kind == Tree::Kind::leaf) {

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -71,14 +70,10 @@ class Matcher {
   class Down {
    public:
     Down(std::string& path, std::string_view part) : path_(path), size_(path.size()) {
-      if (!path_.empty()) path_ += '/';
-      path_ += part;
+      append_path_part(path_, part);
     }
     Down(std::string& path, std::size_t index) : path_(path), size_(path.size()) {
-      if (!path_.empty()) path_ += '/';
-      char digits[24];
-      auto end = std::to_chars(digits, digits + sizeof digits, index).ptr;
-      path_.append(digits, end);
+      append_path_part(path_, index);
     }
     ~Down() { path_.resize(size_); }
     Down(const Down&) = delete;

@@ -7,6 +7,17 @@
 
 namespace ckpt {
 
+void append_path_part(std::string& path, std::string_view key) {
+  if (!path.empty()) path += '/';
+  path += key;
+}
+
+void append_path_part(std::string& path, std::size_t index) {
+  if (!path.empty()) path += '/';
+  char digits[24];
+  path.append(digits, std::to_chars(digits, digits + sizeof digits, index).ptr);
+}
+
 Tree::Tree(Array array) : kind_(Kind::leaf), array_(std::move(array)) {}
 
 Tree::Tree(const Tree& other) : kind_(other.kind_), keys_(other.keys_), array_(other.array_) {
@@ -169,8 +180,11 @@ void Tree::for_each_leaf(const std::function<void(const std::string&, const Arra
     const std::size_t i = f.next++;
     const Tree* node = f.node;
     const std::size_t mark = path.size();
-    if (!path.empty()) path += '/';
-    path += node->is_dict() ? node->keys_[i] : std::to_string(i);
+    if (node->is_dict()) {
+      append_path_part(path, node->keys_[i]);
+    } else {
+      append_path_part(path, i);
+    }
     const Tree& child = node->children_[i];
     if (child.is_leaf()) {
       fn(path, child.array_);

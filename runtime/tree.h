@@ -16,6 +16,12 @@
 
 namespace ckpt {
 
+// Extends a flattened path by one child: "a" and "b" give "a/b", "" and "b" give "b". The child
+// is a dict key or a list index ("0", "1", ...). Walks keep one path buffer, extended on the way
+// down and cut back (resize) on the way up, instead of a string per node.
+void append_path_part(std::string& path, std::string_view key);
+void append_path_part(std::string& path, std::size_t index);
+
 class Tree {
  public:
   enum class Kind : std::uint8_t { dict, list, leaf };
