@@ -39,6 +39,13 @@ RuntimeOptions small_options() {
   return o;
 }
 
+// small_options for process r of `group`.
+RuntimeOptions rank_options(const LocalGroup& group, int r) {
+  RuntimeOptions o = small_options();
+  o.communicator = group.member(r);
+  return o;
+}
+
 // Runs fn(rank) on `count` threads; returns each one's error message ("" when it succeeded).
 std::vector<std::string> on_ranks(int count, const std::function<void(int)>& fn) {
   std::vector<std::string> errors(static_cast<std::size_t>(count));
@@ -67,8 +74,7 @@ void collective_save(int parts, const std::string& run_dir, const std::string& s
                      ShardedState (*make)(std::uint64_t, std::uint64_t) = fixture_state) {
   LocalGroup group(parts);
   auto errors = on_ranks(parts, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     Runtime rt(o);
     ShardedState s = make(static_cast<std::uint64_t>(r), static_cast<std::uint64_t>(parts));
     SaveOptions so;
@@ -304,8 +310,7 @@ TEST_CASE("replicated leaves are spread over the processes by bytes") {
   test::TempDir tmp;
   LocalGroup group(2);
   auto errors = on_ranks(2, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     Runtime rt(o);
     Tree t;
     for (int i = 0; i < 4; ++i) t["r" + std::to_string(i)] = Array::zeros(DType::u8, {4096});
@@ -329,8 +334,7 @@ TEST_CASE("processes whose trees differ fail save() on every process, naming the
   test::TempDir tmp;
   LocalGroup group(3);
   auto errors = on_ranks(3, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     Runtime rt(o);
     ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
     if (r == 2) s.tree["bias"] = Array::zeros(DType::f32, {6});
@@ -359,8 +363,7 @@ TEST_CASE("one process's write error (EIO, ENOSPC) fails the save on every proce
     LocalGroup group(3);
     std::vector<std::string> save_errors(3), register_errors(3);
     auto errors = on_ranks(3, [&](int r) {
-      RuntimeOptions o = small_options();
-      o.communicator = group.member(r);
+      RuntimeOptions o = rank_options(group, r);
       io::FaultEngine* faults = nullptr;
       o.wrap_engine = test::wrap_in_faults(&faults);
       Runtime rt(o);
@@ -396,8 +399,7 @@ TEST_CASE("a save one process refuses after the check (over its staging budget) 
   std::vector<std::string> save_errors(3);
   std::vector<double> seconds(3, 0.0);
   auto errors = on_ranks(3, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     if (r == 2) o.staging_budget = o.unit_bytes;  // one unit: this process's part cannot fit
     Runtime rt(o);
     ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
@@ -445,8 +447,7 @@ TEST_CASE("collective saves and registrations refused after their number is take
   std::vector<std::string> deep(3), busy(3), busy_register(3);
   std::vector<double> register_seconds(3, 0.0);
   auto errors = on_ranks(3, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     o.lock_wait = std::chrono::milliseconds(100);
     Runtime rt(o);
     ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r), 3, true, true);
@@ -497,8 +498,7 @@ TEST_CASE("a process whose IO hangs fails every process's save within the IO tim
   std::vector<double> seconds(3);
   io::FaultEngine* stuck = nullptr;
   auto errors = on_ranks(3, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     o.io_timeout = std::chrono::milliseconds(300);
     io::FaultEngine* faults = nullptr;
     o.wrap_engine = test::wrap_in_faults(&faults);
@@ -539,8 +539,7 @@ TEST_CASE("a process that stops answering fails the others at the collective dea
   std::vector<double> seconds(3);
   std::latch others_done(2);
   auto errors = on_ranks(3, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     o.collective_timeout = std::chrono::milliseconds(300);
     io::FaultEngine* faults = nullptr;
     o.wrap_engine = test::wrap_in_faults(&faults);
@@ -619,8 +618,7 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
   {
     LocalGroup group(3);
     auto errors = on_ranks(3, [&](int r) {
-      RuntimeOptions o = small_options();
-      o.communicator = group.member(r);
+      RuntimeOptions o = rank_options(group, r);
       o.incremental = true;
       Runtime rt(o);
       for (std::size_t k = 0; k < 3; ++k) {
@@ -706,8 +704,7 @@ TEST_CASE("incremental collective saves: each process writes only its changed sh
     LocalGroup group(3);
     const std::string path = run + (fail ? "/s5" : "/s4");
     auto errors = on_ranks(3, [&](int r) {
-      RuntimeOptions o = small_options();
-      o.communicator = group.member(r);
+      RuntimeOptions o = rank_options(group, r);
       o.incremental = true;
       io::FaultEngine* faults = nullptr;
       o.wrap_engine = test::wrap_in_faults(&faults);
@@ -749,8 +746,7 @@ TEST_CASE("retention and ckpt gc over incremental collective saves keep what the
   std::vector<Versions> versions;
   LocalGroup group(2);
   auto errors = on_ranks(2, [&](int r) {
-    RuntimeOptions o = small_options();
-    o.communicator = group.member(r);
+    RuntimeOptions o = rank_options(group, r);
     o.incremental = true;
     Runtime rt(o);
     Versions v(kIncLeaves, 0);
