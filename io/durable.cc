@@ -111,16 +111,21 @@ void make_dirs(const std::string& dir) {
 }
 
 namespace {
-void write_synced_file(const std::string& path, std::string_view content, std::string_view site) {
+void write_synced_file(const std::string& path, std::initializer_list<std::string_view> pieces,
+                       std::string_view site) {
   File f = open_buffered(path, OpenMode::write_new);
-  f.write_all(content);
+  for (std::string_view piece : pieces) f.write_all(piece);
   if (!fsync_dropped(site)) f.sync();
   f.close();
 }
 }  // namespace
 
 void write_new_file(const std::string& path, std::string_view content) {
-  write_synced_file(path, content, "new_file");
+  write_synced_file(path, {content}, "new_file");
+}
+
+void write_new_file(const std::string& path, std::initializer_list<std::string_view> pieces) {
+  write_synced_file(path, pieces, "new_file");
 }
 
 // point_tag is unused when crash points are compiled out.
@@ -129,7 +134,7 @@ void atomic_replace_file(const std::string& path, std::string_view content,
   std::string tmp = path + std::string(kTmpMarker) + unique_tag();
   note_live_tmp(tmp);
   try {
-    write_synced_file(tmp, content, std::string(point_tag) + "_file");
+    write_synced_file(tmp, {content}, std::string(point_tag) + "_file");
     CKPT_FAULT_POINT("before_" + std::string(point_tag) + "_rename", path);
     if (::rename(tmp.c_str(), path.c_str()) != 0) throw sys_error("rename", path, errno);
   } catch (...) {

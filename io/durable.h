@@ -13,6 +13,7 @@
 // A directory entry becomes durable only when its parent is fsynced; make_dirs fsyncs the parent
 // of every directory it creates. A failed fsync is never retried (the kernel may have dropped the
 // dirty pages); the operation fails instead.
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,6 +45,8 @@ void atomic_replace_file(const std::string& path, std::string_view content,
 
 // Writes a new file (which must not exist) and fsyncs it; the caller fsyncs the directory.
 void write_new_file(const std::string& path, std::string_view content);
+// The same with the content given as pieces, written in order.
+void write_new_file(const std::string& path, std::initializer_list<std::string_view> pieces);
 
 void commit_directory(const std::string& tmp_dir, const std::string& final_dir);
 

@@ -47,10 +47,10 @@ void finish_checkpoint(const std::string& tmp_dir, const std::string& final_dir,
 // writes metadata.json, the extra files and the manifest into tmp_dir, each fsynced; then, once
 // the data files are written and fsynced too, fsyncs tmp_dir and renames it to final_dir.
 // This first form takes a manifest that is a shared skeleton (runtime/plan_cache.h) completed
-// with the save's own parts (creation time, block checksums); `tree`, when given, is the
-// skeleton's encoded tree part.
+// with the save's own parts (creation time, block checksums); `tree` is the skeleton's encoded
+// tree part.
 void write_checkpoint_files(const std::string& tmp_dir, const Manifest& skeleton,
-                            ManifestParts parts, const EncodedTree* tree,
+                            ManifestParts parts, const EncodedTree& tree,
                             const boost::json::object& metadata,
                             const std::map<std::string, std::string>& extra_files);
 // (The same with a whole manifest, whose json_files it fills.)

@@ -215,41 +215,21 @@ std::pair<NodeVector, LeafVector> build_tree(flatbuffers::FlatBufferBuilder& b, 
   return {b.CreateVector(nodes), b.CreateVector(leaves)};
 }
 
-}  // namespace
+// A builder that can take room for bytes it will never hold: the tree part of a manifest encoded
+// from a cached EncodedTree. Everything pushed afterwards is placed (offsets from the buffer's
+// end, alignment) exactly as if those bytes had been pushed, and the room itself is never
+// touched, so its pages are never faulted in.
+class SkippingBuilder : public flatbuffers::FlatBufferBuilder {
+ public:
+  using flatbuffers::FlatBufferBuilder::FlatBufferBuilder;
+  void skip(std::size_t n) { buf_.make_space(n); }
+};
 
-EncodedTree encode_tree(const Manifest& m) {
-  flatbuffers::FlatBufferBuilder b(1024 + m.leaves.size() * 256);
-  auto [nodes, leaves] = build_tree(b, m);
-  EncodedTree out;
-  out.bytes.assign(reinterpret_cast<const char*>(b.GetCurrentBufferPointer()), b.GetSize());
-  out.nodes = nodes.o;
-  out.leaves = leaves.o;
-  return out;
-}
-
-void encode_manifest(const Manifest& m, std::string& out) {
-  encode_manifest(m, nullptr, nullptr, out);
-}
-
-void encode_manifest(const Manifest& m, const ManifestParts* parts, const EncodedTree* tree,
-                     std::string& out) {
-  constexpr std::size_t kKeep = std::size_t{64} << 20;
-  thread_local flatbuffers::FlatBufferBuilder kept;
-  flatbuffers::FlatBufferBuilder fresh(1024 + m.leaves.size() * 256);
-  const bool reuse = manifest_size_bound(m) <= kKeep;
-  flatbuffers::FlatBufferBuilder& b = reuse ? kept : fresh;
-  b.Clear();
-  // The tree part first: offsets count from the end of the buffer, so bytes encoded earlier by
-  // encode_tree, pushed into an empty builder, keep theirs.
-  NodeVector node_vec;
-  LeafVector leaf_vec;
-  if (tree != nullptr) {
-    b.PushBytes(reinterpret_cast<const std::uint8_t*>(tree->bytes.data()), tree->bytes.size());
-    node_vec = NodeVector(tree->nodes);
-    leaf_vec = LeafVector(tree->leaves);
-  } else {
-    std::tie(node_vec, leaf_vec) = build_tree(b, m);
-  }
+// Everything after the tree part (pushed before it: the builder fills from the end): the blocks,
+// the file lists and the root, with `parts` (when given) in place of the manifest's own creation
+// time, block checksums and JSON files; then the buffer is finished.
+void finish_manifest(flatbuffers::FlatBufferBuilder& b, const Manifest& m,
+                     const ManifestParts* parts, NodeVector node_vec, LeafVector leaf_vec) {
   auto files = [&](const std::vector<FileInfo>& in) {
     std::vector<flatbuffers::Offset<fb::FileEntry>> out;
     for (const auto& f : in) {
@@ -280,14 +260,69 @@ void encode_manifest(const Manifest& m, const ManifestParts* parts, const Encode
                                  writer, m.total_bytes, node_vec, leaf_vec, data_files, json_files,
                                  m.process_count, blocks);
   fb::FinishManifestBuffer(b, root);
+}
 
+// The trailer of a manifest whose flatbuffer has `size` bytes and checksum `crc`.
+std::string trailer(std::size_t size, std::uint32_t crc) {
+  std::string t(kTrailerSize, '\0');
+  std::memcpy(t.data(), kTrailerMagic.data(), 8);
+  put_u32(t.data() + 8, static_cast<std::uint32_t>(size));
+  put_u32(t.data() + 12, crc);
+  return t;
+}
+
+}  // namespace
+
+EncodedTree encode_tree(const Manifest& m) {
+  flatbuffers::FlatBufferBuilder b(1024 + m.leaves.size() * 256);
+  auto [nodes, leaves] = build_tree(b, m);
+  EncodedTree out;
+  out.bytes.assign(reinterpret_cast<const char*>(b.GetCurrentBufferPointer()), b.GetSize());
+  out.nodes = nodes.o;
+  out.leaves = leaves.o;
+  out.crc32c = crc32c(out.bytes);
+  return out;
+}
+
+void encode_manifest(const Manifest& m, std::string& out) {
+  constexpr std::size_t kKeep = std::size_t{64} << 20;
+  thread_local flatbuffers::FlatBufferBuilder kept;
+  flatbuffers::FlatBufferBuilder fresh(1024 + m.leaves.size() * 256);
+  const bool reuse = manifest_size_bound(m) <= kKeep;
+  flatbuffers::FlatBufferBuilder& b = reuse ? kept : fresh;
+  b.Clear();
+  auto [node_vec, leaf_vec] = build_tree(b, m);
+  finish_manifest(b, m, nullptr, node_vec, leaf_vec);
   out.reserve(b.GetSize() + kTrailerSize);
   out.assign(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
-  char trailer[kTrailerSize];
-  std::memcpy(trailer, kTrailerMagic.data(), 8);
-  put_u32(trailer + 8, static_cast<std::uint32_t>(b.GetSize()));
-  put_u32(trailer + 12, crc32c(out));
-  out.append(trailer, kTrailerSize);
+  out += trailer(b.GetSize(), crc32c(out));
+}
+
+ManifestPieces encode_manifest(const Manifest& skeleton, const ManifestParts& parts,
+                               const EncodedTree& tree) {
+  // Room for the tree part and a generous bound on the rest, so that the builder never grows
+  // (growing would copy the room, touching it).
+  std::size_t head_bound = 4096 + skeleton.writer.size() + 64 * skeleton.blocks.size();
+  for (const auto* files : {&skeleton.data_files, parts.json_files}) {
+    for (const auto& f : *files) head_bound += 80 + f.name.size() + f.origin.size();
+  }
+  SkippingBuilder b(tree.bytes.size() + head_bound);
+  b.skip(tree.bytes.size());
+  finish_manifest(b, skeleton, &parts, NodeVector(tree.nodes), LeafVector(tree.leaves));
+  ManifestPieces out;
+  out.head.assign(reinterpret_cast<const char*>(b.GetBufferPointer()),
+                  b.GetSize() - tree.bytes.size());
+  out.tree = tree.bytes;
+  out.trailer = trailer(b.GetSize(), crc32c_combine(crc32c(out.head), tree.crc32c,
+                                                    tree.bytes.size()));
+  return out;
+}
+
+std::string ManifestPieces::joined() const {
+  std::string out;
+  out.reserve(head.size() + tree.size() + trailer.size());
+  out.append(head).append(tree).append(trailer);
+  return out;
 }
 
 namespace {

@@ -125,6 +125,7 @@ struct EncodedTree {
   std::string bytes;        // the flatbuffer builder's bytes after the tree part
   std::uint32_t nodes = 0;  // offsets (from the buffer's end) of the node and leaf vectors
   std::uint32_t leaves = 0;
+  std::uint32_t crc32c = 0;  // of `bytes`
 };
 EncodedTree encode_tree(const Manifest& manifest);
 
@@ -134,10 +135,19 @@ struct ManifestParts {
   const std::vector<std::uint32_t>* block_crc = nullptr;  // per block
   const std::vector<FileInfo>* json_files = nullptr;
 };
-// `manifest` with `parts` (when given) in place of its own creation time, block checksums and JSON
-// files, and with `tree` (when given: encode_tree(manifest)) as its tree part.
-void encode_manifest(const Manifest& manifest, const ManifestParts* parts, const EncodedTree* tree,
-                     std::string& out);
+// A manifest file as the pieces to write in order: `head`, then the cached tree part (not
+// copied), then the trailer.
+struct ManifestPieces {
+  std::string head;       // the flatbuffer up to the tree part: header, blocks, file lists
+  std::string_view tree;  // EncodedTree::bytes, whose owner must outlive this
+  std::string trailer;
+  std::string joined() const;  // the whole file
+};
+// `skeleton` with `parts` in place of its own creation time, block checksums and JSON files, and
+// with `tree` (encode_tree(skeleton)) as its tree part. The file's checksum extends the tree
+// part's own, so a save costs the blocks and file lists, whatever the number of leaves.
+ManifestPieces encode_manifest(const Manifest& skeleton, const ManifestParts& parts,
+                               const EncodedTree& tree);
 // `path` names the file in errors. Throws Error(corrupt | unsupported).
 Manifest decode_manifest(std::string_view bytes, const std::string& path);
 // Only the part of decode_manifest that says where the bytes are: its checks of the whole buffer

@@ -274,7 +274,7 @@ void Runtime::Impl::write_files(const std::shared_ptr<SaveOp>& op) {
       ManifestParts parts;
       parts.created_unix_ns = op->created_unix_ns;
       parts.block_crc = &op->block_crc;
-      write_checkpoint_files(op->tmp_dir, op->plan->manifest, parts, &op->plan->encoded_tree(),
+      write_checkpoint_files(op->tmp_dir, op->plan->manifest, parts, op->plan->encoded_tree(),
                              op->metadata, op->options.extra_files);
     }
   } catch (...) {

@@ -134,12 +134,13 @@ std::vector<FileInfo> write_json_files(const std::string& tmp, const boost::json
   return out;
 }
 
-void write_manifest(const std::string& tmp, const Manifest& m, const ManifestParts* parts,
-                    const EncodedTree* tree) {
+std::string manifest_file(const std::string& tmp) { return tmp + "/" + std::string(kManifestName); }
+
+void write_manifest(const std::string& tmp, const Manifest& m) {
   // Kept per thread: a steady state of saves maps no memory for their manifests.
   thread_local std::string encoded;
-  encode_manifest(m, parts, tree, encoded);
-  io::write_new_file(tmp + "/" + std::string(kManifestName), encoded);
+  encode_manifest(m, encoded);
+  io::write_new_file(manifest_file(tmp), encoded);
   if (encoded.capacity() > (std::size_t{64} << 20)) std::string().swap(encoded);
 }
 
@@ -156,15 +157,17 @@ void write_checkpoint_files(const std::string& tmp, Manifest& m,
                             const boost::json::object& metadata,
                             const std::map<std::string, std::string>& extra_files) {
   m.json_files = write_json_files(tmp, metadata, extra_files);
-  write_manifest(tmp, m, nullptr, nullptr);
+  write_manifest(tmp, m);
 }
 
 void write_checkpoint_files(const std::string& tmp, const Manifest& skeleton, ManifestParts parts,
-                            const EncodedTree* tree, const boost::json::object& metadata,
+                            const EncodedTree& tree, const boost::json::object& metadata,
                             const std::map<std::string, std::string>& extra_files) {
   const std::vector<FileInfo> json_files = write_json_files(tmp, metadata, extra_files);
   parts.json_files = &json_files;
-  write_manifest(tmp, skeleton, &parts, tree);
+  // The tree part, the bulk, is written from the plan's cached bytes, not copied.
+  const ManifestPieces pieces = encode_manifest(skeleton, parts, tree);
+  io::write_new_file(manifest_file(tmp), {pieces.head, pieces.tree, pieces.trailer});
 }
 
 void commit_checkpoint(const std::string& tmp, const std::string& final_dir) {

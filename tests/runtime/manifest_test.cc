@@ -193,9 +193,12 @@ TEST_CASE("a manifest encoded from a cached tree part and per-save parts decodes
   parts.created_unix_ns = 99;
   parts.block_crc = &crc;
   parts.json_files = &json;
-  for (int round = 0; round < 2; ++round) {  // the second reuses this thread's builder
-    std::string out;
-    encode_manifest(m, &parts, &tree, out);
+  const ManifestPieces pieces = encode_manifest(m, parts, tree);
+  // The tree part is the cached bytes themselves, not a copy.
+  CHECK(pieces.tree.data() == tree.bytes.data());
+  CHECK(pieces.tree.size() == tree.bytes.size());
+  {
+    const std::string out = pieces.joined();
     Manifest d = decode_manifest(out, kPath);
     CHECK(d.created_unix_ns == 99);
     REQUIRE(d.blocks.size() == crc.size());
@@ -208,6 +211,7 @@ TEST_CASE("a manifest encoded from a cached tree part and per-save parts decodes
     for (std::size_t i = 0; i < crc.size(); ++i) full.blocks[i].crc32c = crc[i];
     full.json_files = json;
     CHECK(encode_manifest(d) == encode_manifest(full));
+    CHECK(out == encode_manifest(full));
   }
 }
 
