@@ -6,6 +6,7 @@
 // cached plan's, and collects each leaf's memory, the only per-save work before the copy. On a
 // hit the walk allocates nothing but the list of leaf pointers.
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,19 +40,41 @@ struct PlannedSave {
   std::vector<const std::byte*> sources;             // per leaf, flattening order
   std::vector<std::shared_ptr<std::byte[]>> owners;  // keeps owned arrays alive until the copy
   bool reused = false;
+  std::size_t parts = 0;  // reused after a check in this many parts side by side (0: one walk)
 };
 
 class PlanCache {
  public:
+  // Runs task(0) ... task(n - 1), on several threads if it can, and returns when all are done.
+  using ParallelFor =
+      std::function<void(std::size_t n, const std::function<void(std::size_t)>& task)>;
+
   // The plan for `tree`, reused when its structure equals the last one planned; otherwise
-  // plan_save (which refuses trees no reader accepts) and remember it.
-  PlannedSave plan(const Tree& tree, std::uint64_t unit_bytes);
+  // plan_save (which refuses trees no reader accepts) and remember it. With `parallel`, a large
+  // tree's comparison is cut into parts of a few thousand leaves (a split node's own record, or
+  // a whole subtree, each at its recorded place in the key) walked side by side; any difference
+  // falls back to the plain walk, which builds the new key.
+  PlannedSave plan(const Tree& tree, std::uint64_t unit_bytes, const ParallelFor& parallel = {});
 
  private:
+  struct Part {
+    std::vector<std::uint32_t> route;  // child indices from the root
+    std::uint32_t first = 0;           // whole: the children [first, last) of the node at route,
+    std::uint32_t last = 0;            // or the node itself when first == last
+    std::size_t key_begin = 0;         // its bytes in key_
+    std::size_t key_end = 0;
+    std::size_t leaf_begin = 0;  // its leaves, in flattening order
+    std::size_t leaf_end = 0;
+    bool whole = false;  // a whole subtree; else only the node's own record
+  };
+  void split(const Tree& root);
+  bool check_in_parts(const Tree& tree, PlannedSave& out, const ParallelFor& parallel);
+
   std::mutex mu_;
   std::string key_;  // the structure of the cached plan, serialized
   std::shared_ptr<const PlanSkeleton> plan_;
   std::uint64_t unit_bytes_ = 0;
+  std::vector<Part> parts_;  // key_ in key order, for a large tree; else empty
 };
 
 }  // namespace ckpt

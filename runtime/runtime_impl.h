@@ -381,6 +381,11 @@ struct Runtime::Impl {
   void start_copy(const std::shared_ptr<SaveOp>& op,
                   std::function<void(std::exception_ptr)> on_done, bool caller_joins);
 
+  // task(0) ... task(n - 1) on the caller's thread and the copy threads that are free (the
+  // caller takes whatever they have not); returns when all are done, rethrowing the first
+  // failure. The plan cache's comparison of a large tree (PlanCache::ParallelFor).
+  void sweep_in_stall(std::size_t n, const std::function<void(std::size_t)>& task);
+
   // ---- writes ----------------------------------------------------------------------------
 
   void release_chunk(SaveOp& op, std::size_t i);

@@ -96,6 +96,36 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
   }
 }
 
+void Runtime::Impl::sweep_in_stall(std::size_t n, const std::function<void(std::size_t)>& task) {
+  auto sweep = std::make_shared<Sweep>();
+  sweep->total = n;
+  // A helper that starts after every task was taken returns without touching `task`, which
+  // lives on the caller's stack: the caller returns only once every task taken has finished.
+  auto work = [sweep, task = &task]() {
+    for (;;) {
+      std::size_t i = sweep->next.fetch_add(1);
+      if (i >= sweep->total) return;
+      try {
+        (*task)(i);
+      } catch (...) {
+        std::lock_guard lock(sweep->mu);
+        if (!sweep->error) sweep->error = std::current_exception();
+      }
+      if (sweep->finished.fetch_add(1) + 1 == sweep->total) {
+        std::lock_guard lock(sweep->mu);
+        sweep->cv.notify_all();
+      }
+    }
+  };
+  const auto helpers = static_cast<unsigned>(
+      std::min<std::size_t>(options.copy_threads > 0 ? options.copy_threads - 1 : 0, n));
+  for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
+  work();
+  std::unique_lock lock(sweep->mu);
+  sweep->cv.wait(lock, [&] { return sweep->finished.load() == sweep->total; });
+  if (sweep->error) std::rethrow_exception(sweep->error);
+}
+
 void Runtime::Impl::release_chunk(SaveOp& op, std::size_t i) {
   if (!op.released[i].exchange(true)) pool.release(op.chunks[i]);
 }
@@ -652,7 +682,10 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
       throw;
     }
   } else {
-    planned = plan_cache.plan(tree, this->options.unit_bytes);
+    planned = plan_cache.plan(tree, this->options.unit_bytes,
+                              [this](std::size_t n, const std::function<void(std::size_t)>& task) {
+                                sweep_in_stall(n, task);
+                              });
     if (!options.run_dir.empty()) {
       run_dir = clean_checkpoint_dir(options.run_dir);
       std::string suffix = suffix_in_run_dir(run_dir, op->final_dir);
