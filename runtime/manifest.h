@@ -155,5 +155,8 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path);
 // to tile the data files; no tree, no leaves. What a restore of every block needs to start
 // reading while the rest is decoded.
 Manifest decode_layout(std::string_view bytes, const std::string& path);
+// decode_manifest of bytes that decode_layout accepted: the checksum and the flatbuffers Verifier,
+// which ran there over the whole buffer, are not run again (at 100,000 leaves, 15 ms).
+Manifest decode_manifest_after_layout(std::string_view bytes, const std::string& path);
 
 }  // namespace ckpt

@@ -132,9 +132,7 @@ std::uint64_t staged_unit_size(std::uint64_t requested, const Manifest& m) {
 class Prefetch {
  public:
   static std::unique_ptr<Prefetch> start(io::Engine& engine, const std::string& dir,
-                                         const std::string& bytes, const std::string& path,
-                                         const ReadOptions& options) {
-    Manifest layout = decode_layout(bytes, path);
+                                         const Manifest& layout, const ReadOptions& options) {
     if (layout.format_version != kFormatVersion || layout.process_count > 1) return nullptr;
     auto p = std::unique_ptr<Prefetch>(new Prefetch());
     try {
@@ -186,9 +184,15 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   const bool resharding = options.sharding != nullptr && !options.sharding->empty();
   // A whole restore reads every block: those reads start now, while the tree is decoded and the
   // template matched (at 100,000 leaves those take longer than a quarter of the reads).
+  // decode_layout checks the whole buffer (checksum, Verifier); the full decode then need not.
   std::unique_ptr<Prefetch> prefetch;
-  if (!partial && !resharding) prefetch = Prefetch::start(engine, dir, bytes, path, options);
-  Manifest m = decode_manifest(bytes, path);
+  Manifest m;
+  if (!partial && !resharding) {
+    prefetch = Prefetch::start(engine, dir, decode_layout(bytes, path), options);
+    m = decode_manifest_after_layout(bytes, path);
+  } else {
+    m = decode_manifest(bytes, path);
+  }
   boost::json::object metadata =
       parse_metadata(read_checked_file(dir, m, std::string(kMetadataName)),
                      dir + "/" + std::string(kMetadataName));
