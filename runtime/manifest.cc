@@ -588,12 +588,40 @@ std::vector<FileInfo> read_files(const flatbuffers::Vector<flatbuffers::Offset<f
 
 namespace {
 
+// The flatbuffers Verifier over only what decode_layout reads: the root table's scalars, its
+// writer, its file lists and its blocks, not the tree (nodes, leaves), which it never touches.
+// The generated Manifest::Verify with the tree's two vectors left out.
+bool verify_layout_fields(flatbuffers::Verifier& v, const std::uint8_t* data) {
+  const flatbuffers::uoffset_t root = v.VerifyOffset(0);
+  if (root == 0) return false;
+  const auto* t = reinterpret_cast<const flatbuffers::Table*>(data + root);
+  const auto* fm = reinterpret_cast<const fb::Manifest*>(data + root);
+  using M = fb::Manifest;
+  return t->VerifyTableStart(v) && t->VerifyField<std::uint32_t>(v, M::VT_FORMAT_VERSION, 4) &&
+         t->VerifyField<std::uint32_t>(v, M::VT_ALIGNMENT, 4) &&
+         t->VerifyField<std::int64_t>(v, M::VT_CREATED_UNIX_NS, 8) &&
+         t->VerifyOffset(v, M::VT_WRITER) && v.VerifyString(fm->writer()) &&
+         t->VerifyField<std::uint64_t>(v, M::VT_TOTAL_BYTES, 8) &&
+         t->VerifyOffset(v, M::VT_DATA_FILES) && v.VerifyVector(fm->data_files()) &&
+         v.VerifyVectorOfTables(fm->data_files()) && t->VerifyOffset(v, M::VT_JSON_FILES) &&
+         v.VerifyVector(fm->json_files()) && v.VerifyVectorOfTables(fm->json_files()) &&
+         t->VerifyField<std::uint32_t>(v, M::VT_PROCESS_COUNT, 4) &&
+         t->VerifyOffset(v, M::VT_BLOCKS) && v.VerifyVector(fm->blocks()) &&
+         v.VerifyVectorOfTables(fm->blocks()) && v.EndTable();
+}
+
+// How much of the buffer a decode checks before reading it.
+enum class Checks {
+  whole,   // the checksum and the Verifier over everything
+  layout,  // decode_layout: the Verifier over what it reads, and no checksum
+};
+
 // What every decode starts with: the trailer, the checksum, the file identifier and the
 // flatbuffers Verifier over the whole buffer (copied into `aligned` when misaligned), then the
 // header fields and the file lists.
 const fb::Manifest* open_manifest(std::string_view bytes, const std::string& path,
                                   std::vector<std::uint64_t>& aligned, Manifest& m,
-                                  bool verified = false) {
+                                  Checks checks = Checks::whole) {
   if (bytes.size() < kTrailerSize) corrupt(path, "file too short");
   const char* trailer = bytes.data() + bytes.size() - kTrailerSize;
   if (std::string_view(trailer, 8) != kTrailerMagic) {
@@ -607,7 +635,8 @@ const fb::Manifest* open_manifest(std::string_view bytes, const std::string& pat
   if (body.size() < sizeof(flatbuffers::uoffset_t) + flatbuffers::kFileIdentifierLength) {
     corrupt(path, "no flatbuffer before the trailer");
   }
-  [[maybe_unused]] const bool crc_ok = verified || crc32c(body) == get_u32(trailer + 12);
+  [[maybe_unused]] const bool crc_ok =
+      checks == Checks::layout || crc32c(body) == get_u32(trailer + 12);
 #if !defined(FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION)
   // Only the fuzzer's build (tests/fuzz) lets a wrong checksum through, so that mutated
   // manifests reach the checks below.
@@ -623,10 +652,10 @@ const fb::Manifest* open_manifest(std::string_view bytes, const std::string& pat
     data = reinterpret_cast<const std::uint8_t*>(aligned.data());
   }
   if (!fb::ManifestBufferHasIdentifier(data)) corrupt(path, "wrong file identifier");
-  if (!verified) {
-    flatbuffers::Verifier verifier(data, body.size(), kMaxManifestNesting, kMaxManifestTables);
-    if (!fb::VerifyManifestBuffer(verifier)) corrupt(path, "flatbuffers verification failed");
-  }
+  flatbuffers::Verifier verifier(data, body.size(), kMaxManifestNesting, kMaxManifestTables);
+  const bool verified = checks == Checks::whole ? fb::VerifyManifestBuffer(verifier)
+                                                : verify_layout_fields(verifier, data);
+  if (!verified) corrupt(path, "flatbuffers verification failed");
   const fb::Manifest* fm = fb::GetManifest(data);
 
   m.format_version = fm->format_version();
@@ -675,18 +704,15 @@ void read_blocks(const fb::Manifest* fm, Manifest& m, const std::string& path) {
 Manifest decode_layout(std::string_view bytes, const std::string& path) {
   std::vector<std::uint64_t> aligned;
   Manifest m;
-  const fb::Manifest* fm = open_manifest(bytes, path, aligned, m);
+  const fb::Manifest* fm = open_manifest(bytes, path, aligned, m, Checks::layout);
   if (m.format_version != kFormatVersion1) read_blocks(fm, m, path);
   return m;
 }
 
-namespace {
-
-// `verified`: decode_layout accepted these very bytes (checksum, Verifier).
-Manifest decode_whole(std::string_view bytes, const std::string& path, bool verified) {
+Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   std::vector<std::uint64_t> aligned;
   Manifest m;
-  const fb::Manifest* fm = open_manifest(bytes, path, aligned, m, verified);
+  const fb::Manifest* fm = open_manifest(bytes, path, aligned, m);
   if (fm->nodes()) {
     m.nodes.reserve(fm->nodes()->size());
     for (const auto* n : *fm->nodes()) {
@@ -772,16 +798,5 @@ Manifest decode_whole(std::string_view bytes, const std::string& path, bool veri
   }
   return m;
 }
-
-}  // namespace
-
-Manifest decode_manifest(std::string_view bytes, const std::string& path) {
-  return decode_whole(bytes, path, false);
-}
-
-Manifest decode_manifest_after_layout(std::string_view bytes, const std::string& path) {
-  return decode_whole(bytes, path, true);
-}
-
 
 }  // namespace ckpt

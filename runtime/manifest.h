@@ -150,13 +150,12 @@ ManifestPieces encode_manifest(const Manifest& skeleton, const ManifestParts& pa
                                const EncodedTree& tree);
 // `path` names the file in errors. Throws Error(corrupt | unsupported).
 Manifest decode_manifest(std::string_view bytes, const std::string& path);
-// Only the part of decode_manifest that says where the bytes are: its checks of the whole buffer
-// (trailer, checksum, Verifier), the header, the file lists and (version 2) the blocks, checked
-// to tile the data files; no tree, no leaves. What a restore of every block needs to start
-// reading while the rest is decoded.
+// Only the part of decode_manifest that says where the bytes are: the trailer, the header, the
+// file lists and (version 2) the blocks, checked to tile the data files; no tree, no leaves. What
+// a restore of every block needs to start reading while the rest is decoded. Memory-safe on any
+// input (the flatbuffers Verifier runs over the fields it reads), but it does not check the
+// checksum: the bytes are to be trusted only once decode_manifest accepted them, which a restore
+// does before it uses anything it read.
 Manifest decode_layout(std::string_view bytes, const std::string& path);
-// decode_manifest of bytes that decode_layout accepted: the checksum and the flatbuffers Verifier,
-// which ran there over the whole buffer, are not run again (at 100,000 leaves, 15 ms).
-Manifest decode_manifest_after_layout(std::string_view bytes, const std::string& path);
 
 }  // namespace ckpt

@@ -289,29 +289,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     data0 = rest.substr(n);
   }
   // decode_layout (what a whole restore reads by before the full decode) accepts what
-  // decode_manifest accepts, with the same blocks; and after it, the decode that skips the checks
-  // it made decides as decode_manifest does.
+  // decode_manifest accepts, with the same blocks.
   std::optional<ckpt::Manifest> layout;
-  std::optional<ckpt::Manifest> after_layout;
   try {
     layout = ckpt::decode_layout(manifest_bytes, "fuzz/manifest.ckpt");
-    after_layout = ckpt::decode_manifest_after_layout(manifest_bytes, "fuzz/manifest.ckpt");
   } catch (const ckpt::Error&) {
   }
   ckpt::Manifest m;
   try {
     m = ckpt::decode_manifest(manifest_bytes, "fuzz/manifest.ckpt");
   } catch (const ckpt::Error&) {
-    if (after_layout) std::abort();
     return 0;
   }
   if (!layout || layout->data_files.size() != m.data_files.size() ||
       (m.format_version != ckpt::kFormatVersion1 && layout->blocks.size() != m.blocks.size())) {
-    std::abort();
-  }
-  if (!after_layout || after_layout->leaves.size() != m.leaves.size() ||
-      after_layout->nodes.size() != m.nodes.size() ||
-      after_layout->blocks.size() != m.blocks.size()) {
     std::abort();
   }
   fuzz_restore(manifest_bytes, m, data0);
