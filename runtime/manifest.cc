@@ -216,13 +216,19 @@ std::pair<NodeVector, LeafVector> build_tree(flatbuffers::FlatBufferBuilder& b, 
 }
 
 // A builder that can take room for bytes it will never hold: the tree part of a manifest encoded
-// from a cached EncodedTree. Everything pushed afterwards is placed (offsets from the buffer's
-// end, alignment) exactly as if those bytes had been pushed, and the room itself is never
-// touched, so its pages are never faulted in.
+// from a cached EncodedTree. Everything pushed afterwards is placed at the offsets from the
+// buffer's end it would have had if those bytes had been pushed, and the room itself is never
+// touched, so its pages are never faulted in. The tree part was aligned relative to its builder's
+// end and may hold 8-byte fields (shape vectors) when nothing pushed afterwards does: the finished
+// buffer is padded to 8 in any case, so that its start keeps them aligned. (A plain encoding of
+// the same manifest can be up to 4 bytes shorter; the two decode the same.)
 class SkippingBuilder : public flatbuffers::FlatBufferBuilder {
  public:
   using flatbuffers::FlatBufferBuilder::FlatBufferBuilder;
-  void skip(std::size_t n) { buf_.make_space(n); }
+  void skip(std::size_t n) {
+    buf_.make_space(n);
+    TrackMinAlign(alignof(std::uint64_t));
+  }
 };
 
 // Everything after the tree part (pushed before it: the builder fills from the end): the blocks,
