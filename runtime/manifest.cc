@@ -624,7 +624,8 @@ enum class Checks {
 
 // What every decode starts with: the trailer, the checksum, the file identifier and the
 // flatbuffers Verifier over the whole buffer (copied into `aligned` when misaligned), then the
-// header fields and the file lists.
+// header fields and the file lists. With Checks::layout, no checksum and the Verifier over only
+// the fields decode_layout reads.
 const fb::Manifest* open_manifest(std::string_view bytes, const std::string& path,
                                   std::vector<std::uint64_t>& aligned, Manifest& m,
                                   Checks checks = Checks::whole) {

@@ -78,6 +78,14 @@ struct AppendLeaves {
     return true;
   }
 };
+// Only counts them (PlanCache::split).
+struct CountLeaves {
+  std::size_t n = 0;
+  bool add(const Array&) {
+    ++n;
+    return true;
+  }
+};
 struct RangeLeaves {
   const std::byte** next;
   const std::byte** end;
@@ -139,8 +147,7 @@ void PlanCache::split(const Tree& root) {
   // [first, last) (the root itself when the route is empty and first == last == 0).
   auto add = [&](const Tree& t, bool whole, std::uint32_t first, std::uint32_t last) {
     KeyWriter key(nullptr);
-    PlannedSave counted;
-    AppendLeaves sink{counted};
+    CountLeaves sink;
     if (!whole) {
       put_node(t, key);
     } else if (first == last) {
@@ -149,10 +156,10 @@ void PlanCache::split(const Tree& root) {
       for (std::uint32_t i = first; i < last; ++i) scan(t.children()[i], key, sink);
     }
     const std::size_t bytes = key.take().size();
-    parts_.push_back(Part{route, first, last, key_pos, key_pos + bytes, leaf_pos,
-                          leaf_pos + counted.sources.size(), whole});
+    parts_.push_back(
+        Part{route, first, last, key_pos, key_pos + bytes, leaf_pos, leaf_pos + sink.n, whole});
     key_pos += bytes;
-    leaf_pos += counted.sources.size();
+    leaf_pos += sink.n;
   };
   // Depth-first with explicit recursion bounded by kMaxSplitDepth.
   // Consecutive small children are grouped into one part of up to kPartLeaves leaves.
@@ -187,7 +194,8 @@ void PlanCache::split(const Tree& root) {
   } else {
     visit(visit, root);
   }
-  if (key_pos != key_.size()) parts_.clear();  // cannot happen; the plain walk stays correct
+  // Cannot happen (the parts tile the key and the leaves); the plain walk stays correct.
+  if (key_pos != key_.size() || leaf_pos != plan_->manifest.leaves.size()) parts_.clear();
 }
 
 bool PlanCache::check_in_parts(const Tree& tree, PlannedSave& out, const ParallelFor& parallel) {

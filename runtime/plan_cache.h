@@ -4,7 +4,8 @@
 // same. "The same" is decided exactly, not by a hash: one walk over the tree compares its
 // structure, serialized on the fly (node kinds, dict keys, list lengths, dtypes, shapes), with the
 // cached plan's, and collects each leaf's memory, the only per-save work before the copy. On a
-// hit the walk allocates nothing but the list of leaf pointers.
+// hit the walk allocates the list of leaf pointers and, for a tree checked in parts, a few
+// records per part; nothing per leaf.
 #include <cstddef>
 #include <functional>
 #include <memory>

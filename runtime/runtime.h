@@ -152,6 +152,8 @@ struct RuntimeStats {
   std::uint64_t saves_skipped = 0;
   std::uint64_t plans_built = 0;   // saves that planned their layout
   std::uint64_t plans_reused = 0;  // saves that reused the previous save's plan (same structure)
+  // Of those, saves whose structure check ran in parts side by side (16,384 leaves or more).
+  std::uint64_t plans_checked_in_parts = 0;
   // Units of incremental sync saves hashed straight from the leaves in the caller's stall, with
   // only what their base lacked copied (docs/design.md, section 13).
   std::uint64_t units_packed_in_stall = 0;

@@ -229,7 +229,8 @@ struct Writes {
   }
 };
 
-// Work split over the copy threads: every participant takes units off `next` until none is left.
+// Work split over the copy threads: every participant calls drain(), which takes items off
+// `next` until none is left.
 struct Sweep {
   std::atomic<std::size_t> next{0};
   std::atomic<std::size_t> finished{0};
@@ -237,6 +238,42 @@ struct Sweep {
   std::mutex mu;
   std::condition_variable cv;
   std::exception_ptr error;
+
+  // Records `e` unless an earlier failure was; returns the first one.
+  std::exception_ptr keep(std::exception_ptr e) {
+    std::lock_guard lock(mu);
+    if (!error) error = std::move(e);
+    return error;
+  }
+  // item(i) for each index not yet taken; an exception it throws is kept. The thread that
+  // finishes the last item wakes wait() and calls last(the first failure, or null).
+  template <typename Item, typename Last>
+  void drain(const Item& item, const Last& last) {
+    for (;;) {
+      const std::size_t i = next.fetch_add(1);
+      if (i >= total) return;
+      try {
+        item(i);
+      } catch (...) {
+        keep(std::current_exception());
+      }
+      if (finished.fetch_add(1) + 1 == total) {
+        std::exception_ptr e;
+        {
+          std::lock_guard lock(mu);  // taken after the count: a waiter between test and wait
+          e = error;                 // cannot miss the notification
+        }
+        cv.notify_all();
+        last(e);
+      }
+    }
+  }
+  // Until every item is finished (each one taken must be: wait only where the caller drains too,
+  // or where helpers were posted).
+  void wait() {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return finished.load() == total; });
+  }
 };
 
 }  // namespace detail
@@ -385,6 +422,12 @@ struct Runtime::Impl {
   // caller takes whatever they have not); returns when all are done, rethrowing the first
   // failure. The plan cache's comparison of a large tree (PlanCache::ParallelFor).
   void sweep_in_stall(std::size_t n, const std::function<void(std::size_t)>& task);
+
+  // Posts `work` to the copy threads up to `helpers` times, as many as are free to matter (at most
+  // `items`). A post that fails (out of memory) ends the posting: returns how many were posted,
+  // and rethrows only when none was and `caller_joins` is false (then nobody would do the work).
+  unsigned post_helpers(unsigned helpers, std::size_t items, const std::function<void()>& work,
+                        bool caller_joins);
 
   // ---- writes ----------------------------------------------------------------------------
 

@@ -51,10 +51,12 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
                                std::function<void(std::exception_ptr)> on_done, bool caller_joins) {
   auto sweep = std::make_shared<Sweep>();
   sweep->total = op->plan->units.size();
-  auto work = [this, op, sweep, on_done]() {
-    for (;;) {
-      std::size_t i = sweep->next.fetch_add(1);
-      if (i >= sweep->total) return;
+  if (sweep->total == 0) {
+    if (on_done) on_done(nullptr);
+    return;
+  }
+  auto work = [this, op, sweep, on_done = std::move(on_done)]() {
+    const auto copy = [&](std::size_t i) {
       try {
         if (pack_in_stall(*op, i)) {
           const bool changed = op->inc->pack_from_sources(i, op->sources, op->chunks[i]);
@@ -66,33 +68,19 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
           copy_unit(op->plan->units[i], op->sources, op->chunks[i]);
         }
       } catch (...) {
-        std::lock_guard lock(sweep->mu);
-        if (!sweep->error) sweep->error = std::current_exception();
-        op->writes->fail(sweep->error);  // the unit is skipped, not written
+        op->writes->fail(sweep->keep(std::current_exception()));  // skipped, not written
       }
       unit_copied(op, i);
-      if (sweep->finished.fetch_add(1) + 1 == sweep->total) {
-        std::exception_ptr e;
-        {
-          std::lock_guard lock(sweep->mu);
-          e = sweep->error;
-        }
-        sweep->cv.notify_all();
-        if (on_done) on_done(e);
-      }
-    }
+    };
+    sweep->drain(copy, [&](std::exception_ptr e) {
+      if (on_done) on_done(e);
+    });
   };
-  if (sweep->total == 0) {
-    if (on_done) on_done(nullptr);
-    return;
-  }
-  unsigned helpers = caller_joins ? options.copy_threads - 1 : options.overlapped_copy_threads;
-  helpers = static_cast<unsigned>(std::min<std::size_t>(helpers, sweep->total));
-  for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
+  const unsigned helpers = caller_joins ? options.copy_threads - 1 : options.overlapped_copy_threads;
+  post_helpers(helpers, sweep->total, work, caller_joins);
   if (caller_joins) {
     work();
-    std::unique_lock lock(sweep->mu);
-    sweep->cv.wait(lock, [&] { return sweep->finished.load() == sweep->total; });
+    sweep->wait();
   }
 }
 
@@ -101,29 +89,25 @@ void Runtime::Impl::sweep_in_stall(std::size_t n, const std::function<void(std::
   sweep->total = n;
   // A helper that starts after every task was taken returns without touching `task`, which
   // lives on the caller's stack: the caller returns only once every task taken has finished.
-  auto work = [sweep, task = &task]() {
-    for (;;) {
-      std::size_t i = sweep->next.fetch_add(1);
-      if (i >= sweep->total) return;
-      try {
-        (*task)(i);
-      } catch (...) {
-        std::lock_guard lock(sweep->mu);
-        if (!sweep->error) sweep->error = std::current_exception();
-      }
-      if (sweep->finished.fetch_add(1) + 1 == sweep->total) {
-        std::lock_guard lock(sweep->mu);
-        sweep->cv.notify_all();
-      }
-    }
-  };
-  const auto helpers = static_cast<unsigned>(
-      std::min<std::size_t>(options.copy_threads > 0 ? options.copy_threads - 1 : 0, n));
-  for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
+  auto work = [sweep, task = &task]() { sweep->drain(*task, [](const std::exception_ptr&) {}); };
+  post_helpers(options.copy_threads > 0 ? options.copy_threads - 1 : 0, n, work, true);
   work();
-  std::unique_lock lock(sweep->mu);
-  sweep->cv.wait(lock, [&] { return sweep->finished.load() == sweep->total; });
+  sweep->wait();
   if (sweep->error) std::rethrow_exception(sweep->error);
+}
+
+unsigned Runtime::Impl::post_helpers(unsigned helpers, std::size_t items,
+                                     const std::function<void()>& work, bool caller_joins) {
+  helpers = static_cast<unsigned>(std::min<std::size_t>(helpers, items));
+  unsigned posted = 0;
+  try {
+    for (; posted < helpers; ++posted) asio::post(workers, work);
+  } catch (...) {
+    if (posted == 0 && !caller_joins) throw;
+    log().warn("could post only {} of {} copy helpers: {}", posted, helpers,
+               describe_error(std::current_exception()));
+  }
+  return posted;
 }
 
 void Runtime::Impl::release_chunk(SaveOp& op, std::size_t i) {
@@ -378,20 +362,16 @@ void Runtime::Impl::hash_shards(const std::shared_ptr<SaveOp>& op) {
   sweep->total = op->writes->failed() ? 0 : op->sinc->leaf_count();
   if (sweep->total == 0) return place_shards(op);
   auto work = [this, op, sweep] {
-    for (;;) {
-      std::size_t l = sweep->next.fetch_add(1);
-      if (l >= sweep->total) return;
+    const auto hash = [&](std::size_t l) {
       try {
         op->sinc->hash_leaf(l, op->chunks);
       } catch (...) {
         op->writes->fail(std::current_exception());
       }
-      if (sweep->finished.fetch_add(1) + 1 == sweep->total) place_shards(op);
-    }
+    };
+    sweep->drain(hash, [&](const std::exception_ptr&) { place_shards(op); });
   };
-  auto helpers = static_cast<unsigned>(
-      std::min<std::size_t>(options.copy_threads > 0 ? options.copy_threads - 1 : 0, sweep->total));
-  for (unsigned t = 0; t < helpers; ++t) asio::post(workers, work);
+  post_helpers(options.copy_threads > 0 ? options.copy_threads - 1 : 0, sweep->total, work, true);
   work();
 }
 
@@ -704,6 +684,7 @@ std::shared_ptr<SaveOp> Runtime::Impl::prepare(const std::string& path, const Tr
   {
     std::lock_guard lock(mu);
     ++(planned.reused ? counters.plans_reused : counters.plans_built);
+    if (planned.parts > 0) ++counters.plans_checked_in_parts;
   }
   op->metadata = metadata;
   op->options = options;

@@ -309,6 +309,18 @@ TEST_CASE("decode_layout reads the blocks without the checksum, and refuses what
   REQUIRE(e.has_value());
   CHECK(e->code() == Errc::corrupt);
   CHECK(e->path() == kPath);
+  // Past the identifier: a data file's name (which decode_layout reads) given a length that runs
+  // off the buffer. The Verifier over the fields it reads refuses it, with no checksum to help.
+  std::string long_name = bytes;
+  const std::size_t at = long_name.find("data-00000.bin");
+  REQUIRE(at != std::string::npos);
+  REQUIRE(at >= 4);
+  const std::uint32_t huge = 0x7ffffff0;
+  std::memcpy(long_name.data() + at - 4, &huge, 4);
+  e = catch_error([&] { (void)decode_layout(long_name, kPath); });
+  REQUIRE(e.has_value());
+  CHECK(e->code() == Errc::corrupt);
+  CHECK(contains(e->what(), "flatbuffers verification failed"));
 }
 
 TEST_CASE("manifest decode rejects foreign files") {

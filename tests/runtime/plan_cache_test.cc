@@ -41,7 +41,7 @@ struct State {
         ++owned_leaves;
         return Array::zeros(DType::f32, {n});
       }
-      Array a = Array::view(DType::f32, {n}, arena.data() + (next++ % 1000) + shift);
+      Array a = Array::view(DType::f32, {n}, arena.data() + next++ + shift);  // distinct per leaf
       return a;
     };
     Tree layers = Tree::list();
