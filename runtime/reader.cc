@@ -156,7 +156,9 @@ class Prefetch {
   void finish(const Manifest& m, const std::vector<const Array*>& targets,
               const ReadOptions& options) {
     std::vector<Unit> units = plan_units(m, unit_, {});
-    read_->finish(m, units, targets, staged_options(options));
+    StagedReadOptions staged = staged_options(options);
+    staged.targets_disjoint = true;  // restore_checkpoint matched the template (no overlap)
+    read_->finish(m, units, targets, staged);
   }
 
  private:

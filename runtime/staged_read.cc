@@ -91,24 +91,25 @@ std::optional<Piece> verify_swap_unit(const Unit& unit, std::byte* buf, const Ma
   return bad;
 }
 
-// True when no two segments share a byte: within a unit's buffer, or in the targets.
-bool segments_disjoint(const std::vector<Unit>& units, const std::vector<const Array*>& targets) {
+// True when no two segments share a byte: within a unit's buffer, or (unless the caller vouches
+// for them) in the targets. A unit's segments come sorted by offset (plan_units); sorted, two
+// overlap only if two neighbours do.
+bool segments_disjoint(const std::vector<Unit>& units, const std::vector<const Array*>& targets,
+                       bool targets_disjoint) {
   std::vector<std::pair<std::uintptr_t, std::uint64_t>> dst;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> src;
   for (const Unit& u : units) {
-    src.clear();
-    for (std::size_t k = 1; k < u.segments.size(); ++k) {
-      if (u.segments[k - 1].unit_offset > u.segments[k].unit_offset) return false;  // unsorted
-    }
+    const Segment* prev = nullptr;
     for (const Segment& s : u.segments) {
       const Array* t = targets[s.leaf];
       if (t == nullptr || s.len == 0) continue;
-      src.emplace_back(s.unit_offset, s.len);
-      dst.emplace_back(reinterpret_cast<std::uintptr_t>(t->data()) + s.leaf_offset, s.len);
-    }
-    std::sort(src.begin(), src.end());
-    for (std::size_t k = 1; k < src.size(); ++k) {
-      if (src[k - 1].first + src[k - 1].second > src[k].first) return false;
+      if (prev != nullptr && (prev->unit_offset > s.unit_offset ||  // unsorted
+                              prev->unit_offset + prev->len > s.unit_offset)) {
+        return false;
+      }
+      prev = &s;
+      if (!targets_disjoint) {
+        dst.emplace_back(reinterpret_cast<std::uintptr_t>(t->data()) + s.leaf_offset, s.len);
+      }
     }
   }
   std::sort(dst.begin(), dst.end());
@@ -319,7 +320,8 @@ void StagedRead::finish(const Manifest& manifest, const std::vector<Unit>& units
       throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
     }
   }
-  const bool swap = !targets.empty() && segments_disjoint(units, targets);
+  const bool swap =
+      !targets.empty() && segments_disjoint(units, targets, options.targets_disjoint);
   {
     std::lock_guard lock(st.mu);  // the workers, which start below, see it armed
     st.m = &manifest;

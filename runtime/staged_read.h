@@ -29,6 +29,10 @@ struct StagedReadOptions {
   // Runs a helper task on another thread (the Runtime posts it to its copy pool); empty: a
   // std::thread per helper.
   std::function<void(std::function<void()>)> spawn;
+  // The caller vouches that no two segments share a target byte: a whole restore of one
+  // process's checkpoint, whose template match refused overlapping leaves and whose manifest's
+  // extents tile each leaf (decode_manifest). Only the units' own segments are then checked.
+  bool targets_disjoint = false;
 };
 
 // The options of a restore's read (threads 0: the hardware's, at most 8).
