@@ -39,6 +39,15 @@ bool has_fixture_bytes(const Array& a, int k, bool boolean = false) {
 
 std::unique_ptr<io::Engine> engine() { return io::make_engine({io::EngineKind::threads}); }
 
+// A small Runtime on the thread engine: 64 KiB units, 16 MiB of staging.
+RuntimeOptions small_options() {
+  RuntimeOptions o;
+  o.unit_bytes = 64 << 10;
+  o.staging_budget = 16 << 20;
+  o.engine = io::EngineKind::threads;
+  return o;
+}
+
 TEST_CASE("a format version 1 checkpoint written by the version 1 writer restores and verifies") {
   auto e = engine();
   Manifest m = read_manifest(kFixture);
@@ -214,11 +223,7 @@ TEST_CASE("a Runtime restore that fails late leaves the template as it was, sync
 
 TEST_CASE("a save reuses the plan while the structure stays, and plans again when it changes") {
   test::TempDir tmp;
-  RuntimeOptions o;
-  o.unit_bytes = 64 << 10;
-  o.staging_budget = 16 << 20;
-  o.engine = io::EngineKind::threads;
-  Runtime rt(o);
+  Runtime rt(small_options());
   Tree t = test::make_tree(40, 3000, 1);
   rt.save(tmp / "a", t, {}).wait();
   test::fill_pattern(t.find("layer3/w")->array(), 77);  // new values, same structure
@@ -250,10 +255,9 @@ TEST_CASE("a save reuses the plan while the structure stays, and plans again whe
 TEST_CASE("a save of a large tree checks its structure in parts on the copy threads and "
           "restores what it saved") {
   test::TempDir tmp;
-  RuntimeOptions o;
+  RuntimeOptions o = small_options();
+  o.unit_bytes = RuntimeOptions().unit_bytes;
   o.copy_threads = 2;
-  o.staging_budget = 16 << 20;
-  o.engine = io::EngineKind::threads;
   Runtime rt(o);
   Tree t = test::make_tree(20000, 3, 1);  // 20,000 leaves: over the 16,384 that split the check
   rt.save(tmp / "a", t, {}).wait();
@@ -282,11 +286,7 @@ TEST_CASE("a restore of a hostile manifest whose two leaves share file bytes cop
   // bounds): the restore must see that their segments share staging bytes and copy, not swap
   // (a second swap of the same bytes would hand b the template's old bytes of a).
   test::TempDir tmp;
-  RuntimeOptions o;
-  o.unit_bytes = 64 << 10;
-  o.staging_budget = 16 << 20;
-  o.engine = io::EngineKind::threads;
-  Runtime rt(o);
+  Runtime rt(small_options());
   Tree t;
   t["a"] = Array::zeros(DType::f32, {1024});
   t["b"] = Array::zeros(DType::f32, {1024});
