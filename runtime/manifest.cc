@@ -106,20 +106,29 @@ std::string abbreviate(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// Generous per-item bounds on flatbuffers' encoding: a table's vtable and fields with their
+// alignment padding, a string's length prefix, terminator and padding, an offset in a vector.
+// The head: everything but the tree part (the root, the blocks, the file lists).
+std::uint64_t head_size_bound(const Manifest& m, const std::vector<FileInfo>& json_files) {
+  std::uint64_t n = 4096 + m.writer.size() + 64 * m.blocks.size();
+  for (const auto* files : {&m.data_files, &json_files}) {
+    for (const auto& f : *files) n += 80 + f.name.size() + f.origin.size();
+  }
+  return n;
+}
+
+}  // namespace
+
 std::uint64_t manifest_size_bound(const Manifest& m) {
-  // Generous per-item bounds on flatbuffers' encoding: a table's vtable and fields with their
-  // alignment padding, a string's length prefix, terminator and padding, an offset in a vector.
-  std::uint64_t n = 4096 + m.writer.size();
+  std::uint64_t n = head_size_bound(m, m.json_files);
   for (const auto& node : m.nodes) {
     n += 128 + 8 * node.children.size();
     for (const auto& k : node.keys) n += 16 + k.size();
   }
   for (const auto& l : m.leaves)
     n += 128 + l.path.size() + 8 * l.shape.size() + 112 * l.extents.size();
-  for (const auto* files : {&m.data_files, &m.json_files}) {
-    for (const auto& f : *files) n += 80 + f.name.size() + f.origin.size();
-  }
-  n += 64 * m.blocks.size();
   return n;
 }
 
@@ -308,11 +317,7 @@ ManifestPieces encode_manifest(const Manifest& skeleton, const ManifestParts& pa
                                const EncodedTree& tree) {
   // Room for the tree part and a generous bound on the rest, so that the builder never grows
   // (growing would copy the room, touching it).
-  std::size_t head_bound = 4096 + skeleton.writer.size() + 64 * skeleton.blocks.size();
-  for (const auto* files : {&skeleton.data_files, parts.json_files}) {
-    for (const auto& f : *files) head_bound += 80 + f.name.size() + f.origin.size();
-  }
-  SkippingBuilder b(tree.bytes.size() + head_bound);
+  SkippingBuilder b(tree.bytes.size() + head_size_bound(skeleton, *parts.json_files));
   b.skip(tree.bytes.size());
   finish_manifest(b, skeleton, &parts, NodeVector(tree.nodes), LeafVector(tree.leaves));
   ManifestPieces out;
