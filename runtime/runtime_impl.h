@@ -426,6 +426,7 @@ struct Runtime::Impl {
   // Posts `work` to the copy threads up to `helpers` times, as many as are free to matter (at most
   // `items`). A post that fails (out of memory) ends the posting: returns how many were posted,
   // and rethrows only when none was and `caller_joins` is false (then nobody would do the work).
+  // (Converting a caller's lambda to `work` may throw too, before anything is posted.)
   unsigned post_helpers(unsigned helpers, std::size_t items, const std::function<void()>& work,
                         bool caller_joins);
 

@@ -70,7 +70,10 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
       } catch (...) {
         op->writes->fail(sweep->keep(std::current_exception()));  // skipped, not written
       }
-      unit_copied(op, i);
+      // Issuing the unit fails only when a post runs out of memory, and then its parts could
+      // never be counted down: the save would hang. Fatal, as it was before drain() caught
+      // what its items throw.
+      [&]() noexcept { unit_copied(op, i); }();
     };
     sweep->drain(copy, [&](std::exception_ptr e) {
       if (on_done) on_done(e);
@@ -89,7 +92,9 @@ void Runtime::Impl::sweep_in_stall(std::size_t n, const std::function<void(std::
   sweep->total = n;
   // A helper that starts after every task was taken returns without touching `task`, which
   // lives on the caller's stack: the caller returns only once every task taken has finished.
-  auto work = [sweep, task = &task]() { sweep->drain(*task, [](const std::exception_ptr&) {}); };
+  auto work = [sweep, task = &task]() {
+    sweep->drain([task](std::size_t i) { (*task)(i); }, [](const std::exception_ptr&) {});
+  };
   post_helpers(options.copy_threads > 0 ? options.copy_threads - 1 : 0, n, work, true);
   work();
   sweep->wait();
