@@ -86,6 +86,13 @@ struct Placed {
 // The extents of the wanted leaves, in file order.
 std::vector<Placed> placed_extents(const Manifest& m, const std::vector<bool>& wanted) {
   std::vector<Placed> out;
+  // Sized first: growing it at a million extents would copy it and fault in fresh memory at
+  // every doubling.
+  std::size_t n = 0;
+  for (std::uint32_t li = 0; li < m.leaves.size(); ++li) {
+    if (wanted.empty() || wanted[li]) n += m.leaves[li].extents.size();
+  }
+  out.reserve(n);
   for (std::uint32_t li = 0; li < m.leaves.size(); ++li) {
     if (!wanted.empty() && !wanted[li]) continue;
     for (const auto& e : m.leaves[li].extents)

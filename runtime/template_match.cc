@@ -205,6 +205,7 @@ class Matcher {
       std::size_t order;  // flattening order, so that messages name the pair stably
     };
     std::vector<Span> spans;
+    spans.reserve(m_.leaves.size());  // as many as the checkpoint's, unless the match fails
     std::size_t order = 0;
     templ.for_each_leaf([&](const std::string&, const Array& a) {
       const std::size_t i = order++;
