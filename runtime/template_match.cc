@@ -213,8 +213,12 @@ class Matcher {
       auto begin = reinterpret_cast<std::uintptr_t>(a.data());
       spans.push_back({begin, begin + a.nbytes(), i});
     });
-    std::sort(spans.begin(), spans.end(),
-              [](const Span& a, const Span& b) { return a.begin < b.begin; });
+    // Arrays allocated one after another usually come in address order already: then there is
+    // nothing to sort (a sort of sorted spans: 0.8 ms at 100,000 leaves, 11 ms at 1,000,000).
+    const auto by_begin = [](const Span& a, const Span& b) { return a.begin < b.begin; };
+    if (!std::is_sorted(spans.begin(), spans.end(), by_begin)) {
+      std::sort(spans.begin(), spans.end(), by_begin);
+    }
     // Each overlapping leaf is named with the earlier one reaching furthest into it: enough to
     // find every aliased leaf without listing all pairs of a leaf repeated many times.
     const Span* reach = nullptr;  // of the spans so far, the one that ends last
