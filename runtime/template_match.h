@@ -7,6 +7,7 @@
 // is one difference; what lies below it is not compared further (nor listed again).
 // `partial` lets the template leave out dict keys and list items; whatever it does name must be
 // there, with the same kind, dtype and shape.
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -27,5 +28,14 @@ struct TemplateMatch {
 // `targets` and `wanted` say which checkpoint leaves to read into which template arrays (which
 // must outlive their use).
 TemplateMatch match_template(const Manifest& manifest, const Tree& templ, bool partial);
+
+// The template's own check, which needs no checkpoint: two writable leaves over overlapping
+// memory would each receive their own bytes and the last write would win, so each such pair is
+// one problem line (in flattening order). `leaves_hint`: about how many leaves `templ` has.
+std::vector<std::string> aliasing_problems(const Tree& templ, std::size_t leaves_hint = 0);
+// match_template with aliasing_problems(templ) computed already (a restore runs it beside the
+// manifest's decode): the same result.
+TemplateMatch match_template(const Manifest& manifest, const Tree& templ, bool partial,
+                             std::vector<std::string> aliasing);
 
 }  // namespace ckpt

@@ -1,9 +1,11 @@
 // Restore matches the template's shape of tree against the checkpoint's, node by node: kinds at
 // every level, empty subtrees, leaves against subtrees, and template leaves that alias memory.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -332,6 +334,37 @@ TEST_CASE("restore rejects two template leaves aliasing one buffer, naming both"
     restore_checkpoint(*engine, tmp / "c", templ);
     CHECK(test::trees_equal(templ, saved));
   }
+}
+
+TEST_CASE("a restore of a large manifest finds aliased template leaves as a small one does") {
+  // 10,000 leaves make a manifest over 1 MiB: the aliasing check then runs on a thread beside
+  // the decode (runtime/reader.cc). Same problems, same order, nothing written.
+  auto engine = io::make_engine();
+  TempDir tmp;
+  constexpr std::size_t kLeaves = 10000;
+  Tree saved;
+  for (std::size_t i = 0; i < kLeaves; ++i) saved[fmt::format("l{:05}", i)] = leaf(4);
+  save_filled(*engine, tmp / "c", saved);
+  REQUIRE(std::filesystem::file_size(tmp / "c/manifest.ckpt") >= (1u << 20));
+
+  std::vector<float> buffer(4 * kLeaves, 0.0f);
+  Tree templ;
+  for (std::size_t i = 0; i < kLeaves; ++i) {
+    // Leaf 5001 starts two floats early, inside leaf 5000; leaf 2 is missing its dtype.
+    const std::size_t at = i == 5001 ? 4 * i - 2 : 4 * i;
+    templ[fmt::format("l{:05}", i)] =
+        Array::view(i == 2 ? DType::i32 : DType::f32, {4}, buffer.data() + at);
+  }
+  std::string what = mismatch_of(*engine, tmp / "c", templ, false);
+  CAPTURE(what);
+  CHECK(contains(what, "(2 differences)"));
+  // The match's problems first, then the aliasing check's.
+  const auto dtype = what.find("'l00002': dtype int32 in the template, float32 in the checkpoint");
+  const auto shared = what.find("'l05000' and 'l05001': template arrays share memory");
+  CHECK(dtype != std::string::npos);
+  CHECK(shared != std::string::npos);
+  CHECK(dtype < shared);
+  CHECK(std::all_of(buffer.begin(), buffer.end(), [](float v) { return v == 0.0f; }));
 }
 
 TEST_CASE("make_template and verify keep working on trees with lists and empty subtrees") {
