@@ -7,6 +7,7 @@
 #include <optional>
 #include <filesystem>
 #include <future>
+#include <system_error>
 #include <unordered_map>
 
 #include "io/durable.h"
@@ -51,6 +52,8 @@ std::string manifest_path(const std::string& dir) { return dir + "/" + std::stri
 // From this manifest size on (about 6,000 leaves), a restore checks the template's aliasing on a
 // thread beside the manifest's decode.
 constexpr std::size_t kAliasingBesideDecodeBytes = 1u << 20;
+// Manifest bytes a leaf takes, at least (about 160 for short paths): sizes that check's list.
+constexpr std::size_t kManifestBytesPerLeafHint = 128;
 
 }  // namespace
 
@@ -204,10 +207,17 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
     if (layout) prefetch = Prefetch::start(engine, dir, *layout, options);
   }
   // The template's aliasing check needs no manifest: for a large one it runs on a thread of its
-  // own beside the decode (about 5 ms at 100,000 leaves, off the restore's critical path).
+  // own beside the decode (about 5 ms at 100,000 leaves, off the restore's critical path). A
+  // checkpoint sharded when saved is only known after the decode: its reader checks aliasing
+  // itself, and this result goes unused. Where no thread can be started the match runs it.
   std::future<std::vector<std::string>> aliasing;
   if (!resharding && bytes.size() >= kAliasingBesideDecodeBytes) {
-    aliasing = std::async(std::launch::async, [&templ] { return aliasing_problems(templ); });
+    const std::size_t leaves_hint = bytes.size() / kManifestBytesPerLeafHint;
+    try {
+      aliasing = std::async(std::launch::async,
+                            [&templ, leaves_hint] { return aliasing_problems(templ, leaves_hint); });
+    } catch (const std::system_error&) {
+    }
   }
   Manifest m = decode_manifest(bytes, path);
   boost::json::object metadata =
