@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <iterator>
 #include <unordered_map>
 
 #include "io/error.h"
@@ -118,20 +119,13 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
     *t = Tree(Array::view(array.dtype(), box.global_shape, static_cast<void*>(fake)));
     ++index;
   }
-  // Template arrays sharing memory (match_template sees only the fake addresses).
-  std::vector<std::size_t> order(flat.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](auto a, auto b) { return flat[a].second.data() < flat[b].second.data(); });
-  for (std::size_t k = 1; k < order.size(); ++k) {
-    const Array& a = flat[order[k - 1]].second;
-    const Array& b = flat[order[k]].second;
-    if (a.nbytes() > 0 && b.nbytes() > 0 && a.data() + a.nbytes() > b.data()) {
-      problems.push_back(fmt::format("'{}' and '{}': template arrays share memory",
-                                     flat[order[k - 1]].first, flat[order[k]].first));
-    }
-  }
-  TemplateMatch match = match_template(m, proxy, partial);
+  // Template arrays sharing memory: the check of every restore, on the real template
+  // (match_template sees only the fake addresses).
+  std::vector<std::string> aliasing = aliasing_problems(templ, flat.size());
+  problems.insert(problems.end(), std::make_move_iterator(aliasing.begin()),
+                  std::make_move_iterator(aliasing.end()));
+  // The proxy's fake addresses never overlap: its aliasing check would find nothing.
+  TemplateMatch match = match_template(m, proxy, partial, std::vector<std::string>());
   problems.insert(problems.begin(), match.problems.begin(), match.problems.end());
   if (!problems.empty()) {
     throw Error(

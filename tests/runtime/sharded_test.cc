@@ -4,6 +4,7 @@
 // sanitizers. tests/runtime/mpi_shard_test.cc runs the same state under mpirun.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -887,6 +888,39 @@ TEST_CASE("decoding a sharded manifest rejects boxes that leave the array, overl
   };
   CHECK(rejected(with_plain_leaf(1)).empty());
   CHECK(test::contains(rejected(with_plain_leaf(2)), "not the leaf's only one"));
+}
+
+TEST_CASE("a resharding restore names template arrays that share memory, as every restore does") {
+  // 'a' reaches over 'b' into 'c': 'b' and 'c' do not touch, so only a check against the span
+  // reaching furthest (not each address neighbour) finds 'a' and 'c'.
+  test::TempDir tmp;
+  auto engine = io::make_engine();
+  Tree saved;
+  saved["a"] = Array::zeros(DType::f32, {8});
+  saved["b"] = Array::zeros(DType::f32, {2});
+  saved["c"] = Array::zeros(DType::f32, {2});
+  saved["d"] = Array::zeros(DType::f32, {4});
+  save_checkpoint(*engine, tmp / "c", saved, {{"step", 1}});
+
+  std::vector<float> buffer(32, 0.0f);
+  std::vector<float> own(4, 0.0f);
+  Tree templ;
+  templ["a"] = Array::view(DType::f32, {8}, buffer.data());      // [0, 8)
+  templ["b"] = Array::view(DType::f32, {2}, buffer.data() + 2);  // [2, 4)
+  templ["c"] = Array::view(DType::f32, {2}, buffer.data() + 6);  // [6, 8)
+  templ["d"] = Array::view(DType::f32, {4}, own.data());         // resharded: a box of its own
+  Sharding sharding;
+  sharding.shard("d", {4}, {0});
+  auto e = test::catch_error(
+      [&] { restore_checkpoint(*engine, tmp / "c", templ, false, read_options(1, 1, 0, sharding)); });
+  REQUIRE(e);
+  CHECK(e->code() == Errc::mismatch);
+  const std::string what = e->what();
+  CAPTURE(what);
+  CHECK(test::contains(what, "(2 differences)"));
+  CHECK(test::contains(what, "'a' and 'b': template arrays share memory"));
+  CHECK(test::contains(what, "'a' and 'c': template arrays share memory"));
+  CHECK(std::all_of(buffer.begin(), buffer.end(), [](float v) { return v == 0.0f; }));
 }
 
 TEST_CASE("a block corrupt mid-restore leaves a resharded template byte for byte as it was, "
