@@ -28,6 +28,7 @@ struct BenchOptions {
   bool small = false;
   std::uint64_t small_kb = 4;
   bool recheck = true;  // baselines measured again after the saves (drift check)
+  bool paired = true;   // one baseline run before each save and restore (see Pairing)
   bool keep = false;
   // --incremental: the measured saves are incremental (each after a step that changes
   // changed_fraction of the leaves), next to the same number of full saves in the same run.

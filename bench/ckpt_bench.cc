@@ -24,6 +24,11 @@
 // In overlapped mode the step's read phase runs before wait_snapshotted() and its update after,
 // as a training loop overlaps the copy with its forward and backward pass.
 //
+// --paired (default on): one leaf memcpy and one raw write also run just before each measured
+// save, and one raw read before each restore; the p50 of those per-pair ratios is reported next
+// to the ratios against the best baseline run. On a machine whose memory and disk speed drift
+// from one second to the next (a shared VM), the pair measures both under the same conditions.
+//
 // Output: a table (stdout), or with --json one JSON object on stdout and the table on stderr.
 // Everything is written under DIR/ckpt_bench-<pid>/, which is removed at the end (--keep keeps).
 #include <fmt/format.h>
@@ -71,6 +76,9 @@ struct SaveSample {
   std::uint64_t bytes = 0;
   std::uint64_t stored_bytes = 0;
   std::uint64_t written_bytes = 0;  // data bytes this save wrote (incremental: not shared)
+  // --paired: the baselines taken just before this save (0 when not paired).
+  double pair_memcpy_ms = 0;
+  double pair_raw_write_ms = 0;
   double blocked_ms() const { return stall_ms + snapshot_wait_ms; }
 };
 
@@ -82,7 +90,9 @@ json::object sample_json(const SaveSample& s) {
           {"step_ms", s.step_ms},
           {"bytes", s.bytes},
           {"stored_bytes", s.stored_bytes},
-          {"bytes_written", s.written_bytes}};
+          {"bytes_written", s.written_bytes},
+          {"pair_memcpy_ms", s.pair_memcpy_ms},
+          {"pair_raw_write_ms", s.pair_raw_write_ms}};
 }
 
 double gbps(std::uint64_t bytes, double ms) {
@@ -162,6 +172,30 @@ std::uint64_t default_staging_mb(const BenchOptions& o, std::uint64_t leaf_bytes
   return (2 * per_save + (1u << 20) - 1) >> 20;
 }
 
+// --paired: one run of each baseline just before each measured save (the leaf memcpy and the
+// raw write) and each restore (the raw read), into a buffer of its own. On a machine whose speed
+// drifts between runs, a ratio of two figures taken moments apart says more than the p50 of the
+// saves against the best of a few baseline runs taken minutes earlier; both are reported.
+struct Pairing {
+  Pairing(const BenchOptions& o, const SyntheticState& state)
+      : o(o), state(state), dst(io::align_up(state.bytes())) {}
+  double memcpy_ms() const {
+    return memcpy_best_ms(state.spans(), dst.data(), o.copy_threads, 1);
+  }
+  RawIo raw_io() const { return raw_io_best(o.work_dir, dst.data(), dst.size(), 1); }
+  const BenchOptions& o;
+  const SyntheticState& state;
+  io::AlignedBuffer dst;
+};
+
+// The p50 of the per-pair ratios num[i] / den[i] (pairs with a zero left out).
+double paired_ratio(const std::vector<double>& num, const std::vector<double>& den) {
+  std::vector<double> r;
+  for (std::size_t i = 0; i < num.size() && i < den.size(); ++i)
+    if (num[i] > 0 && den[i] > 0) r.push_back(num[i] / den[i]);
+  return summarize(r).p50;
+}
+
 json::object run_full(BenchOptions& o) {
   json::object out;
   out["benchmark"] = "ckpt_bench";
@@ -193,6 +227,10 @@ json::object run_full(BenchOptions& o) {
   }
 
   // ---- ckpt ------------------------------------------------------------------------------
+  // Allocated before the peak RSS is reset: its buffer is reported apart from ckpt's memory.
+  std::unique_ptr<Pairing> pairing = o.paired ? std::make_unique<Pairing>(o, state) : nullptr;
+  std::uint64_t pair_faults = 0;  // page faults of the paired baselines, not ckpt's
+  if (pairing) pairing->memcpy_ms();  // faults its buffer in
   bool peak_reset = reset_peak_rss();
   Runtime rt(o.runtime_options());
   const bool overlapped = o.mode == "overlapped";
@@ -212,12 +250,21 @@ json::object run_full(BenchOptions& o) {
     // The state as the last save sees it; the step after the save changes every element.
     if (k == o.saves) expected_crc = state.checksum();
     std::string path = fmt::format("{}/step_{:06}", run, k);
+    double pair_memcpy = 0, pair_write = 0;
+    if (pairing) {
+      std::uint64_t pf = page_faults();
+      pair_memcpy = pairing->memcpy_ms();
+      pair_write = pairing->raw_io().write_ms;
+      pair_faults += page_faults() - pf;
+    }
     samples.push_back(save_and_step(rt, state, path, overlapped, static_cast<std::uint64_t>(k),
                                     SaveOptions(), fraction));
+    samples.back().pair_memcpy_ms = pair_memcpy;
+    samples.back().pair_raw_write_ms = pair_write;
     fs::remove_all(k == 1 ? run + "/warmup" : last);  // disk space: keep only the newest
     last = path;
   }
-  std::uint64_t save_faults = page_faults() - f0;
+  std::uint64_t save_faults = page_faults() - f0 - pair_faults;
   std::vector<SaveSample> full_samples;
   if (o.incremental) {
     fs::remove_all(last);
@@ -228,10 +275,11 @@ json::object run_full(BenchOptions& o) {
   }
   RuntimeStats stats = rt.stats();
 
-  std::vector<double> restore_ms;
+  std::vector<double> restore_ms, pair_read_ms;
   bool verified = false;
   for (int r = 0; r < o.restores && !last.empty(); ++r) {
     progress(fmt::format("restore {}/{}", r + 1, o.restores));
+    if (pairing) pair_read_ms.push_back(pairing->raw_io().read_ms);
     auto t0 = Clock::now();
     rt.restore(last, state.tree());
     restore_ms.push_back(ms_since(t0));
@@ -328,6 +376,25 @@ json::object run_full(BenchOptions& o) {
                    {"stall_over_memcpy_1t", ratio(stall.p50, base["memcpy_1t_ms"].as_double())},
                    {"write_over_raw", ratio(base["raw_write_ms"].as_double(), durable.p50)},
                    {"restore_over_raw", ratio(base["raw_read_ms"].as_double(), restore.p50)}};
+  if (pairing) {
+    // The incremental series is not paired: its ratios are to the full saves of the same run.
+    const std::vector<SaveSample>& paired = o.incremental ? full_samples : samples;
+    std::vector<double> stall_v, durable_v, memcpy_v, write_v;
+    for (const auto& s : paired) {
+      stall_v.push_back(s.stall_ms);
+      durable_v.push_back(s.durable_ms);
+      memcpy_v.push_back(s.pair_memcpy_ms);
+      write_v.push_back(s.pair_raw_write_ms);
+    }
+    out["paired"] = {{"series", o.incremental ? "full_save" : "save"},
+                     {"memcpy_mt_ms", to_json(summarize(memcpy_v))},
+                     {"raw_write_ms", to_json(summarize(write_v))},
+                     {"raw_read_ms", to_json(summarize(pair_read_ms))},
+                     {"stall_over_memcpy", paired_ratio(stall_v, memcpy_v)},
+                     {"write_over_raw", paired_ratio(write_v, durable_v)},
+                     {"restore_over_raw", paired_ratio(pair_read_ms, restore_ms)},
+                     {"buffer_bytes", pairing->dst.size()}};
+  }
   out["faults_per_save"] =
       o.saves > 0 ? static_cast<double>(save_faults) / static_cast<double>(o.saves) : 0.0;
   out["peak_rss_bytes"] = peak;
@@ -428,6 +495,19 @@ std::string full_table(const json::object& r) {
        num(ratios.at("write_over_raw")));
   line("  raw read / restore           {:>7.3f}   (1 = raw disk speed)",
        num(ratios.at("restore_over_raw")));
+  if (r.contains("paired")) {
+    const auto& p = r.at("paired").as_object();
+    line("");
+    line("paired: one baseline run just before each {} (p50 of the per-pair ratios)",
+         p.at("series").as_string() == "save" ? "save and restore" : "full save and restore");
+    line("  stall / memcpy {} threads     {:>7.3f}   (memcpy p50 {:.1f} ms, max {:.1f})",
+         num(base.at("memcpy_threads")), num(p.at("stall_over_memcpy")),
+         at(p, "memcpy_mt_ms", "p50"), at(p, "memcpy_mt_ms", "max"));
+    line("  raw write / durable          {:>7.3f}   (raw write p50 {:.1f} ms, max {:.1f})",
+         num(p.at("write_over_raw")), at(p, "raw_write_ms", "p50"), at(p, "raw_write_ms", "max"));
+    line("  raw read / restore           {:>7.3f}   (raw read p50 {:.1f} ms, max {:.1f})",
+         num(p.at("restore_over_raw")), at(p, "raw_read_ms", "p50"), at(p, "raw_read_ms", "max"));
+  }
   if (r.contains("incremental")) {
     const auto& inc = r.at("incremental").as_object();
     const auto& full = r.at("full_save").as_object();
@@ -450,9 +530,11 @@ std::string full_table(const json::object& r) {
   line("page faults per save: {:.1f} (warm-up save: {})", num(r.at("faults_per_save")),
        num(r.at("warmup").as_object().at("faults")));
   double peak = num(r.at("peak_rss_bytes")), mapped = num(r.at("staging_mapped_bytes"));
-  line("peak RSS: {:.0f} MiB = state {:.0f} + staging mapped {:.0f} + other {:.0f} MiB",
+  const double pair_buf = r.contains("paired") ? at(r, "paired", "buffer_bytes") : 0;
+  line("peak RSS: {:.0f} MiB = state {:.0f} + staging mapped {:.0f}{} + other {:.0f} MiB",
        peak / (1 << 20), static_cast<double>(bytes) / (1 << 20), mapped / (1 << 20),
-       (peak - static_cast<double>(bytes) - mapped) / (1 << 20));
+       pair_buf > 0 ? fmt::format(" + paired-baseline buffer {:.0f}", pair_buf / (1 << 20)) : "",
+       (peak - static_cast<double>(bytes) - mapped - pair_buf) / (1 << 20));
   line("restore verified against the last save's checksum: {}",
        r.at("restore").as_object().at("verified").as_bool() ? "yes" : "NO");
   return line.text;
@@ -512,6 +594,9 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_flag("--recheck,!--no-recheck", o.recheck,
                "measure the baselines again after the saves to flag drift (default on)");
+  app.add_flag("--paired,!--no-paired", o.paired,
+               "also time one memcpy and raw write before each save, one raw read before each "
+               "restore, and report the per-pair ratios (default on)");
   app.add_flag("--keep", o.keep, "keep what the run wrote under DIR/ckpt_bench-<pid>");
   app.add_flag("--incremental", o.incremental,
                "measure incremental saves next to full ones (runtime/incremental.h)");
