@@ -131,16 +131,22 @@ File open_direct(const std::string& path, OpenMode mode, bool allow_direct) {
   return File(fd, path, true);
 }
 
-std::string read_small_file(const std::string& path, std::size_t max_bytes) {
+namespace {
+
+File open_limited(const std::string& path, std::size_t max_bytes, std::uint64_t& size) {
   File f = open_buffered(path, OpenMode::read);
-  std::uint64_t size = f.size();
+  size = f.size();
   if (size > max_bytes) {
     throw Error(Errc::corrupt, "file larger than " + std::to_string(max_bytes) + " bytes", path);
   }
-  std::string out(size, '\0');
+  return f;
+}
+
+// Reads up to `size` bytes from the start of `f` into `out`; returns how many (fewer at its end).
+std::size_t read_all(const File& f, std::byte* out, std::size_t size, const std::string& path) {
   std::size_t done = 0;
   while (done < size) {
-    ssize_t n = ::pread(f.fd(), out.data() + done, size - done, static_cast<off_t>(done));
+    ssize_t n = ::pread(f.fd(), out + done, size - done, static_cast<off_t>(done));
     if (n < 0) {
       if (errno == EINTR) continue;
       throw sys_error("read", path, errno);
@@ -148,7 +154,30 @@ std::string read_small_file(const std::string& path, std::size_t max_bytes) {
     if (n == 0) break;
     done += static_cast<std::size_t>(n);
   }
-  out.resize(done);
+  return done;
+}
+
+}  // namespace
+
+std::string read_small_file(const std::string& path, std::size_t max_bytes) {
+  std::uint64_t size = 0;
+  File f = open_limited(path, max_bytes, size);
+  std::string out(size, '\0');
+  out.resize(read_all(f, reinterpret_cast<std::byte*>(out.data()), size, path));
+  return out;
+}
+
+FileBytes read_file_bytes(const std::string& path, std::size_t max_bytes) {
+  std::uint64_t size = 0;
+  File f = open_limited(path, max_bytes, size);
+  FileBytes out;
+  if (size < kAdviseHugeFrom) {
+    out.small_.resize(size);
+    out.small_.resize(read_all(f, reinterpret_cast<std::byte*>(out.small_.data()), size, path));
+    return out;
+  }
+  out.big_ = AlignedBuffer(size);
+  out.size_ = read_all(f, out.big_.data(), size, path);
   return out;
 }
 
@@ -159,12 +188,20 @@ AlignedBuffer::AlignedBuffer(std::size_t bytes) : size_(bytes) {
   // the advice applies) so that the first copy into it runs at memcpy speed, not page-fault speed.
   void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw sys_error("mmap staging buffer", {}, errno);
-  if (mapped >= (2u << 20)) ::madvise(p, mapped, MADV_HUGEPAGE);
+  if (mapped >= kHugePageBytes) ::madvise(p, mapped, MADV_HUGEPAGE);
   if (::madvise(p, mapped, kMadvPopulateWrite) != 0) {
     auto* bytes = static_cast<volatile std::byte*>(p);
     for (std::size_t i = 0; i < mapped; i += 4096) bytes[i] = std::byte{0};
   }
   data_ = std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(p), Free{mapped});
+}
+
+void advise_huge_pages(const void* p, std::size_t bytes) {
+  if (bytes < kAdviseHugeFrom) return;
+  const auto begin = align_up(reinterpret_cast<std::uintptr_t>(p), kHugePageBytes);
+  const auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(kHugePageBytes - 1);
+  // Advice only: where the kernel has no transparent huge pages, the memory faults as before.
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 void AlignedBuffer::Free::operator()(std::byte* p) const noexcept {

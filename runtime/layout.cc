@@ -93,6 +93,7 @@ std::vector<Placed> placed_extents(const Manifest& m, const std::vector<bool>& w
     if (wanted.empty() || wanted[li]) n += m.leaves[li].extents.size();
   }
   out.reserve(n);
+  io::advise_huge_pages(out.data(), out.capacity() * sizeof(Placed));
   for (std::uint32_t li = 0; li < m.leaves.size(); ++li) {
     if (!wanted.empty() && !wanted[li]) continue;
     for (const auto& e : m.leaves[li].extents)

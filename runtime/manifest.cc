@@ -727,6 +727,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   const fb::Manifest* fm = open_manifest(bytes, path, aligned, m);
   if (fm->nodes()) {
     m.nodes.reserve(fm->nodes()->size());
+    io::advise_huge_pages(m.nodes.data(), m.nodes.capacity() * sizeof(NodeInfo));
     for (const auto* n : *fm->nodes()) {
       NodeInfo info;
       auto kind = static_cast<std::uint8_t>(n->kind());
@@ -744,6 +745,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   std::uint64_t total = 0;
   if (fm->leaves()) {
     m.leaves.reserve(fm->leaves()->size());
+    io::advise_huge_pages(m.leaves.data(), m.leaves.capacity() * sizeof(LeafInfo));
     for (const auto* l : *fm->leaves()) {
       LeafInfo info;
       info.path = l->path() ? l->path()->str() : std::string();

@@ -31,7 +31,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // The bytes of dir's manifest.ckpt, after checking that dir is a committed checkpoint's.
-std::string read_manifest_file(const std::string& dir, const std::string& path) {
+io::FileBytes read_manifest_file(const std::string& dir, const std::string& path) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw Error(Errc::not_found, "no checkpoint directory", dir);
   // A *.tmp-* directory is an unfinished write, even when its manifest is complete (a crash just
@@ -44,7 +44,7 @@ std::string read_manifest_file(const std::string& dir, const std::string& path) 
   if (!fs::exists(path, ec)) {
     throw Error(Errc::not_found, "not a checkpoint (no manifest.ckpt)", dir);
   }
-  return io::read_small_file(path, kMaxManifestBytes);
+  return io::read_file_bytes(path, kMaxManifestBytes);
 }
 
 std::string manifest_path(const std::string& dir) { return dir + "/" + std::string(kManifestName); }
@@ -59,7 +59,7 @@ constexpr std::size_t kManifestBytesPerLeafHint = 128;
 
 Manifest read_manifest(const std::string& dir) {
   const std::string path = manifest_path(dir);
-  return decode_manifest(read_manifest_file(dir, path), path);
+  return decode_manifest(read_manifest_file(dir, path).view(), path);
 }
 
 std::string read_checked_file(const std::string& dir, const Manifest& m, const std::string& name) {
@@ -190,7 +190,8 @@ boost::json::object read_metadata(const std::string& dir) {
 boost::json::object restore_checkpoint(io::Engine& engine, const std::string& dir, Tree& templ,
                                        bool partial, const ReadOptions& options) {
   const std::string path = manifest_path(dir);
-  const std::string bytes = read_manifest_file(dir, path);
+  const io::FileBytes file = read_manifest_file(dir, path);
+  const std::string_view bytes = file.view();
   const bool resharding = options.sharding != nullptr && !options.sharding->empty();
   // A whole restore reads every block: those reads start now, while the tree is decoded and the
   // template matched (at 100,000 leaves those take longer than a quarter of the reads).
