@@ -145,7 +145,10 @@ void Runtime::Impl::end_op() {
   DrainReport report;
   {
     std::lock_guard lock(mu);
-    if (--active != 0) return;
+    if (--active != 0) {
+      if (active == waiting_for_staging) idle_cv.notify_all();  // shut_down's first wait
+      return;
+    }
     idle_cv.notify_all();
     if (idle_waiters.empty()) return;
     waiters.swap(idle_waiters);
@@ -174,6 +177,17 @@ DrainReport Runtime::Impl::take_failures_locked() {
 
 void Runtime::Impl::shut_down() {
   DrainReport report;
+  {
+    std::unique_lock lock(mu);
+    // Every other operation first: those that end free staging, admitting the saves queued for
+    // it. What is left then waits for staging only IO the watchdog gave up on still holds.
+    idle_cv.wait(lock, [&] { return active == waiting_for_staging; });
+  }
+  const std::size_t refused = pool.refuse_waiters(std::make_exception_ptr(
+      Error(Errc::cancelled,
+            "the Runtime was destroyed while this save waited for staging (held by IO that did "
+            "not complete)")));
+  if (refused > 0) log().error("runtime shut down refusing {} save(s) waiting for staging", refused);
   {
     std::unique_lock lock(mu);
     idle_cv.wait(lock, [&] { return active == 0; });

@@ -178,7 +178,10 @@ class Runtime {
                   const SaveOptions& options = {});
 
   // save() for coroutines: admission waits asynchronously. Completes with the handle once save()
-  // would have returned. Signature void(std::exception_ptr, SaveHandle).
+  // would have returned. Signature void(std::exception_ptr, SaveHandle). While it waits for
+  // staging it counts as in flight (drain() and the destructor wait for it); a Runtime destroyed
+  // while only IO the watchdog gave up on holds that staging completes it with
+  // Error(Errc::cancelled).
   // g++ 12: inside a co_await expression, pass SaveOptions() or a named object, never `{}`
   // (a braced temporary there is destroyed twice), and build metadata before the co_await.
   template <typename Token>

@@ -303,6 +303,9 @@ struct Runtime::Impl {
   mutable std::mutex mu;
   std::condition_variable idle_cv;
   std::size_t active = 0;  // saves and registrations not finished
+  // Of those, async_saves queued for staging (not yet admitted): once they are all that is
+  // left, nothing in this Runtime will free staging for them, and shut_down refuses them.
+  std::size_t waiting_for_staging = 0;
   std::unordered_multimap<std::string, std::shared_ptr<detail::SaveShared>> in_flight;
   // The newest save started per path (in flight or ended, the last 4096 paths), which
   // register_latest waits for.
@@ -365,6 +368,11 @@ struct Runtime::Impl {
                               const Sharding* sharding = nullptr);
 
   void begin_op();
+
+  // An async_save's request for staging under Backpressure::block (runtime/save_pipeline.cc).
+  void acquire_counted(const std::shared_ptr<SaveOp>& op, std::size_t n,
+                       StagingPool::Grant on_granted,
+                       const std::function<void(std::exception_ptr, SaveHandle)>& done);
 
   void end_op();
 

@@ -948,11 +948,64 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
       }
       on_granted(std::move(*granted));
     } else {
-      impl_->pool.acquire_async(n, on_granted);
+      impl_->acquire_counted(op, n, std::move(on_granted), done);
     }
   } catch (...) {
     if (op->sharded) impl_->report_refusal(op, std::current_exception());
     done(std::current_exception(), SaveHandle());
+  }
+}
+
+// Counted among the operations in flight while it waits (drain() and the destructor wait for its
+// admission; the save is counted on its own from there), and refused with Errc::cancelled if
+// the Runtime shuts down while nothing can free staging for it.
+namespace {
+
+// Ends one counted operation when it leaves scope, however it leaves.
+struct EndOp {
+  Runtime::Impl* impl;
+  ~EndOp() { impl->end_op(); }
+};
+
+}  // namespace
+
+void Runtime::Impl::acquire_counted(const std::shared_ptr<SaveOp>& op, std::size_t n,
+                                    StagingPool::Grant on_granted,
+                                    const std::function<void(std::exception_ptr, SaveHandle)>& done) {
+  Impl* impl = this;
+  {
+    std::lock_guard lock(impl->mu);
+    ++impl->active;
+    ++impl->waiting_for_staging;
+  }
+  const auto stop_waiting = [impl] {
+    std::lock_guard lock(impl->mu);
+    --impl->waiting_for_staging;
+  };
+  auto granted = [impl, stop_waiting, on_granted = std::move(on_granted)](
+                     StagingPool::Chunks chunks) {
+    stop_waiting();
+    EndOp counted{impl};
+    on_granted(std::move(chunks));  // admitted: counted as a save from here
+  };
+  auto refused = [impl, op, stop_waiting, done](std::exception_ptr why) {
+    stop_waiting();
+    EndOp counted{impl};
+    try {
+      std::rethrow_exception(why);
+    } catch (const Error& e) {
+      if (e.path().empty()) why = std::make_exception_ptr(Error(e.code(), e.what(), op->final_dir));
+    } catch (...) {
+    }
+    if (op->sharded) impl->report_refusal(op, why);
+    done(why, SaveHandle());
+  };
+  try {
+    impl->pool.acquire_async(n, std::move(granted), std::move(refused));
+  } catch (...) {
+    stop_waiting();
+    impl->end_op();
+    throw;
   }
 }
 

@@ -106,13 +106,13 @@ std::optional<StagingPool::Chunks> StagingPool::try_acquire(std::size_t n) {
   return take_locked(n);
 }
 
-void StagingPool::acquire_async(std::size_t n, Grant granted) {
+void StagingPool::acquire_async(std::size_t n, Grant granted, Refuse refused) {
   check_size(n);
   Chunks chunks;
   {
     std::lock_guard lock(mu_);
     if (!waiters_.empty() || !can_grant_locked(n)) {
-      waiters_.push_back(Waiter{n, std::move(granted)});
+      waiters_.push_back(Waiter{n, std::move(granted), std::move(refused)});
       return;
     }
     chunks = take_locked(n);
@@ -123,8 +123,22 @@ void StagingPool::acquire_async(std::size_t n, Grant granted) {
 StagingPool::Chunks StagingPool::acquire(std::size_t n) {
   std::promise<Chunks> promise;
   auto future = promise.get_future();
-  acquire_async(n, [&promise](Chunks c) { promise.set_value(std::move(c)); });
+  acquire_async(
+      n, [&promise](Chunks c) { promise.set_value(std::move(c)); },
+      [&promise](std::exception_ptr why) { promise.set_exception(std::move(why)); });
   return future.get();
+}
+
+std::size_t StagingPool::refuse_waiters(std::exception_ptr why) {
+  std::deque<Waiter> refused;
+  {
+    std::lock_guard lock(mu_);
+    refused.swap(waiters_);
+  }
+  for (Waiter& w : refused) {
+    if (w.refused) w.refused(why);
+  }
+  return refused.size();
 }
 
 void StagingPool::reserve(std::uint64_t bytes) {

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -24,6 +25,7 @@ class StagingPool {
  public:
   using Chunks = std::vector<std::byte*>;
   using Grant = std::function<void(Chunks)>;
+  using Refuse = std::function<void(std::exception_ptr)>;
 
   // `engine` (optional) gets the slabs registered; it must outlive the pool. chunk_bytes is
   // rounded up to the IO alignment; a budget below one such chunk throws
@@ -37,13 +39,18 @@ class StagingPool {
   std::size_t capacity_chunks() const noexcept { return capacity_; }
 
   // Calls `granted` with n chunks once they are free: at once on this thread when they are, else
-  // later on the thread whose release() frees them. Throws Error(invalid_argument) when n exceeds
-  // the whole budget, saying how many bytes the save needs and what the budget is.
-  void acquire_async(std::size_t n, Grant granted);
+  // later on the thread whose release() frees them; or `refused` (if given) when refuse_waiters()
+  // removes the request first. Throws Error(invalid_argument) when n exceeds the whole budget,
+  // saying how many bytes the save needs and what the budget is.
+  void acquire_async(std::size_t n, Grant granted, Refuse refused = {});
   // Grants n chunks now if they are free and nobody is queued before; nullopt otherwise.
   std::optional<Chunks> try_acquire(std::size_t n);
-  // Blocks until n chunks are granted.
+  // Blocks until n chunks are granted; throws what refuse_waiters() gives it instead.
   Chunks acquire(std::size_t n);
+  // Removes every queued request and calls its `refused` with `why` (on this thread, after the
+  // pool's lock is released): for a shutdown after which nothing will free staging. Returns how
+  // many there were. A request granted before this call is not affected.
+  std::size_t refuse_waiters(std::exception_ptr why);
   // Maps (and pre-faults, registers) chunks now until `bytes` are mapped, within the budget, so
   // that the first save does not pay for it.
   void reserve(std::uint64_t bytes);
@@ -76,6 +83,7 @@ class StagingPool {
   struct Waiter {
     std::size_t n;
     Grant granted;
+    Refuse refused;
   };
   std::deque<Waiter> waiters_;
 };

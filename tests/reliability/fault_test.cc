@@ -14,7 +14,9 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <thread>
+#include <utility>
 
 #include "io/crash_point.h"
 #include "io/durable.h"
@@ -358,6 +360,79 @@ TEST_CASE("destroying a Runtime whose device is stuck returns within the IO time
   // The abandoned engine lives on: the stuck writes may still complete, into memory that is
   // still mapped and state their completions own (see the ASan build).
   REQUIRE(faults->hung() >= 1);
+  CHECK(faults->release_hung() >= 1);
+  std::this_thread::sleep_for(50ms);
+}
+
+// ---- async_saves queued for staging that only a timed-out write holds ------------------------
+
+// A save of `tree` whose every write hangs, failed by the IO timeout: its staging stays held by
+// the hung writes. Then an async_save of the same tree, queued for staging; `queued` gets its
+// outcome.
+struct QueuedBehindHungWrites {
+  using Outcome = std::pair<std::exception_ptr, SaveHandle>;
+  Faulty& f;
+  std::promise<Outcome> promise;
+  std::future<Outcome> queued = promise.get_future();
+
+  QueuedBehindHungWrites(Faulty& faulty, const std::string& dir, const Tree& tree) : f(faulty) {
+    f.faults->arm({io::Request::Op::write, 1, io::FaultKind::hang, 0, /*sticky=*/true});
+    SaveHandle held = f.rt->save(dir + "/held", tree, {});
+    CHECK(expect_failure(held).code() == Errc::timeout);
+    f.faults->disarm();
+    f.rt->async_save(dir + "/queued", tree, {}, SaveOptions(),
+                     [this](std::exception_ptr e, SaveHandle h) { promise.set_value({e, h}); });
+    CHECK(queued.wait_for(100ms) == std::future_status::timeout);  // no staging for it yet
+  }
+};
+
+TEST_CASE("drain() waits for an async_save queued for staging that a timed-out write holds, and "
+          "the save commits once the write ends") {
+  TempDir dir;
+  auto o = small_options();
+  o.io_timeout = 200ms;
+  Faulty f(with_each_engine(o));
+  Tree tree = make_tree(2, 2'500'000, 31);  // 20 MB of a 32 MiB budget: one save at a time
+  QueuedBehindHungWrites q(f, dir.path(), tree);
+  auto drained = std::async(std::launch::async, [&] { return f.rt->drain(); });
+  // The timed-out save has ended; the queued one has not even started.
+  CHECK(drained.wait_for(300ms) == std::future_status::timeout);
+  CHECK(f.faults->release_hung() >= 1);
+  REQUIRE(drained.wait_for(kDeadline) == std::future_status::ready);
+  CHECK(drained.get().failed == 0);  // the held save's failure was observed above
+  REQUIRE(q.queued.wait_for(0s) == std::future_status::ready);
+  auto [e, h] = q.queued.get();
+  REQUIRE(e == nullptr);
+  CHECK(h.state() == SaveState::committed);
+  CHECK(verify_checkpoint(f.rt->engine(), dir / "queued").ok());
+  CHECK(f.rt->stats().staging_in_use == 0);
+}
+
+TEST_CASE("destroying the Runtime refuses with Errc::cancelled an async_save still queued for "
+          "staging that a timed-out write holds") {
+  TempDir dir;
+  auto o = small_options();
+  o.io_timeout = 200ms;
+  Faulty f(with_each_engine(o));
+  Tree tree = make_tree(2, 2'500'000, 32);
+  QueuedBehindHungWrites q(f, dir.path(), tree);
+  test::LogCapture log;
+  io::FaultEngine* faults = f.faults;
+  const auto t0 = std::chrono::steady_clock::now();
+  f.rt.reset();
+  CHECK(std::chrono::steady_clock::now() - t0 < o.io_timeout + 1s);
+  REQUIRE(q.queued.wait_for(kDeadline) == std::future_status::ready);
+  auto [e, h] = q.queued.get();
+  REQUIRE(e != nullptr);
+  auto err = test::catch_error([&] { std::rethrow_exception(e); });
+  REQUIRE(err);
+  CHECK(err->code() == Errc::cancelled);
+  CHECK(contains(err->what(), "waited for staging"));
+  CHECK(contains(err->what(), dir / "queued"));
+  CHECK(contains(log.text(), "refusing 1 save(s) waiting for staging"));
+  CHECK(list_checkpoints(dir.path()).empty());
+  CHECK(test::find_tmp_entries(dir.path()).empty());
+  // The abandoned engine lives on with the hung writes; let them end into its kept memory.
   CHECK(faults->release_hung() >= 1);
   std::this_thread::sleep_for(50ms);
 }
