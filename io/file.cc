@@ -176,7 +176,12 @@ FileBytes read_file_bytes(const std::string& path, std::size_t max_bytes) {
     out.small_.resize(read_all(f, reinterpret_cast<std::byte*>(out.small_.data()), size, path));
     return out;
   }
-  out.big_ = AlignedBuffer(size);
+  try {
+    out.big_ = AlignedBuffer(size);
+  } catch (const Error& e) {
+    throw Error(e.code(), "cannot map memory to read it into: " + std::string(e.what()), path,
+                e.sys_errno());
+  }
   out.size_ = read_all(f, out.big_.data(), size, path);
   return out;
 }

@@ -82,22 +82,27 @@ class AlignedBuffer {
 };
 
 inline constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
-// From this size on, glibc's malloc always maps a block apart (its largest mmap threshold).
+// glibc's largest mmap threshold: a block this large that its free lists and heap top cannot
+// serve gets a mapping of its own.
 inline constexpr std::size_t kAdviseHugeFrom = std::size_t{32} << 20;
 
-// Asks for transparent huge pages over the 2 MiB-aligned part of [p, p + bytes), memory not yet
-// touched: a large vector filled once and freed soon, such as a decoded manifest's leaves at a
-// million leaves (96 MB), which glibc maps afresh and which otherwise faults in 4 KiB at a time.
-// Only from kAdviseHugeFrom on, so the advice never falls on (and splits) malloc's heap. Advice
-// only: without transparent huge pages nothing changes.
+// Asks for transparent huge pages over the 2 MiB-aligned part of [p, p + bytes): a large vector
+// about to be filled once and freed soon, such as a decoded manifest's leaves at a million leaves
+// (96 MB), which otherwise faults in 4 KiB at a time. Only from kAdviseHugeFrom on. Such a block
+// usually has a mapping of its own, made afresh for each use; glibc may also carve it from free
+// memory inside its heap (after a million small blocks were freed, say), and then the advice
+// splits the heap's mapping in up to three and lets those pages be huge too: more mappings and
+// possibly more resident memory, nothing that changes results. Advice only: without transparent
+// huge pages nothing changes.
 void advise_huge_pages(const void* p, std::size_t bytes);
 
 // A whole file's bytes, read by read_file_bytes.
 class FileBytes {
  public:
   std::string_view view() const noexcept {
-    return big_.size() > 0 ? std::string_view(reinterpret_cast<const char*>(big_.data()), size_)
-                           : std::string_view(small_);
+    return big_.data() != nullptr
+               ? std::string_view(reinterpret_cast<const char*>(big_.data()), size_)
+               : std::string_view(small_);
   }
 
  private:

@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/error.h"
@@ -40,8 +41,12 @@ TEST_CASE("read_file_bytes returns a small file's bytes from the heap and a larg
     CHECK(got.view().size() == n);
     CHECK(got.view() == want);
     CHECK(read_small_file(path, std::size_t{1} << 30) == want);
-    // A decoder needs 8-byte alignment; both kinds of buffer give it.
+    // A decoder needs 8-byte alignment; both kinds of buffer give it. From kAdviseHugeFrom on the
+    // bytes are in a mapping of their own (page-aligned), not on the heap.
     CHECK(reinterpret_cast<std::uintptr_t>(got.view().data()) % 8 == 0);
+    if (n >= kAdviseHugeFrom) CHECK(reinterpret_cast<std::uintptr_t>(got.view().data()) % 4096 == 0);
+    FileBytes moved = std::move(got);
+    CHECK(moved.view() == want);
   }
 }
 
