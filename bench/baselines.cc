@@ -108,6 +108,21 @@ void transfer(io_uring* ring, bool write, int fd, std::byte* buf, std::uint64_t 
   }
 }
 
+// Registers buf[0, bytes) with the ring in slices of at most kFixedSlice; false where refused.
+bool register_fixed(io_uring* ring, std::byte* buf, std::uint64_t bytes) {
+  std::vector<iovec> iov;
+  for (std::uint64_t off = 0; off < bytes; off += kFixedSlice) {
+    iov.push_back(iovec{buf + off, static_cast<std::size_t>(std::min(kFixedSlice, bytes - off))});
+  }
+  return io_uring_register_buffers(ring, iov.data(), static_cast<unsigned>(iov.size())) == 0;
+}
+
+void check_aligned(const std::byte* buf, std::uint64_t bytes) {
+  if (bytes % 4096 != 0 || reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
+    throw std::invalid_argument("raw baseline: buffer and length must be 4096-aligned");
+  }
+}
+
 }  // namespace
 
 double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs,
@@ -131,19 +146,12 @@ double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int ru
 
 RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, int runs,
                   bool presize, const RawSync* sync) {
-  if (bytes % 4096 != 0 || reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
-    throw std::invalid_argument("raw baseline: buffer and length must be 4096-aligned");
-  }
+  check_aligned(buf, bytes);
   Ring ring(2 * kRawQueueDepth);
   RawIo out;
   // Registered (fixed) buffers, as the runtime registers its staging pool: pinning happens once,
   // outside the timed region, exactly as it does for ckpt.
-  std::vector<iovec> iov;
-  for (std::uint64_t off = 0; off < bytes; off += kFixedSlice) {
-    iov.push_back(iovec{buf + off, static_cast<std::size_t>(std::min(kFixedSlice, bytes - off))});
-  }
-  out.fixed_buffers =
-      io_uring_register_buffers(ring.get(), iov.data(), static_cast<unsigned>(iov.size())) == 0;
+  out.fixed_buffers = register_fixed(ring.get(), buf, bytes);
   out.write_ms = out.read_ms = 1e300;
   for (int r = 0; r < std::max(runs, 1); ++r) {
     std::string path = fmt::format("{}/raw-baseline-{}-{}.bin", dir, ::getpid(), r);
@@ -175,6 +183,20 @@ RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, i
   }
   if (out.fixed_buffers) io_uring_unregister_buffers(ring.get());
   return out;
+}
+
+double raw_read_ms(const std::string& path, std::byte* buf, std::uint64_t bytes) {
+  check_aligned(buf, bytes);
+  Ring ring(2 * kRawQueueDepth);
+  const bool fixed = register_fixed(ring.get(), buf, bytes);
+  auto start = Clock::now();
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) fail("open " + path, errno);
+  transfer(ring.get(), false, fd, buf, bytes, fixed);
+  double ms = ms_since(start);
+  ::close(fd);
+  if (fixed) io_uring_unregister_buffers(ring.get());
+  return ms;
 }
 
 double bare_small_write_ms(const std::string& dir, int i) {

@@ -57,6 +57,11 @@ struct RawSync {
 RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, int runs,
                   bool presize = true, const RawSync* sync = nullptr);
 
+// Reads the first `bytes` (4096-aligned, within the file) of an existing file `path` into `buf`
+// as raw_io_best reads (O_DIRECT, io_uring, the same depth and requests, registered buffers);
+// returns the ms from the open to the last byte.
+double raw_read_ms(const std::string& path, std::byte* buf, std::uint64_t bytes);
+
 // One iteration of the bare small-file protocol in `dir` (file name from `i`); returns ms.
 double bare_small_write_ms(const std::string& dir, int i);
 
