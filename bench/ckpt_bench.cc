@@ -323,10 +323,14 @@ json::object run_full(BenchOptions& o) {
   }
 
   // ---- report ----------------------------------------------------------------------------
-  auto pick_from = [&](const std::vector<SaveSample>& from, double SaveSample::*field) {
+  // One field of every sample, in save order.
+  auto column = [](const std::vector<SaveSample>& from, double SaveSample::*field) {
     std::vector<double> v;
     for (const auto& s : from) v.push_back(s.*field);
-    return summarize(v);
+    return v;
+  };
+  auto pick_from = [&](const std::vector<SaveSample>& from, double SaveSample::*field) {
+    return summarize(column(from, field));
   };
   auto pick = [&](double SaveSample::*field) { return pick_from(samples, field); };
   auto series_json = [&](const std::vector<SaveSample>& from) {
@@ -393,13 +397,10 @@ json::object run_full(BenchOptions& o) {
   if (pairing) {
     // The incremental series is not paired: its ratios are to the full saves of the same run.
     const std::vector<SaveSample>& paired = o.incremental ? full_samples : samples;
-    std::vector<double> stall_v, durable_v, memcpy_v, write_v;
-    for (const auto& s : paired) {
-      stall_v.push_back(s.stall_ms);
-      durable_v.push_back(s.durable_ms);
-      memcpy_v.push_back(s.pair_memcpy_ms);
-      write_v.push_back(s.pair_raw_write_ms);
-    }
+    const std::vector<double> stall_v = column(paired, &SaveSample::stall_ms);
+    const std::vector<double> durable_v = column(paired, &SaveSample::durable_ms);
+    const std::vector<double> memcpy_v = column(paired, &SaveSample::pair_memcpy_ms);
+    const std::vector<double> write_v = column(paired, &SaveSample::pair_raw_write_ms);
     out["paired"] = {{"series", o.incremental ? "full_save" : "save"},
                      {"memcpy_mt_ms", to_json(summarize(memcpy_v))},
                      {"raw_write_ms", to_json(summarize(write_v))},

@@ -157,14 +157,19 @@ std::size_t read_all(const File& f, std::byte* out, std::size_t size, const std:
   return done;
 }
 
+// The first `size` bytes of `f` (fewer at its end) in a string.
+std::string read_string(const File& f, std::size_t size, const std::string& path) {
+  std::string out(size, '\0');
+  out.resize(read_all(f, reinterpret_cast<std::byte*>(out.data()), size, path));
+  return out;
+}
+
 }  // namespace
 
 std::string read_small_file(const std::string& path, std::size_t max_bytes) {
   std::uint64_t size = 0;
   File f = open_limited(path, max_bytes, size);
-  std::string out(size, '\0');
-  out.resize(read_all(f, reinterpret_cast<std::byte*>(out.data()), size, path));
-  return out;
+  return read_string(f, size, path);
 }
 
 FileBytes read_file_bytes(const std::string& path, std::size_t max_bytes) {
@@ -172,8 +177,7 @@ FileBytes read_file_bytes(const std::string& path, std::size_t max_bytes) {
   File f = open_limited(path, max_bytes, size);
   FileBytes out;
   if (size < kAdviseHugeFrom) {
-    out.small_.resize(size);
-    out.small_.resize(read_all(f, reinterpret_cast<std::byte*>(out.small_.data()), size, path));
+    out.small_ = read_string(f, size, path);
     return out;
   }
   try {

@@ -956,9 +956,6 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
   }
 }
 
-// Counted among the operations in flight while it waits (drain() and the destructor wait for its
-// admission; the save is counted on its own from there), and refused with Errc::cancelled if
-// the Runtime shuts down while nothing can free staging for it.
 namespace {
 
 // Ends one counted operation when it leaves scope, however it leaves.
@@ -969,42 +966,44 @@ struct EndOp {
 
 }  // namespace
 
+// Counted among the operations in flight while it waits (drain() and the destructor wait for its
+// admission; the save is counted on its own from there), and refused with Errc::cancelled if
+// the Runtime shuts down while nothing can free staging for it.
 void Runtime::Impl::acquire_counted(const std::shared_ptr<SaveOp>& op, std::size_t n,
                                     StagingPool::Grant on_granted,
                                     const std::function<void(std::exception_ptr, SaveHandle)>& done) {
-  Impl* impl = this;
   {
-    std::lock_guard lock(impl->mu);
-    ++impl->active;
-    ++impl->waiting_for_staging;
+    std::lock_guard lock(mu);
+    ++active;
+    ++waiting_for_staging;
   }
-  const auto stop_waiting = [impl] {
-    std::lock_guard lock(impl->mu);
-    --impl->waiting_for_staging;
+  const auto stop_waiting = [this] {
+    std::lock_guard lock(mu);
+    --waiting_for_staging;
   };
-  auto granted = [impl, stop_waiting, on_granted = std::move(on_granted)](
+  auto granted = [this, stop_waiting, on_granted = std::move(on_granted)](
                      StagingPool::Chunks chunks) {
     stop_waiting();
-    EndOp counted{impl};
+    EndOp counted{this};
     on_granted(std::move(chunks));  // admitted: counted as a save from here
   };
-  auto refused = [impl, op, stop_waiting, done](std::exception_ptr why) {
+  auto refused = [this, op, stop_waiting, done](std::exception_ptr why) {
     stop_waiting();
-    EndOp counted{impl};
+    EndOp counted{this};
     try {
       std::rethrow_exception(why);
     } catch (const Error& e) {
       if (e.path().empty()) why = std::make_exception_ptr(Error(e.code(), e.what(), op->final_dir));
     } catch (...) {
     }
-    if (op->sharded) impl->report_refusal(op, why);
+    if (op->sharded) report_refusal(op, why);
     done(why, SaveHandle());
   };
   try {
-    impl->pool.acquire_async(n, std::move(granted), std::move(refused));
+    pool.acquire_async(n, std::move(granted), std::move(refused));
   } catch (...) {
     stop_waiting();
-    impl->end_op();
+    EndOp counted{this};
     throw;
   }
 }

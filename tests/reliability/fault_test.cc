@@ -366,16 +366,25 @@ TEST_CASE("destroying a Runtime whose device is stuck returns within the IO time
 
 // ---- async_saves queued for staging that only a timed-out write holds ------------------------
 
-// A save of `tree` whose every write hangs, failed by the IO timeout: its staging stays held by
-// the hung writes. Then an async_save of the same tree, queued for staging; `queued` gets its
-// outcome.
+// A Runtime with an IO timeout of 200 ms; a save of 20 MB (of a 32 MiB budget: one save at a
+// time) whose every write hangs, failed by the timeout: its staging stays held by the hung
+// writes. Then an async_save of the same tree, queued for staging; `queued` gets its outcome.
 struct QueuedBehindHungWrites {
   using Outcome = std::pair<std::exception_ptr, SaveHandle>;
-  Faulty& f;
+  static RuntimeOptions options() {
+    auto o = small_options();
+    o.io_timeout = 200ms;
+    return o;
+  }
+  // Before the Runtime, which they outlive: it may still complete the queued save as it goes.
   std::promise<Outcome> promise;
   std::future<Outcome> queued = promise.get_future();
+  Faulty f;
+  Tree tree;
 
-  QueuedBehindHungWrites(Faulty& faulty, const std::string& dir, const Tree& tree) : f(faulty) {
+  // `o`: options() through with_each_engine, in the test case (its subcases).
+  QueuedBehindHungWrites(const RuntimeOptions& o, const std::string& dir, std::uint64_t seed)
+      : f(o), tree(make_tree(2, 2'500'000, seed)) {
     f.faults->arm({io::Request::Op::write, 1, io::FaultKind::hang, 0, /*sticky=*/true});
     SaveHandle held = f.rt->save(dir + "/held", tree, {});
     CHECK(expect_failure(held).code() == Errc::timeout);
@@ -389,11 +398,8 @@ struct QueuedBehindHungWrites {
 TEST_CASE("drain() waits for an async_save queued for staging that a timed-out write holds, and "
           "the save commits once the write ends") {
   TempDir dir;
-  auto o = small_options();
-  o.io_timeout = 200ms;
-  Faulty f(with_each_engine(o));
-  Tree tree = make_tree(2, 2'500'000, 31);  // 20 MB of a 32 MiB budget: one save at a time
-  QueuedBehindHungWrites q(f, dir.path(), tree);
+  QueuedBehindHungWrites q(with_each_engine(QueuedBehindHungWrites::options()), dir.path(), 31);
+  Faulty& f = q.f;
   auto drained = std::async(std::launch::async, [&] { return f.rt->drain(); });
   // The timed-out save has ended; the queued one has not even started.
   CHECK(drained.wait_for(300ms) == std::future_status::timeout);
@@ -411,11 +417,9 @@ TEST_CASE("drain() waits for an async_save queued for staging that a timed-out w
 TEST_CASE("destroying the Runtime refuses with Errc::cancelled an async_save still queued for "
           "staging that a timed-out write holds") {
   TempDir dir;
-  auto o = small_options();
-  o.io_timeout = 200ms;
-  Faulty f(with_each_engine(o));
-  Tree tree = make_tree(2, 2'500'000, 32);
-  QueuedBehindHungWrites q(f, dir.path(), tree);
+  const RuntimeOptions o = with_each_engine(QueuedBehindHungWrites::options());
+  QueuedBehindHungWrites q(o, dir.path(), 32);
+  Faulty& f = q.f;
   test::LogCapture log;
   io::FaultEngine* faults = f.faults;
   const auto t0 = std::chrono::steady_clock::now();
