@@ -140,16 +140,17 @@ std::uint64_t staged_unit_size(std::uint64_t requested, const Manifest& m) {
 class Prefetch {
  public:
   static std::unique_ptr<Prefetch> start(io::Engine& engine, const std::string& dir,
-                                         const Manifest& layout, const ReadOptions& options) {
+                                         Manifest layout, const ReadOptions& options) {
     if (layout.format_version != kFormatVersion || layout.process_count > 1) return nullptr;
     auto p = std::unique_ptr<Prefetch>(new Prefetch());
+    p->layout_ = std::move(layout);
     try {
-      p->data_ = open_data(dir, layout, options.allow_direct);
+      p->data_ = open_data(dir, p->layout_, options.allow_direct);
     } catch (const Error&) {
       return nullptr;
     }
-    p->unit_ = staged_unit_size(options.unit_bytes, layout);
-    p->units_ = plan_units(layout, p->unit_);
+    p->unit_ = staged_unit_size(options.unit_bytes, p->layout_);
+    p->units_ = plan_units(p->layout_, p->unit_);
     if (p->units_.empty()) return nullptr;
     p->staging_.emplace(p->units_, p->unit_, options.staging_bytes, options.borrow,
                         options.give_back);
@@ -157,13 +158,29 @@ class Prefetch {
     p->read_.emplace(engine, p->units_, p->data_.ptrs, p->staging_->buffers(),
                      options.queue_depth);
     p->read_->start();
+    // The blocks are checked as they arrive, beside the decode and the template match.
+    p->read_->check_ahead(p->layout_, p->units_, staged_options(options));
     return p;
+  }
+
+  // The units of every leaf of `m` (decoded from the same bytes), planned on a thread of their
+  // own beside the template match for a large manifest (about 10 ms at 100,000 leaves). The
+  // future must not outlive `m`; an invalid one: finish() plans them.
+  std::future<std::vector<Unit>> plan_beside(const Manifest& m, std::size_t manifest_bytes) const {
+    std::future<std::vector<Unit>> planned;
+    if (manifest_bytes < kAliasingBesideDecodeBytes) return planned;
+    try {
+      planned = std::async(std::launch::async,
+                           [&m, unit = unit_] { return plan_units(m, unit, {}); });
+    } catch (const std::system_error&) {
+    }
+    return planned;
   }
 
   // The restore of every leaf of `m` (decoded from the same bytes) into `targets`.
   void finish(const Manifest& m, const std::vector<const Array*>& targets,
-              const ReadOptions& options) {
-    std::vector<Unit> units = plan_units(m, unit_, {});
+              const ReadOptions& options, std::future<std::vector<Unit>>& planned) {
+    std::vector<Unit> units = planned.valid() ? planned.get() : plan_units(m, unit_, {});
     StagedReadOptions staged = staged_options(options);
     staged.targets_disjoint = true;  // restore_checkpoint matched the template (no overlap)
     read_->finish(m, units, targets, staged);
@@ -171,7 +188,9 @@ class Prefetch {
 
  private:
   Prefetch() = default;
-  // Destroyed in reverse: the read (which waits for what is in flight) before its buffers and files.
+  // Destroyed in reverse: the read (which waits for what is in flight) before its buffers,
+  // files and layout.
+  Manifest layout_;
   OpenData data_;
   std::uint64_t unit_ = 0;
   std::vector<Unit> units_;
@@ -205,7 +224,7 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
       layout = decode_layout(bytes, path);
     } catch (const Error&) {
     }
-    if (layout) prefetch = Prefetch::start(engine, dir, *layout, options);
+    if (layout) prefetch = Prefetch::start(engine, dir, std::move(*layout), options);
   }
   // The template's aliasing check needs no manifest: for a large one it runs on a thread of its
   // own beside the decode (about 5 ms at 100,000 leaves, off the restore's critical path). A
@@ -229,6 +248,8 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
     read_resharded(engine, dir, m, templ, options.sharding, partial, options);
     return metadata;
   }
+  std::future<std::vector<Unit>> planned;  // declared after m: it reads m until it is ready
+  if (prefetch) planned = prefetch->plan_beside(m, bytes.size());
   TemplateMatch match = aliasing.valid() ? match_template(m, templ, partial, aliasing.get())
                                          : match_template(m, templ, partial);
   if (!match.problems.empty()) {
@@ -242,7 +263,7 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   const std::vector<const Array*>& targets = match.targets;
   const std::vector<bool>& wanted = match.wanted;
   if (prefetch) {
-    prefetch->finish(m, targets, options);
+    prefetch->finish(m, targets, options, planned);
     return metadata;
   }
 

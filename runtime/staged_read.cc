@@ -47,9 +47,11 @@ void swap_unit(const Unit& unit, std::byte* buf,
 // swapped while its bytes are still in cache (one pass over the staging instead of two). Every
 // segment is swapped, also when a block is bad (the caller swaps the unit back). Returns the
 // first piece whose block ended with a CRC mismatch. Segments sorted by unit_offset, disjoint.
+// With check false (the unit verified already), only swaps.
 std::optional<Piece> verify_swap_unit(const Unit& unit, std::byte* buf, const Manifest& m,
                                       std::vector<std::uint32_t>& crc,
-                                      const std::vector<const Array*>& targets) noexcept {
+                                      const std::vector<const Array*>& targets,
+                                      bool check) noexcept {
   constexpr std::uint64_t kWindow = 64u << 10;
   std::optional<Piece> bad;
   std::size_t pi = 0, si = 0;
@@ -61,7 +63,7 @@ std::optional<Piece> verify_swap_unit(const Unit& unit, std::byte* buf, const Ma
   };
   for (std::uint64_t w0 = 0; w0 < unit.length; w0 += kWindow) {
     const std::uint64_t w1 = std::min(unit.length, w0 + kWindow);
-    for (std::uint64_t at = w0; at < w1 && pi < unit.pieces.size();) {
+    for (std::uint64_t at = w0; check && at < w1 && pi < unit.pieces.size();) {
       const Piece& p = unit.pieces[pi];
       const std::uint64_t n = std::min(w1, piece_at + p.len) - at;
       const bool fresh = at == piece_at && p.start == 0;
@@ -83,7 +85,7 @@ std::optional<Piece> verify_swap_unit(const Unit& unit, std::byte* buf, const Ma
       }
     }
   }
-  while (pi < unit.pieces.size()) {  // empty pieces past the last byte
+  while (check && pi < unit.pieces.size()) {  // empty pieces past the last byte
     const Piece& p = unit.pieces[pi];
     if (p.start == 0) crc[p.block] = crc32c(buf, 0, 0);
     end_piece(p);
@@ -121,14 +123,27 @@ bool segments_disjoint(const std::vector<Unit>& units, const std::vector<const A
 
 }  // namespace
 
-// The reads go by `io` (file, offset and length of each unit, from the start); what verifies and
-// swaps them (`manifest`, `units`, `targets`, `swap`, `crc`) is armed by finish() before any worker
-// runs. Read completions touch only `io`, the buffers and the counters.
+// The reads go by `io` (file, offset and length of each unit, from the start). A unit read before
+// finish() may be checked against the layout's block checksums by one helper (check_ahead); what
+// verifies and places the units (`manifest`, `units`, `targets`, `mode`, `crc`) is armed by
+// finish(). Read completions touch only `io`, the buffers and what is under `mu`.
 struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
   struct Io {
     std::uint32_t file;
     std::uint64_t offset;
     std::uint64_t length;
+  };
+  // What a worker does with a unit it takes from `ready`.
+  enum class Mode : std::uint8_t {
+    ahead,   // before finish(): check the unit's blocks against the layout's checksums
+    swap,    // verify it (unless checked ahead) and swap it into the targets at once
+    verify,  // verify it (unless checked ahead); the units are copied once every one verified
+    copy,    // every unit verified: copy this one into the targets
+  };
+  struct Outcome {
+    bool ok = true;        // verified (ahead: its blocks matched the layout's checksums)
+    bool swapped = false;  // its segments are in the targets now
+    std::exception_ptr bad;
   };
   io::Engine& engine;
   std::vector<Io> io;
@@ -138,23 +153,38 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
   const Manifest* m = nullptr;
   const std::vector<Unit>* units = nullptr;
   const std::vector<const Array*>* targets = nullptr;
-  bool swap = false;  // swap each unit into the targets as it verifies (else copy after all verified)
   std::vector<std::uint32_t> crc;
+  // check_ahead's: the layout (blocks only) and its units (the same reads, pieces but no segments).
+  const Manifest* layout = nullptr;
+  const std::vector<Unit>* layout_units = nullptr;
+  std::vector<std::uint32_t> layout_crc;
+  unsigned ahead_helpers = 0;
 
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<std::size_t> ready;  // read, not yet verified
+  Mode mode = Mode::ahead;
+  bool parallel_copy = false;     // Mode::verify: the workers copy once all verified (else the caller)
+  bool layout_trusted = true;     // finish() found the layout's blocks equal to the manifest's
+  std::deque<std::size_t> ready;  // read, to be worked on in the current mode
+  std::vector<std::size_t> parked;  // checked ahead before finish(): taken up again once armed
   std::size_t next_read = 0;
   std::size_t in_flight = 0;
-  std::size_t done = 0;  // verified (and swapped in)
-  std::size_t busy = 0;  // workers verifying or swapping a unit now
+  std::size_t done = 0;  // placed in the targets (swapped or copied), or verified for the caller
+  std::size_t busy = 0;  // workers on a unit now
   std::exception_ptr error;
   bool finished = false;
-  std::vector<char> swapped;  // per unit: its segments are in the targets
+  std::vector<char> swapped;   // per unit: its segments are in the targets
+  std::vector<char> verified;  // per unit: its blocks verified
+  std::size_t verified_count = 0;
 
   State(io::Engine& e, const std::vector<Unit>& u, const std::vector<io::File*>& f,
         const std::vector<std::byte*>& b, unsigned d)
-      : engine(e), files(f), buffers(b), depth(std::max(d, 1u)), swapped(u.size(), 0) {
+      : engine(e),
+        files(f),
+        buffers(b),
+        depth(std::max(d, 1u)),
+        swapped(u.size(), 0),
+        verified(u.size(), 0) {
     io.reserve(u.size());
     for (const Unit& x : u) io.push_back({x.file, x.offset, x.length});
   }
@@ -184,6 +214,33 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
     }
   }
 
+  // Under mu: unit i, read, goes where the current mode wants it. A unit that verified ahead
+  // waits in Mode::verify for the copy, which starts once every unit verified.
+  void route_locked(std::size_t i) {
+    if (mode == Mode::verify && verified[i] != 0) return;
+    ready.push_back(i);
+    cv.notify_one();
+  }
+
+  void mark_verified_locked(std::size_t i) {
+    if (verified[i] != 0) return;
+    verified[i] = 1;
+    ++verified_count;
+  }
+
+  // Under mu: in Mode::verify, once every unit verified, the copy starts (on the workers, or by
+  // the caller after they return).
+  void maybe_copy_locked() {
+    if (mode != Mode::verify || verified_count != io.size() || error) return;
+    if (!parallel_copy) {
+      done = io.size();
+      return;
+    }
+    mode = Mode::copy;
+    for (std::size_t i = 0; i < io.size(); ++i) ready.push_back(i);
+    cv.notify_all();
+  }
+
   void submit(const std::vector<std::size_t>& reads) {
     for (std::size_t i : reads) {
       const Io& u = io[i];
@@ -209,44 +266,95 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
                         u.offset),
             files[u.file]->path())));
       } else {
-        ready.push_back(i);
-        cv.notify_one();
+        route_locked(i);
       }
       more = take_reads_locked();
+      if (in_flight == 0) cv.notify_all();  // wait_read
       advance_locked();
     }
     submit(more);
   }
 
-  // Verifies unit i and swaps it into the targets (a bad one too: it goes back with the rest).
+  // Works on unit i in `now` (a swap that fails still swaps: the unit goes back with the rest).
   // Unlocked.
-  void process(std::size_t i) {
-    const Unit& u = (*units)[i];
-    std::exception_ptr bad;
-    bool in = false;
+  Outcome run(Mode now, std::size_t i) {
+    Outcome out;
     try {
-      std::optional<Piece> wrong;
-      if (swap) {
-        wrong = verify_swap_unit(u, buffers[i], *m, crc, *targets);
-        in = true;
-      } else if (auto pieces = verify_unit(u, buffers[i], *m, crc); !pieces.empty()) {
-        wrong = pieces.front();
-      }
-      if (wrong) {
-        bad = std::make_exception_ptr(
-            Error(Errc::corrupt, describe_bad_block(*m, wrong->block), files[u.file]->path()));
+      switch (now) {
+        case Mode::ahead:
+          out.ok = verify_unit((*layout_units)[i], buffers[i], *layout, layout_crc).empty();
+          break;
+        case Mode::swap: {
+          const Unit& u = (*units)[i];
+          std::optional<Piece> wrong =
+              verify_swap_unit(u, buffers[i], *m, crc, *targets, verified[i] == 0);
+          out.swapped = true;
+          if (wrong) out.bad = bad_block(u, *wrong);
+          break;
+        }
+        case Mode::verify: {
+          const Unit& u = (*units)[i];
+          if (auto pieces = verify_unit(u, buffers[i], *m, crc); !pieces.empty()) {
+            out.bad = bad_block(u, pieces.front());
+          }
+          break;
+        }
+        case Mode::copy:
+          scatter_unit((*units)[i], buffers[i], *targets);
+          break;
       }
     } catch (...) {
-      bad = std::current_exception();
+      out.bad = std::current_exception();
     }
-    std::lock_guard lock(mu);
-    --busy;
-    if (in) swapped[i] = 1;
-    if (bad) {
-      fail_locked(bad);
-    } else {
-      ++done;
+    if (out.bad) out.ok = false;
+    return out;
+  }
+
+  std::exception_ptr bad_block(const Unit& u, const Piece& p) const {
+    return std::make_exception_ptr(
+        Error(Errc::corrupt, describe_bad_block(*m, p.block), files[u.file]->path()));
+  }
+
+  // Under mu: what unit i's outcome in `then` changes.
+  void settle_locked(Mode then, std::size_t i, const Outcome& out) {
+    switch (then) {
+      case Mode::ahead:
+        // A unit that failed the check is verified again once armed: that names what is wrong.
+        if (out.ok && layout_trusted) mark_verified_locked(i);
+        if (mode == Mode::ahead) {
+          parked.push_back(i);
+        } else {
+          route_locked(i);
+          maybe_copy_locked();
+        }
+        break;
+      case Mode::swap:
+        if (out.swapped) swapped[i] = 1;
+        if (out.bad) fail_locked(out.bad); else ++done;
+        break;
+      case Mode::verify:
+        if (out.bad) {
+          fail_locked(out.bad);
+        } else {
+          mark_verified_locked(i);
+          maybe_copy_locked();
+        }
+        break;
+      case Mode::copy:
+        ++done;
+        break;
     }
+    advance_locked();
+  }
+
+  // Under mu, from finish(): the units read so far (and those still to come) are worked on in
+  // `armed`.
+  void arm_locked(Mode armed, bool copy_on_workers) {
+    mode = armed;
+    parallel_copy = copy_on_workers;
+    for (std::size_t i : parked) route_locked(i);
+    parked.clear();
+    maybe_copy_locked();
     advance_locked();
   }
 
@@ -263,9 +371,12 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
         continue;
       }
       ++busy;
+      const Mode now = mode;
       lock.unlock();
-      process(i);
+      const Outcome out = run(now, i);
       lock.lock();
+      --busy;
+      settle_locked(now, i, out);
     }
   }
 };
@@ -291,12 +402,16 @@ StagedRead::StagedRead(io::Engine& engine, const std::vector<Unit>& units,
     : st_(std::make_shared<State>(engine, units, files, buffers, queue_depth)) {}
 
 StagedRead::~StagedRead() {
-  // Without a finish(): the reads in flight still write into the buffers.
-  std::unique_lock lock(st_->mu);
-  if (st_->finished) return;
-  st_->fail_locked(std::make_exception_ptr(Error(Errc::cancelled, "staged read abandoned")));
-  st_->advance_locked();
-  st_->cv.wait(lock, [&] { return st_->finished; });
+  {
+    // Without a finish(): the reads in flight still write into the buffers.
+    std::unique_lock lock(st_->mu);
+    if (!st_->finished) {
+      st_->fail_locked(std::make_exception_ptr(Error(Errc::cancelled, "staged read abandoned")));
+      st_->advance_locked();
+      st_->cv.wait(lock, [&] { return st_->finished; });
+    }
+  }
+  if (ahead_thread_.joinable()) ahead_thread_.join();
 }
 
 void StagedRead::start() {
@@ -309,9 +424,51 @@ void StagedRead::start() {
   st_->submit(first);
 }
 
-void StagedRead::finish(const Manifest& manifest, const std::vector<Unit>& units,
-                        const std::vector<const Array*>& targets,
-                        const StagedReadOptions& options) {
+void StagedRead::check_ahead(const Manifest& layout, const std::vector<Unit>& units,
+                             const StagedReadOptions& options) {
+  State& st = *st_;
+  // One helper, and only where finish() would have one: the caller is busy decoding meanwhile.
+  if (options.threads < 2 || units.size() != st.io.size() || !whole_blocks(units)) return;
+  for (std::size_t i = 0; i < units.size(); ++i) {
+    if (units[i].file != st.io[i].file || units[i].offset != st.io[i].offset ||
+        units[i].length != st.io[i].length) {
+      return;
+    }
+  }
+  {
+    std::lock_guard lock(st.mu);
+    if (st.mode != State::Mode::ahead || st.ahead_helpers != 0) return;
+    st.layout = &layout;
+    st.layout_units = &units;
+    st.layout_crc.assign(extent_slots(layout), 0);
+    ++st.ahead_helpers;
+  }
+  auto run = [st = st_] { st->work(); };
+  if (options.spawn) {
+    options.spawn(run);
+  } else {
+    ahead_thread_ = std::thread(run);
+  }
+}
+
+namespace {
+
+// The blocks a layout and a manifest decoded from the same bytes give: equal, unless the bytes
+// changed between the two decodes (they do not; checked because the layout was not checksummed).
+bool same_blocks(const Manifest& a, const Manifest& b) {
+  return std::equal(a.blocks.begin(), a.blocks.end(), b.blocks.begin(), b.blocks.end(),
+                    [](const BlockInfo& x, const BlockInfo& y) {
+                      return x.file == y.file && x.offset == y.offset && x.length == y.length &&
+                             x.crc32c == y.crc32c;
+                    });
+}
+
+}  // namespace
+
+StagedRead::Placement StagedRead::finish(const Manifest& manifest,
+                                         const std::vector<Unit>& units,
+                                         const std::vector<const Array*>& targets,
+                                         const StagedReadOptions& options) {
   State& st = *st_;
   if (units.size() != st.io.size()) throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
   for (std::size_t i = 0; i < units.size(); ++i) {
@@ -320,19 +477,44 @@ void StagedRead::finish(const Manifest& manifest, const std::vector<Unit>& units
       throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
     }
   }
-  const bool swap =
+  const bool disjoint =
       !targets.empty() && segments_disjoint(units, targets, options.targets_disjoint);
+  unsigned ahead_helpers = 0;
+  bool copy_after = false;  // the caller copies once every unit verified
+  Placement placement = Placement::swapped;
   {
-    std::lock_guard lock(st.mu);  // the workers, which start below, see it armed
+    std::lock_guard lock(st.mu);  // the workers see it armed
     st.m = &manifest;
     st.units = &units;
     st.targets = &targets;
-    st.swap = swap;
     st.crc.assign(extent_slots(manifest), 0);
+    if (st.layout != nullptr && !same_blocks(*st.layout, manifest)) {
+      st.layout_trusted = false;
+      std::fill(st.verified.begin(), st.verified.end(), 0);
+      st.verified_count = 0;
+    }
+    // Swapping a unit in as soon as it verifies runs during the reads still to come, but moves
+    // both sides' bytes through a bounce buffer: on two cores it took twice as long as a copy.
+    // Copying after every unit verified moves the bytes once, and nothing reaches the targets
+    // before that, but it waits for the last read. Once every read is issued and at least half
+    // the units are in (as when the manifest's decode took about as long as the reads), the
+    // copy afterwards finishes first; with more still to come, swapping hides behind them.
+    if (!disjoint) {
+      copy_after = !targets.empty();
+      st.arm_locked(State::Mode::verify, false);
+      placement = Placement::copied;
+    } else if (st.next_read == st.io.size() && st.in_flight * 2 <= st.io.size()) {
+      st.arm_locked(State::Mode::verify, true);
+      placement = Placement::copied;
+    } else {
+      st.arm_locked(State::Mode::swap, false);
+    }
+    ahead_helpers = st.ahead_helpers;
   }
   unsigned helpers = options.threads > 1 ? options.threads - 1 : 0;
   helpers = static_cast<unsigned>(
       std::min<std::size_t>(helpers, units.size() > 0 ? units.size() - 1 : 0));
+  helpers = helpers > ahead_helpers ? helpers - ahead_helpers : 0;
   std::vector<std::thread> threads;
   for (unsigned t = 0; t < helpers; ++t) {
     // A helper holds the state alive; it touches buffers and targets only for a unit it took,
@@ -346,6 +528,7 @@ void StagedRead::finish(const Manifest& manifest, const std::vector<Unit>& units
   }
   st.work();
   for (auto& t : threads) t.join();
+  if (ahead_thread_.joinable()) ahead_thread_.join();
   std::lock_guard lock(st.mu);
   if (st.error) {
     // Nothing is in flight or being worked on: put back what the targets held.
@@ -354,9 +537,17 @@ void StagedRead::finish(const Manifest& manifest, const std::vector<Unit>& units
     }
     std::rethrow_exception(st.error);
   }
-  if (!swap && !targets.empty()) {
+  if (copy_after) {
     for (std::size_t i = 0; i < units.size(); ++i) scatter_unit(units[i], st.buffers[i], targets);
   }
+  return placement;
+}
+
+bool StagedRead::wait_read(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(st_->mu);
+  return st_->cv.wait_for(lock, timeout, [&] {
+    return st_->error || (st_->in_flight == 0 && st_->next_read == st_->io.size());
+  });
 }
 
 void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,

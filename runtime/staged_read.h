@@ -5,15 +5,20 @@
 // bytes, the staging buffer keeps what the template held), on several threads, while later reads
 // are in flight. A restore that fails (a checksum mismatch, EIO, a short read) swaps every unit
 // already done back, once no read is in flight: the template is left as it was. Swapping costs
-// twice a copy's memory traffic, but it runs during the reads instead of after them.
+// twice a copy's memory traffic, but it runs during the reads instead of after them. Where most
+// reads are in when the leaves become known (a restore of many small leaves, whose manifest
+// decodes about as long as its reads take, with check_ahead verifying the blocks meanwhile),
+// the units are instead copied once every one verified: nothing reaches the targets before then.
 //
 // When staging for every unit cannot be had, the read goes in two passes: the first verifies
 // every block (nothing written), the second reads, verifies and copies unit by unit. That reads
 // twice, and a disk or file that changes between the passes can leave the template partly written.
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "io/engine.h"
@@ -65,14 +70,29 @@ class StagedRead {
   StagedRead& operator=(const StagedRead&) = delete;
 
   void start();
+  // Checks each unit's blocks against `layout`'s checksums as its read completes, on one helper,
+  // until finish(): what a restore's reads would otherwise wait for after the decode. `units`
+  // are the constructor's, planned from `layout` (whole blocks); both must outlive this object.
+  // finish() trusts a unit that passed only when the manifest's blocks equal the layout's, and
+  // verifies again, naming the leaves, one that failed. No-op with fewer than two threads.
+  void check_ahead(const Manifest& layout, const std::vector<Unit>& units,
+                   const StagedReadOptions& options);
+  // How finish() put the units into the targets.
+  enum class Placement : std::uint8_t {
+    swapped,  // each swapped in as it verified, during the reads still to come
+    copied,   // copied once every unit verified (every read issued and half of them in)
+  };
   // `units`: the constructor's, each the same file, offset and length, with pieces and segments.
-  void finish(const Manifest& manifest, const std::vector<Unit>& units,
-              const std::vector<const Array*>& targets, const StagedReadOptions& options);
+  Placement finish(const Manifest& manifest, const std::vector<Unit>& units,
+                   const std::vector<const Array*>& targets, const StagedReadOptions& options);
+  // Waits up to `timeout` until every read completed or one failed; false on timeout.
+  bool wait_read(std::chrono::milliseconds timeout);
 
   struct State;
 
  private:
   std::shared_ptr<State> st_;
+  std::thread ahead_thread_;  // check_ahead's helper, where no spawn was given
 };
 
 // Verifies every unit (pass 1), then reads them again, verifying and copying each into `targets`
