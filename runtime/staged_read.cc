@@ -161,7 +161,8 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
   unsigned ahead_helpers = 0;
 
   std::mutex mu;
-  std::condition_variable cv;
+  std::condition_variable cv;       // the workers (and the caller waiting for them to finish)
+  std::condition_variable read_cv;  // wait_read
   Mode mode = Mode::ahead;
   bool parallel_copy = false;     // Mode::verify: the workers copy once all verified (else the caller)
   bool layout_trusted = true;     // finish() found the layout's blocks equal to the manifest's
@@ -269,7 +270,7 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
         route_locked(i);
       }
       more = take_reads_locked();
-      if (in_flight == 0) cv.notify_all();  // wait_read
+      if (in_flight == 0) read_cv.notify_all();
       advance_locked();
     }
     submit(more);
@@ -545,7 +546,7 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
 
 bool StagedRead::wait_read(std::chrono::milliseconds timeout) {
   std::unique_lock lock(st_->mu);
-  return st_->cv.wait_for(lock, timeout, [&] {
+  return st_->read_cv.wait_for(lock, timeout, [&] {
     return st_->error || (st_->in_flight == 0 && st_->next_read == st_->io.size());
   });
 }
