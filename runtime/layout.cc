@@ -99,8 +99,8 @@ std::vector<Placed> placed_extents(const Manifest& m, const std::vector<bool>& w
     for (const auto& e : m.leaves[li].extents)
       out.push_back({e.file, e.offset, e.length, li, e.leaf_offset});
   }
-  // Already in file order unless a leaf has several extents or the leaves were reordered
-  // (plan_extents places them in leaf order): checked in one pass before a sort.
+  // Often in file order already (plan_extents places leaves by alignment, largest first, so a
+  // tree of leaves of one alignment comes in leaf order): checked in one pass before a sort.
   auto in_file_order = [](const Placed& a, const Placed& b) {
     return a.file != b.file ? a.file < b.file : a.offset < b.offset;
   };

@@ -159,6 +159,7 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
   const std::vector<Unit>* layout_units = nullptr;
   std::vector<std::uint32_t> layout_crc;
   unsigned ahead_helpers = 0;
+  std::size_t ahead_checked = 0, ahead_passed = 0;  // under mu
 
   std::mutex mu;
   std::condition_variable cv;       // the workers (and the caller waiting for them to finish)
@@ -321,6 +322,8 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
     switch (then) {
       case Mode::ahead:
         // A unit that failed the check is verified again once armed: that names what is wrong.
+        ++ahead_checked;
+        if (out.ok) ++ahead_passed;
         if (out.ok && layout_trusted) mark_verified_locked(i);
         if (mode == Mode::ahead) {
           parked.push_back(i);
@@ -341,7 +344,7 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
           maybe_copy_locked();
         }
         break;
-      case Mode::copy:
+      case Mode::copy:  // scatter_unit cannot fail: every unit verified before the first copy
         ++done;
         break;
     }
@@ -445,10 +448,18 @@ void StagedRead::check_ahead(const Manifest& layout, const std::vector<Unit>& un
     ++st.ahead_helpers;
   }
   auto run = [st = st_] { st->work(); };
-  if (options.spawn) {
-    options.spawn(run);
-  } else {
-    ahead_thread_ = std::thread(run);
+  try {
+    if (options.spawn) {
+      options.spawn(run);
+    } else {
+      ahead_thread_ = std::thread(run);
+    }
+  } catch (const std::exception&) {
+    // Best effort: without the helper, finish() verifies everything itself.
+    std::lock_guard lock(st.mu);
+    st.layout = nullptr;
+    st.layout_units = nullptr;
+    st.ahead_helpers = 0;
   }
 }
 
@@ -516,16 +527,22 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
   helpers = static_cast<unsigned>(
       std::min<std::size_t>(helpers, units.size() > 0 ? units.size() - 1 : 0));
   helpers = helpers > ahead_helpers ? helpers - ahead_helpers : 0;
+  if (options.on_placed) options.on_placed(placement);
   std::vector<std::thread> threads;
-  for (unsigned t = 0; t < helpers; ++t) {
-    // A helper holds the state alive; it touches buffers and targets only for a unit it took,
-    // and the read is finished only once no unit is being worked on.
-    auto run = [st = st_] { st->work(); };
-    if (options.spawn) {
-      options.spawn(run);
-    } else {
-      threads.emplace_back(run);
+  try {
+    for (unsigned t = 0; t < helpers; ++t) {
+      // A helper holds the state alive; it touches buffers and targets only for a unit it took,
+      // and the read is finished only once no unit is being worked on.
+      auto run = [st = st_] { st->work(); };
+      if (options.spawn) {
+        options.spawn(run);
+      } else {
+        threads.emplace_back(run);
+      }
     }
+  } catch (const std::exception&) {
+    // Fewer helpers: the caller's own work() below still takes every unit. Leaving now would
+    // abandon the units the ahead helper may already have swapped in.
   }
   st.work();
   for (auto& t : threads) t.join();
@@ -542,6 +559,11 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
     for (std::size_t i = 0; i < units.size(); ++i) scatter_unit(units[i], st.buffers[i], targets);
   }
   return placement;
+}
+
+StagedRead::Ahead StagedRead::ahead() const {
+  std::lock_guard lock(st_->mu);
+  return {st_->ahead_checked, st_->ahead_passed};
 }
 
 bool StagedRead::wait_read(std::chrono::milliseconds timeout) {

@@ -28,6 +28,14 @@
 
 namespace ckpt {
 
+// How StagedRead::finish() put the units into the targets.
+enum class ReadPlacement : std::uint8_t {
+  swapped,  // each swapped in as it verified, during the reads still to come
+  // copied once every unit verified: on the workers where every read was issued and half of
+  // them were in; by the caller where segments overlap (or into no targets: verified only)
+  copied,
+};
+
 struct StagedReadOptions {
   unsigned queue_depth = 8;  // reads in flight
   unsigned threads = 1;      // threads that checksum and scatter, the caller's included
@@ -38,6 +46,8 @@ struct StagedReadOptions {
   // process's checkpoint, whose template match refused overlapping leaves and whose manifest's
   // extents tile each leaf (decode_manifest). Only the units' own segments are then checked.
   bool targets_disjoint = false;
+  // Called by finish() once it chose how to place the units, before it waits for them (tests).
+  std::function<void(ReadPlacement)> on_placed;
 };
 
 // The options of a restore's read (threads 0: the hardware's, at most 8).
@@ -77,16 +87,19 @@ class StagedRead {
   // verifies again, naming the leaves, one that failed. No-op with fewer than two threads.
   void check_ahead(const Manifest& layout, const std::vector<Unit>& units,
                    const StagedReadOptions& options);
-  // How finish() put the units into the targets.
-  enum class Placement : std::uint8_t {
-    swapped,  // each swapped in as it verified, during the reads still to come
-    copied,   // copied once every unit verified (every read issued and half of them in)
-  };
+  using Placement = ReadPlacement;
   // `units`: the constructor's, each the same file, offset and length, with pieces and segments.
   Placement finish(const Manifest& manifest, const std::vector<Unit>& units,
                    const std::vector<const Array*>& targets, const StagedReadOptions& options);
-  // Waits up to `timeout` until every read completed or one failed; false on timeout.
+  // Waits up to `timeout` until every read completed, or one failed and none is in flight; false
+  // on timeout (also before start()).
   bool wait_read(std::chrono::milliseconds timeout);
+  // Units check_ahead has checked so far, and how many of those passed.
+  struct Ahead {
+    std::size_t checked = 0;
+    std::size_t passed = 0;
+  };
+  Ahead ahead() const;
 
   struct State;
 

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "io/engine.h"
@@ -17,9 +16,6 @@
 #include "runtime/checkpoint.h"
 #include "runtime/layout.h"
 #include "runtime/runtime.h"
-#include "runtime/staged_read.h"
-#include "runtime/template_match.h"
-#include "io/file.h"
 #include "tests/test_util.h"
 
 namespace ckpt {
@@ -199,97 +195,6 @@ TEST_CASE("a restore whose read fails with EIO leaves the template as it was") {
     CHECK(s.template_untouched());
   }
   faults->disarm();
-}
-
-// The pieces of a restore's read driven by hand: the layout and the units of every block, as
-// restore_checkpoint's prefetch plans them, and the manifest's units with the template's targets.
-struct HandRead {
-  Manifest m;
-  Manifest layout;
-  std::vector<Unit> layout_units, units;
-  TemplateMatch match;
-  io::File file;
-  std::vector<io::File*> files;
-  io::AlignedBuffer staging;
-  std::vector<std::byte*> buffers;
-  static constexpr std::uint64_t kUnit = 64 << 10;
-  HandRead(const Saved& s, Tree& templ)
-      : m(read_manifest(s.dir)),
-        match(match_template(m, templ, false)),
-        file(io::open_direct(s.data(), io::OpenMode::read, true)) {
-    const std::string path = s.dir + "/" + std::string(kManifestName);
-    layout = decode_layout(io::read_file_bytes(path, 1 << 30).view(), path);
-    layout_units = plan_units(layout, kUnit);
-    units = plan_units(m, kUnit);
-    files.push_back(&file);
-    staging = io::AlignedBuffer(units.size() * kUnit);
-    for (std::size_t i = 0; i < units.size(); ++i) buffers.push_back(staging.data() + i * kUnit);
-  }
-  // Starts the reads (queue_depth in flight), checks them ahead, waits for every one when
-  // `all_read`, then finishes into the template's targets.
-  StagedRead::Placement run(io::Engine& e, unsigned queue_depth, bool all_read) {
-    StagedReadOptions o;
-    o.queue_depth = queue_depth;
-    o.threads = 2;
-    o.targets_disjoint = true;
-    StagedRead read(e, layout_units, files, buffers, queue_depth);
-    read.start();
-    read.check_ahead(layout, layout_units, o);
-    if (all_read) REQUIRE(read.wait_read(std::chrono::seconds(30)));
-    return read.finish(m, units, match.targets, o);
-  }
-};
-
-TEST_CASE("a read whose blocks all arrived before the leaves were known checks them ahead, then copies") {
-  auto e = engine();
-  Saved s(*e);
-  HandRead h(s, s.templ);
-  REQUIRE(h.units.size() > 4);
-  CHECK(h.run(*e, 4, true) == StagedRead::Placement::copied);
-  CHECK(test::trees_equal(s.templ, s.tree));
-}
-
-TEST_CASE("a read finished while most of its reads are still to come swaps each unit in") {
-  io::FaultEngine* faults = nullptr;
-  auto e = test::wrap_in_faults(&faults)(engine());
-  Saved s(*e);
-  HandRead h(s, s.templ);
-  REQUIRE(h.units.size() > 8);
-  // One read in flight, and the second held until well after finish() chose how to place them.
-  faults->arm({io::Request::Op::read, 2, io::FaultKind::hang, 0, false});
-  std::thread release([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    faults->release_hung();
-  });
-  CHECK(h.run(*e, 1, false) == StagedRead::Placement::swapped);
-  release.join();
-  CHECK(test::trees_equal(s.templ, s.tree));
-}
-
-TEST_CASE("a block that fails its check ahead is verified again and named, and nothing is copied") {
-  auto e = engine();
-  Saved s(*e);
-  test::flip_byte(s.data(), test::file_size(s.data()) / 2);
-  HandRead h(s, s.templ);
-  auto err = catch_error([&] { h.run(*e, 4, true); });
-  REQUIRE(err);
-  CHECK(err->code() == Errc::corrupt);
-  CHECK(contains(err->what(), "checksum mismatch"));
-  CHECK(contains(err->what(), "holding"));  // the manifest's leaves, which the layout lacks
-  CHECK(s.template_untouched());
-}
-
-TEST_CASE("a check ahead against a layout whose blocks differ from the manifest's is not trusted") {
-  auto e = engine();
-  Saved s(*e);
-  HandRead h(s, s.templ);
-  // The manifest claims another checksum for one block; the layout has the file's own. Every
-  // unit passes its check ahead, but the manifest's verification must still refuse that block.
-  h.m.blocks[h.m.blocks.size() / 2].crc32c ^= 1;
-  auto err = catch_error([&] { h.run(*e, 4, true); });
-  REQUIRE(err);
-  CHECK(contains(err->what(), "checksum mismatch"));
-  CHECK(s.template_untouched());
 }
 
 TEST_CASE("a Runtime restore that fails late leaves the template as it was, sync and async") {
