@@ -9,8 +9,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
 
 #include "io/error.h"
 #include "jobs/config_json.h"
@@ -118,32 +116,6 @@ class PyRegisterHandle : public PyHandle<RegisterHandle> {
   std::string suffix() const { return h_.suffix(); }
 };
 
-// Counts async_saves still waiting for admission: the C++ Runtime does not count them among the
-// operations in flight (docs/design.md, known gap 8), so drain() and close() wait for this
-// count to reach zero first; each then is an ordinary save in flight.
-class Admissions {
- public:
-  void begin() {
-    std::lock_guard lock(mu_);
-    ++waiting_;
-  }
-  void end() {
-    std::lock_guard lock(mu_);
-    --waiting_;
-    cv_.notify_all();
-  }
-  // Without the GIL.
-  void wait_none() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return waiting_ == 0; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::size_t waiting_ = 0;
-};
-
 class PyRuntime {
  public:
   explicit PyRuntime(const py::dict& kw) {
@@ -173,12 +145,13 @@ class PyRuntime {
   PyRuntime(const PyRuntime&) = delete;
   PyRuntime& operator=(const PyRuntime&) = delete;
 
-  // Drains and destroys the Runtime (every save in flight completes first).
+  // Drains and destroys the Runtime: every save in flight completes first, an async_save still
+  // waiting for staging included (admitted once staging frees, or refused with Errc::cancelled
+  // when only writes the IO watchdog gave up on hold it: runtime/runtime.h).
   void close() {
     std::shared_ptr<Runtime> rt = std::move(rt_);  // with the GIL: no save starts after this
     if (!rt) return;
     py::gil_scoped_release nogil;
-    admissions_->wait_none();  // once admitted, each is a save in flight that rt's end drains
     rt.reset();
   }
   bool closed() const { return rt_ == nullptr; }
@@ -212,24 +185,17 @@ class PyRuntime {
                          run_dir, retention);
     auto cb = std::make_shared<PyCallback>(std::move(done));
     auto held = std::make_shared<PyCallback>(std::move(p.flat.keep));  // released on the dispatcher
-    std::shared_ptr<Admissions> admissions = admissions_;
-    admissions->begin();
     py::gil_scoped_release nogil;
-    try {
-      rt.async_save(path, std::move(p.flat.tree), std::move(p.meta.get_object()),
-                    std::move(p.options),
-                    [cb, held, admissions](std::exception_ptr e, SaveHandle h) {
-                      dispatch([cb, held, e, h = std::move(h)]() mutable {
-                        py::object err = e ? make_py_error(e) : py::none();
-                        py::object handle = e ? py::none() : py::cast(PySaveHandle(std::move(h)));
-                        cb->call(py::make_tuple(err, handle, held->get()));
-                      });
-                      admissions->end();
+    // Counted in flight by the Runtime from this call on, while it waits for staging too:
+    // drain() and close() wait for it.
+    rt.async_save(path, std::move(p.flat.tree), std::move(p.meta.get_object()),
+                  std::move(p.options), [cb, held](std::exception_ptr e, SaveHandle h) {
+                    dispatch([cb, held, e, h = std::move(h)]() mutable {
+                      py::object err = e ? make_py_error(e) : py::none();
+                      py::object handle = e ? py::none() : py::cast(PySaveHandle(std::move(h)));
+                      cb->call(py::make_tuple(err, handle, held->get()));
                     });
-    } catch (...) {
-      admissions->end();
-      throw;
-    }
+                  });
   }
 
   PyRegisterHandle register_latest(const std::string& run_dir, const std::string& suffix) {
@@ -266,7 +232,6 @@ class PyRuntime {
     DrainReport report;
     {
       py::gil_scoped_release nogil;
-      admissions_->wait_none();
       report = rt.drain();
       dispatch_flush();  // the failures' log records reach logging before drain() returns
     }
@@ -348,7 +313,6 @@ class PyRuntime {
     return *rt_;
   }
   std::shared_ptr<Runtime> rt_;
-  std::shared_ptr<Admissions> admissions_ = std::make_shared<Admissions>();
   FlattenCache cache_;  // the last trees saved through this Runtime (flatten.cc)
 };
 
