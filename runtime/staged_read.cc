@@ -191,6 +191,13 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
     for (const Unit& x : u) io.push_back({x.file, x.offset, x.length});
   }
 
+  // True when `u` are the units being read: the same files, offsets and lengths, in order.
+  bool same_reads(const std::vector<Unit>& u) const {
+    return std::equal(u.begin(), u.end(), io.begin(), io.end(), [](const Unit& a, const Io& b) {
+      return a.file == b.file && a.offset == b.offset && a.length == b.length;
+    });
+  }
+
   // Under mu: the reads to submit now (submitted by the caller after unlocking: a completion
   // may run on the submitting thread).
   std::vector<std::size_t> take_reads_locked() {
@@ -432,13 +439,7 @@ void StagedRead::check_ahead(const Manifest& layout, const std::vector<Unit>& un
                              const StagedReadOptions& options) {
   State& st = *st_;
   // One helper, and only where finish() would have one: the caller is busy decoding meanwhile.
-  if (options.threads < 2 || units.size() != st.io.size() || !whole_blocks(units)) return;
-  for (std::size_t i = 0; i < units.size(); ++i) {
-    if (units[i].file != st.io[i].file || units[i].offset != st.io[i].offset ||
-        units[i].length != st.io[i].length) {
-      return;
-    }
-  }
+  if (options.threads < 2 || !st.same_reads(units) || !whole_blocks(units)) return;
   {
     std::lock_guard lock(st.mu);
     if (st.mode != State::Mode::ahead || st.ahead_helpers != 0) return;
@@ -482,12 +483,8 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
                                          const std::vector<const Array*>& targets,
                                          const StagedReadOptions& options) {
   State& st = *st_;
-  if (units.size() != st.io.size()) throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
-  for (std::size_t i = 0; i < units.size(); ++i) {
-    if (units[i].file != st.io[i].file || units[i].offset != st.io[i].offset ||
-        units[i].length != st.io[i].length) {
-      throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
-    }
+  if (!st.same_reads(units)) {
+    throw Error(Errc::invalid_argument, "staged read: units differ from the ones being read");
   }
   const bool disjoint =
       !targets.empty() && segments_disjoint(units, targets, options.targets_disjoint);
