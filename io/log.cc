@@ -1,16 +1,34 @@
 #include "io/log.h"
 
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <memory>
 
 namespace ckpt {
 
-spdlog::logger& log() {
+Log& log() {
+  // The logger stays alive (held here) however spdlog's registry changes later.
   static std::shared_ptr<spdlog::logger> logger = [] {
     if (auto existing = spdlog::get("ckpt")) return existing;
-    auto created = spdlog::stderr_color_mt("ckpt");
-    return created;
+    return spdlog::stderr_color_mt("ckpt");
   }();
-  return *logger;
+  static Log front(logger.get());
+  return front;
+}
+
+bool Log::should_log(Level level) const { return logger_->should_log(level); }
+
+void Log::set_level(Level level) { logger_->set_level(level); }
+
+void Log::flush() { logger_->flush(); }
+
+std::vector<spdlog::sink_ptr>& Log::sinks() { return logger_->sinks(); }
+
+void Log::emit(Level level, fmt::string_view format, fmt::format_args args) {
+  if (!logger_->should_log(level)) return;
+  const std::string message = fmt::vformat(format, args);
+  logger_->log(level, spdlog::string_view_t(message.data(), message.size()));
 }
 
 }  // namespace ckpt
