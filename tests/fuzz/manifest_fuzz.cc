@@ -19,6 +19,7 @@
 // Build and run: `make test-fuzz` (tests/fuzz/CMakeLists.txt).
 #include <fcntl.h>
 #include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
 #include <stdlib.h>
 #include <unistd.h>
 
