@@ -27,8 +27,14 @@ std::vector<spdlog::sink_ptr>& Log::sinks() { return logger_->sinks(); }
 
 void Log::emit(Level level, fmt::string_view format, fmt::format_args args) {
   if (!logger_->should_log(level)) return;
-  const std::string message = fmt::vformat(format, args);
-  logger_->log(level, spdlog::string_view_t(message.data(), message.size()));
+  // As with spdlog's own formatting calls, no failure escapes a log call: the library logs from
+  // destructors and noexcept paths. (The format strings are checked at compile time; what is
+  // left is running out of memory.)
+  try {
+    const std::string message = fmt::vformat(format, args);
+    logger_->log(level, spdlog::string_view_t(message.data(), message.size()));
+  } catch (...) {
+  }
 }
 
 }  // namespace ckpt
