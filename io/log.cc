@@ -3,21 +3,15 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <memory>
-
 namespace ckpt {
 
 Log& log() {
-  // The logger stays alive (held here) however spdlog's registry changes later.
-  static std::shared_ptr<spdlog::logger> logger = [] {
+  static Log front([] {
     if (auto existing = spdlog::get("ckpt")) return existing;
     return spdlog::stderr_color_mt("ckpt");
-  }();
-  static Log front(logger.get());
+  }());
   return front;
 }
-
-bool Log::should_log(Level level) const { return logger_->should_log(level); }
 
 void Log::set_level(Level level) { logger_->set_level(level); }
 
