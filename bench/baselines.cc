@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 
 #include "bench/bench_util.h"
 
@@ -23,28 +24,46 @@ namespace {
   throw std::runtime_error(fmt::format("{}: {}", what, std::strerror(err)));
 }
 
-// Copies bytes [begin, end) of the concatenation of src to the same offsets of dst.
-void copy_range(const Spans& src, const std::vector<std::uint64_t>& starts, std::byte* dst,
+// Bytes [begin, end) of the concatenation of `leaves`, between the leaves and the same offsets
+// of `buf`: gathered into buf (Spans), or scattered from it (MutableSpans).
+template <typename Leaves, typename Buf>
+void copy_range(const Leaves& leaves, const std::vector<std::uint64_t>& starts, Buf* buf,
                 std::uint64_t begin, std::uint64_t end) {
   auto it = std::upper_bound(starts.begin(), starts.end(), begin);
   std::size_t leaf = static_cast<std::size_t>(it - starts.begin()) - 1;
   std::uint64_t pos = begin;
-  while (pos < end && leaf < src.size()) {
+  while (pos < end && leaf < leaves.size()) {
     std::uint64_t in_leaf = pos - starts[leaf];
-    std::uint64_t n = std::min<std::uint64_t>(src[leaf].size() - in_leaf, end - pos);
-    std::memcpy(dst + pos, src[leaf].data() + in_leaf, n);
+    std::uint64_t n = std::min<std::uint64_t>(leaves[leaf].size() - in_leaf, end - pos);
+    if constexpr (std::is_const_v<Buf>) {
+      std::memcpy(leaves[leaf].data() + in_leaf, buf + pos, n);
+    } else {
+      std::memcpy(buf + pos, leaves[leaf].data() + in_leaf, n);
+    }
     pos += n;
     ++leaf;
   }
 }
 
-double memcpy_once_ms(const Spans& src, const std::vector<std::uint64_t>& starts, std::byte* dst,
+template <typename Leaves>
+std::vector<std::uint64_t> leaf_starts(const Leaves& leaves, std::uint64_t& total) {
+  std::vector<std::uint64_t> starts;
+  total = 0;
+  for (const auto& s : leaves) {
+    starts.push_back(total);
+    total += s.size();
+  }
+  return starts;
+}
+
+template <typename Leaves, typename Buf>
+double memcpy_once_ms(const Leaves& leaves, const std::vector<std::uint64_t>& starts, Buf* buf,
                       std::uint64_t total, unsigned threads) {
   auto start = Clock::now();
   std::vector<std::thread> helpers;
   auto share = [&](unsigned t) {
     std::uint64_t b = total * t / threads, e = total * (t + 1) / threads;
-    copy_range(src, starts, dst, b, e);
+    copy_range(leaves, starts, buf, b, e);
   };
   for (unsigned t = 1; t < threads; ++t) helpers.emplace_back(share, t);
   share(0);
@@ -127,12 +146,8 @@ void check_aligned(const std::byte* buf, std::uint64_t bytes) {
 
 double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs,
                       const RawSync* sync) {
-  std::vector<std::uint64_t> starts;
   std::uint64_t total = 0;
-  for (const auto& s : src) {
-    starts.push_back(total);
-    total += s.size();
-  }
+  const std::vector<std::uint64_t> starts = leaf_starts(src, total);
   threads = std::max(threads, 1u);
   memcpy_once_ms(src, starts, dst, total, threads);  // warm: caches, TLB, frequency
   double best = 1e300;
@@ -142,6 +157,12 @@ double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int ru
     best = std::min(best, sync != nullptr ? sync->combine(ms) : ms);
   }
   return best;
+}
+
+double scatter_ms(const std::byte* src, const MutableSpans& dst, unsigned threads) {
+  std::uint64_t total = 0;
+  const std::vector<std::uint64_t> starts = leaf_starts(dst, total);
+  return memcpy_once_ms(dst, starts, src, total, std::max(threads, 1u));
 }
 
 RawIo raw_io_best(const std::string& dir, std::byte* buf, std::uint64_t bytes, int runs,

@@ -25,7 +25,7 @@
 // as a training loop overlaps the copy with its forward and backward pass.
 //
 // --paired (default on): a leaf memcpy and a raw write also run just before each measured save,
-// and a raw read before each restore (class Pairing says exactly what runs); the p50 of the
+// and a leaf scatter and a raw read before each restore (class Pairing says exactly what runs); the p50 of the
 // per-pair ratios of stall, durable and restore is reported next to the ratios against the best
 // baseline run. It costs one more state of memory. On a machine whose memory and disk speed drift
 // from one second to the next (a shared VM), the pair measures both under the same conditions.
@@ -176,15 +176,21 @@ std::uint64_t default_staging_mb(const BenchOptions& o, std::uint64_t leaf_bytes
 
 // --paired: the baselines once more just before each measured save (a leaf memcpy, after its
 // untimed warm-up copy, and one raw write-and-read cycle, whose write is kept) and each restore
-// (a raw read of the data file that restore reads: the same bytes on the same disk, nothing
+// (a leaf scatter: the state gathered into the buffer, untimed, and copied back, timed; then a
+// raw read of the data file that restore reads: the same bytes on the same disk, nothing
 // written before it), into a buffer of their own, one state in size. On a machine whose speed
 // drifts between runs, a ratio of two figures taken moments apart says more than the p50 of the
 // saves against the best of a few baseline runs taken minutes earlier; both are reported.
 class Pairing {
  public:
-  Pairing(const BenchOptions& o, const SyntheticState& state)
+  Pairing(const BenchOptions& o, SyntheticState& state)
       : o_(o), state_(state), dst_(io::align_up(state.bytes())) {}
   double memcpy_ms() { return memcpy_best_ms(state_.spans(), dst_.data(), o_.copy_threads, 1); }
+  // The state's bytes copied back into its arrays (unchanged): gathered first, untimed.
+  double scatter_ms() {
+    memcpy_best_ms(state_.spans(), dst_.data(), o_.copy_threads, 1);
+    return bench::scatter_ms(dst_.data(), state_.mutable_spans(), o_.copy_threads);
+  }
   RawIo raw_io() { return raw_io_best(o_.work_dir, dst_.data(), dst_.size(), 1); }
   // The checkpoint's data file, up to the buffer's size. A file padded past the state, or an
   // incremental checkpoint (whose other data files are links to its base's), reads less than
@@ -198,7 +204,7 @@ class Pairing {
 
  private:
   const BenchOptions& o_;
-  const SyntheticState& state_;
+  SyntheticState& state_;
   io::AlignedBuffer dst_;
 };
 
@@ -228,6 +234,12 @@ json::object run_full(BenchOptions& o) {
     base["memcpy_1t_ms"] = memcpy_best_ms(spans, dst.data(), 1, o.baseline_runs);
     base["memcpy_mt_ms"] = memcpy_best_ms(spans, dst.data(), o.copy_threads, o.baseline_runs);
     base["memcpy_threads"] = o.copy_threads;
+    // dst holds the state's bytes now: scattered back into its arrays, best of the runs.
+    double scatter = 1e300;
+    for (int r = 0; r < std::max(o.baseline_runs, 1); ++r) {
+      scatter = std::min(scatter, scatter_ms(dst.data(), state.mutable_spans(), o.copy_threads));
+    }
+    base["scatter_mt_ms"] = scatter;
     progress("baselines: raw O_DIRECT write and read");
     // The raw write sends the state's own bytes (the memcpy left them in dst).
     RawIo raw = raw_io_best(o.work_dir, dst.data(), io::align_up(bytes), o.baseline_runs);
@@ -289,11 +301,14 @@ json::object run_full(BenchOptions& o) {
   }
   RuntimeStats stats = rt.stats();
 
-  std::vector<double> restore_ms, pair_read_ms;
+  std::vector<double> restore_ms, pair_read_ms, pair_scatter_ms;
   bool verified = false;
   for (int r = 0; r < o.restores && !last.empty(); ++r) {
     progress(fmt::format("restore {}/{}", r + 1, o.restores));
-    if (pairing) pair_read_ms.push_back(pairing->raw_read_ms(last));
+    if (pairing) {
+      pair_scatter_ms.push_back(pairing->scatter_ms());
+      pair_read_ms.push_back(pairing->raw_read_ms(last));
+    }
     auto t0 = Clock::now();
     rt.restore(last, state.tree());
     restore_ms.push_back(ms_since(t0));
@@ -393,7 +408,10 @@ json::object run_full(BenchOptions& o) {
                    {"blocked_over_memcpy", ratio(blocked_s.p50, memcpy_mt)},
                    {"stall_over_memcpy_1t", ratio(stall.p50, base["memcpy_1t_ms"].as_double())},
                    {"write_over_raw", ratio(base["raw_write_ms"].as_double(), durable.p50)},
-                   {"restore_over_raw", ratio(base["raw_read_ms"].as_double(), restore.p50)}};
+                   {"restore_over_raw", ratio(base["raw_read_ms"].as_double(), restore.p50)},
+                   {"restore_over_read_scatter",
+                    ratio(base["raw_read_ms"].as_double() + base["scatter_mt_ms"].as_double(),
+                          restore.p50)}};
   if (pairing) {
     // The incremental series is not paired: its ratios are to the full saves of the same run.
     const std::vector<SaveSample>& paired = o.incremental ? full_samples : samples;
@@ -401,13 +419,19 @@ json::object run_full(BenchOptions& o) {
     const std::vector<double> durable_v = column(paired, &SaveSample::durable_ms);
     const std::vector<double> memcpy_v = column(paired, &SaveSample::pair_memcpy_ms);
     const std::vector<double> write_v = column(paired, &SaveSample::pair_raw_write_ms);
+    std::vector<double> read_scatter = pair_read_ms;
+    for (std::size_t i = 0; i < read_scatter.size() && i < pair_scatter_ms.size(); ++i)
+      read_scatter[i] += pair_scatter_ms[i];
     out["paired"] = {{"series", o.incremental ? "full_save" : "save"},
                      {"memcpy_mt_ms", to_json(summarize(memcpy_v))},
                      {"raw_write_ms", to_json(summarize(write_v))},
                      {"raw_read_ms", to_json(summarize(pair_read_ms))},
                      {"stall_over_memcpy", paired_ratio(stall_v, memcpy_v)},
                      {"write_over_raw", paired_ratio(write_v, durable_v)},
+                     {"scatter_mt_ms", to_json(summarize(pair_scatter_ms))},
                      {"restore_over_raw", paired_ratio(pair_read_ms, restore_ms)},
+                     {"restore_over_read_scatter",
+                      paired_ratio(read_scatter, restore_ms)},
                      {"buffer_bytes", pairing->buffer_bytes()}};
   }
   out["faults_per_save"] =
@@ -467,6 +491,11 @@ std::string full_table(const json::object& r) {
             "memcpy_mt_ms", bytes);
   base_line("raw write (O_DIRECT, io_uring QD16 1 MiB, fsync)", "raw_write_ms", raw_bytes);
   base_line("raw read (O_DIRECT, io_uring QD16 1 MiB)", "raw_read_ms", raw_bytes);
+  // A restore into the N arrays also copies the bytes it read into them (unless it reads straight
+  // into them): the reverse of the leaf memcpy.
+  base_line(fmt::format("leaf scatter (one buffer into every leaf), {} threads",
+                        num(base.at("memcpy_threads"))).c_str(),
+            "scatter_mt_ms", bytes);
   if (r.contains("baseline_after")) {
     const auto& after = r.at("baseline_after").as_object();
     double drift = num(after.at("max_drift"));
@@ -511,6 +540,8 @@ std::string full_table(const json::object& r) {
        num(ratios.at("write_over_raw")));
   line("  raw read / restore           {:>7.3f}   (1 = raw disk speed)",
        num(ratios.at("restore_over_raw")));
+  line("  (raw read + scatter) / restore {:>5.3f}   (1 = a read, then a copy into the arrays)",
+       num(ratios.at("restore_over_read_scatter")));
   if (r.contains("paired")) {
     const auto& p = r.at("paired").as_object();
     line("");
@@ -523,6 +554,9 @@ std::string full_table(const json::object& r) {
          num(p.at("write_over_raw")), at(p, "raw_write_ms", "p50"), at(p, "raw_write_ms", "max"));
     line("  raw read / restore           {:>7.3f}   (raw read p50 {:.1f} ms, max {:.1f})",
          num(p.at("restore_over_raw")), at(p, "raw_read_ms", "p50"), at(p, "raw_read_ms", "max"));
+    line("  (raw read + scatter) / restore {:>5.3f}   (scatter p50 {:.1f} ms, max {:.1f})",
+         num(p.at("restore_over_read_scatter")), at(p, "scatter_mt_ms", "p50"),
+         at(p, "scatter_mt_ms", "max"));
   }
   if (r.contains("incremental")) {
     const auto& inc = r.at("incremental").as_object();

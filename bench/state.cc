@@ -54,6 +54,13 @@ std::vector<std::span<const std::byte>> SyntheticState::spans() const {
   return out;
 }
 
+std::vector<std::span<std::byte>> SyntheticState::mutable_spans() {
+  std::vector<std::span<std::byte>> out;
+  out.reserve(leaves_.size());
+  for (float* f : leaves_) out.emplace_back(reinterpret_cast<std::byte*>(f), leaf_bytes_);
+  return out;
+}
+
 double SyntheticState::forward() const {
   std::uint64_t numel = leaf_bytes_ / sizeof(float);
   double total = 0;

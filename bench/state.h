@@ -27,6 +27,7 @@ class SyntheticState {
   std::uint64_t bytes() const { return leaf_bytes_ * leaves_.size(); }
   std::size_t leaf_count() const { return leaves_.size(); }
   std::vector<std::span<const std::byte>> spans() const;
+  std::vector<std::span<std::byte>> mutable_spans();  // the same, writable
 
   double forward() const;  // reads every element; the result keeps the reads from being elided
   // Writes every element of round(fraction x leaves) leaves (all by default): the same leaves
