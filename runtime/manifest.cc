@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <utility>
 
@@ -396,12 +397,6 @@ Shape read_u64s(const flatbuffers::Vector<std::uint64_t>* v, const std::string& 
   return out;
 }
 
-bool has_slices(const LeafInfo& l) {
-  return std::any_of(l.extents.begin(), l.extents.end(), [](const ExtentInfo& e) {
-    return !e.slice_start.empty() || !e.slice_shape.empty();
-  });
-}
-
 // A leaf of a sharded manifest (format version 2, docs/design.md, section 14): each extent is the
 // row-major bytes of one box (its slice; no slice: the whole array), and the boxes tile the array.
 void check_sharded_leaf(const LeafInfo& l, const Manifest& m, const std::string& path) {
@@ -721,7 +716,7 @@ Manifest decode_layout(std::string_view bytes, const std::string& path) {
   return m;
 }
 
-Manifest decode_manifest(std::string_view bytes, const std::string& path) {
+Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* sharded_out) {
   std::vector<std::uint64_t> aligned;
   Manifest m;
   const fb::Manifest* fm = open_manifest(bytes, path, aligned, m);
@@ -743,6 +738,12 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
     }
   }
   std::uint64_t total = 0;
+  // Whether the manifest is sharded (Manifest::sharded, or an extent with a box) is known only
+  // once every leaf is read. Until one shows it is, each leaf gets its unsharded check as it is
+  // read, while its record is in cache; the first that fails is checked again, and throws, once
+  // the manifest proves unsharded (the same leaf and message as checking them in a pass after).
+  bool any_box = false;
+  std::optional<std::size_t> first_bad;
   if (fm->leaves()) {
     m.leaves.reserve(fm->leaves()->size());
     io::advise_huge_pages(m.leaves.data(), m.leaves.capacity() * sizeof(LeafInfo));
@@ -779,6 +780,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
           x.process_index = e->process_index();
           x.slice_start = read_u64s(e->slice_start(), info.path, path);
           x.slice_shape = read_u64s(e->slice_shape(), info.path, path);
+          any_box = any_box || !x.slice_start.empty() || !x.slice_shape.empty();
           if (const fb::Hash128* h = e->content_hash()) {
             x.has_hash = true;
             x.hash = {h->lo(), h->hi()};
@@ -788,18 +790,22 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
       if (total + info.nbytes < total) corrupt(path, "total bytes overflow");
       total += info.nbytes;
       m.leaves.push_back(std::move(info));
+      if (m.process_count <= 1 && !any_box && !first_bad) {
+        try {
+          check_leaf(m.leaves.back(), m, path);
+        } catch (const Error&) {
+          first_bad = m.leaves.size() - 1;
+        }
+      }
     }
   }
   // A manifest is sharded as a whole (Manifest::sharded): then every leaf's extents are boxes,
   // one extent for a leaf without slices, as the resharding reader takes them.
-  const bool sharded =
-      m.process_count > 1 || std::any_of(m.leaves.begin(), m.leaves.end(), has_slices);
-  for (const auto& l : m.leaves) {
-    if (sharded) {
-      check_sharded_leaf(l, m, path);
-    } else {
-      check_leaf(l, m, path);
-    }
+  const bool sharded = m.process_count > 1 || any_box;
+  if (sharded) {
+    for (const auto& l : m.leaves) check_sharded_leaf(l, m, path);
+  } else if (first_bad) {
+    check_leaf(m.leaves[*first_bad], m, path);  // throws
   }
   if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
   // Also makes the leaf paths unique: each is its place in the tree (no set of them is kept).
@@ -810,6 +816,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path) {
   } else {
     read_blocks(fm, m, path);
   }
+  if (sharded_out != nullptr) *sharded_out = sharded;
   return m;
 }
 

@@ -148,8 +148,10 @@ struct ManifestPieces {
 // part's own, so a save costs the blocks and file lists, whatever the number of leaves.
 ManifestPieces encode_manifest(const Manifest& skeleton, const ManifestParts& parts,
                                const EncodedTree& tree);
-// `path` names the file in errors. Throws Error(corrupt | unsupported).
-Manifest decode_manifest(std::string_view bytes, const std::string& path);
+// `path` names the file in errors. Throws Error(corrupt | unsupported). `sharded`, when given,
+// is set to the result's sharded(), which the decode learns at no cost.
+Manifest decode_manifest(std::string_view bytes, const std::string& path,
+                         bool* sharded = nullptr);
 // Only the part of decode_manifest that says where the bytes are: the trailer, the header, the
 // file lists and (version 2) the blocks, checked to tile the data files; no tree, no leaves. What
 // a restore of every block needs to start reading while the rest is decoded. Memory-safe on any

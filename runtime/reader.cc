@@ -239,11 +239,12 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
     } catch (const std::system_error&) {
     }
   }
-  Manifest m = decode_manifest(bytes, path);
+  bool sharded = false;
+  Manifest m = decode_manifest(bytes, path, &sharded);
   boost::json::object metadata =
       parse_metadata(read_checked_file(dir, m, std::string(kMetadataName)),
                      dir + "/" + std::string(kMetadataName));
-  if (m.sharded() || resharding) {
+  if (sharded || resharding) {
     prefetch.reset();
     read_resharded(engine, dir, m, templ, options.sharding, partial, options);
     return metadata;

@@ -470,6 +470,23 @@ TEST_CASE("manifest decode rejects extents that do not tile their leaf") {
   check_rejected([](Manifest& m) { m.total_bytes += 1; }, Errc::corrupt, "total_bytes");
 }
 
+TEST_CASE("manifest decode names the first leaf that breaks a rule, and a dtype it cannot read "
+          "first") {
+  // Leaves are checked as they are read; the first that failed is reported once all are read.
+  check_rejected(
+      [](Manifest& m) {
+        leaf(m, "b/0").extents[0].crc32c = 5;
+        leaf(m, "c/d").nbytes = 44;
+      },
+      Errc::corrupt, "leaf 'b/0': extent has a stored length or checksum of its own");
+  check_rejected(
+      [](Manifest& m) {
+        leaf(m, "a").nbytes = 44;
+        leaf(m, "c/d").dtype = static_cast<DType>(kDTypeCount);
+      },
+      Errc::unsupported, "leaf 'c/d' has unknown dtype");
+}
+
 TEST_CASE("manifest decode rejects gaps and overlaps between blocks") {
   check_rejected([](Manifest& m) { m.blocks[2].offset += 4096; }, Errc::corrupt, "gaps");
   check_rejected([](Manifest& m) { m.blocks[2].offset -= 4096; }, Errc::corrupt, "overlap");
