@@ -5,7 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <optional>
+#include <exception>
 #include <tuple>
 #include <utility>
 
@@ -740,10 +740,10 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
   std::uint64_t total = 0;
   // Whether the manifest is sharded (Manifest::sharded, or an extent with a box) is known only
   // once every leaf is read. Until one shows it is, each leaf gets its unsharded check as it is
-  // read, while its record is in cache; the first that fails is checked again, and throws, once
-  // the manifest proves unsharded (the same leaf and message as checking them in a pass after).
+  // read, while its record is in cache; the first failure is thrown once the manifest proves
+  // unsharded (the same leaf and message as checking them in a pass after).
   bool any_box = false;
-  std::optional<std::size_t> first_bad;
+  std::exception_ptr first_bad;
   if (fm->leaves()) {
     m.leaves.reserve(fm->leaves()->size());
     io::advise_huge_pages(m.leaves.data(), m.leaves.capacity() * sizeof(LeafInfo));
@@ -794,7 +794,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
         try {
           check_leaf(m.leaves.back(), m, path);
         } catch (const Error&) {
-          first_bad = m.leaves.size() - 1;
+          first_bad = std::current_exception();
         }
       }
     }
@@ -805,7 +805,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
   if (sharded) {
     for (const auto& l : m.leaves) check_sharded_leaf(l, m, path);
   } else if (first_bad) {
-    check_leaf(m.leaves[*first_bad], m, path);  // throws
+    std::rethrow_exception(first_bad);
   }
   if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
   // Also makes the leaf paths unique: each is its place in the tree (no set of them is kept).
