@@ -4,7 +4,7 @@
 //  - memcpy: the state's own arrays into one destination that is mapped the way the staging pool
 //    maps its memory (huge-page advice, pre-faulted) and warmed by a first copy; best of `runs`.
 //  - scatter: that destination copied back into the state's arrays (the same bytes), the copy a
-//    restore into the arrays makes after its reads; one run, just after a memcpy.
+//    restore into the arrays makes after its reads; best of `runs`, after the memcpy filled it.
 //  - raw write: a fresh file (sized first), O_DIRECT, io_uring at queue depth 16 with 1 MiB
 //  requests from
 //    registered buffers, fsync included; best of `runs`, each into a new file.
@@ -35,10 +35,10 @@ struct RawSync;
 double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs,
                       const RawSync* sync = nullptr);
 
-// The reverse of memcpy_best_ms, timed once with no warm-up: scatters `src` (the concatenation)
-// into the leaves `dst`, each thread one contiguous share of the bytes. What a restore into N
-// arrays adds to reading the bytes, unless it reads straight into them.
-double scatter_ms(const std::byte* src, const MutableSpans& dst, unsigned threads);
+// The reverse of memcpy_best_ms, with no warm-up: scatters `src` (the concatenation) into the
+// leaves `dst`, each thread one contiguous share of the bytes; the best time of `runs` in ms. What
+// a restore into N arrays adds to reading the bytes, unless it reads straight into them.
+double scatter_best_ms(const std::byte* src, const MutableSpans& dst, unsigned threads, int runs);
 
 struct RawIo {
   double write_ms = 0;  // open (create) + writes + fsync
