@@ -25,9 +25,9 @@
 // as a training loop overlaps the copy with its forward and backward pass.
 //
 // --paired (default on): a leaf memcpy and a raw write also run just before each measured save,
-// and a leaf scatter and a raw read before each restore (class Pairing says exactly what runs); the p50 of the
-// per-pair ratios of stall, durable and restore is reported next to the ratios against the best
-// baseline run. It costs one more state of memory. On a machine whose memory and disk speed drift
+// and a leaf scatter and a raw read before each restore (class Pairing says exactly what runs);
+// the p50 of the per-pair ratios of stall, durable and restore is reported next to the ratios
+// against the best baseline run. It costs one more state of memory. On a machine whose memory and disk speed drift
 // from one second to the next (a shared VM), the pair measures both under the same conditions.
 //
 // Output: a table (stdout), or with --json one JSON object on stdout and the table on stderr.
@@ -429,8 +429,7 @@ json::object run_full(BenchOptions& o) {
                      {"write_over_raw", paired_ratio(write_v, durable_v)},
                      {"scatter_mt_ms", to_json(summarize(pair_scatter_ms))},
                      {"restore_over_raw", paired_ratio(pair_read_ms, restore_ms)},
-                     {"restore_over_read_scatter",
-                      paired_ratio(read_scatter, restore_ms)},
+                     {"restore_over_read_scatter", paired_ratio(read_scatter, restore_ms)},
                      {"buffer_bytes", pairing->buffer_bytes()}};
   }
   out["faults_per_save"] =
