@@ -27,8 +27,9 @@
 // --paired (default on): a leaf memcpy and a raw write also run just before each measured save,
 // and a leaf scatter and a raw read before each restore (class Pairing says exactly what runs);
 // the p50 of the per-pair ratios of stall, durable and restore is reported next to the ratios
-// against the best baseline run. It costs one more state of memory. On a machine whose memory and disk speed drift
-// from one second to the next (a shared VM), the pair measures both under the same conditions.
+// against the best baseline run. It costs one more state of memory. On a machine whose memory
+// and disk speed drift from one second to the next (a shared VM), the pair measures both under
+// the same conditions.
 //
 // Output: a table (stdout), or with --json one JSON object on stdout and the table on stderr.
 // Everything is written under DIR/ckpt_bench-<pid>/, which is removed at the end (--keep keeps).

@@ -47,18 +47,20 @@ SyntheticState::~SyntheticState() {
   if (arena_ != nullptr) ::munmap(arena_, arena_bytes_);
 }
 
-std::vector<std::span<const std::byte>> SyntheticState::spans() const {
-  std::vector<std::span<const std::byte>> out;
+template <typename B>
+std::vector<std::span<B>> SyntheticState::leaf_spans() const {
+  std::vector<std::span<B>> out;
   out.reserve(leaves_.size());
-  for (float* f : leaves_) out.emplace_back(reinterpret_cast<const std::byte*>(f), leaf_bytes_);
+  for (float* f : leaves_) out.emplace_back(reinterpret_cast<B*>(f), leaf_bytes_);
   return out;
 }
 
+std::vector<std::span<const std::byte>> SyntheticState::spans() const {
+  return leaf_spans<const std::byte>();
+}
+
 std::vector<std::span<std::byte>> SyntheticState::mutable_spans() {
-  std::vector<std::span<std::byte>> out;
-  out.reserve(leaves_.size());
-  for (float* f : leaves_) out.emplace_back(reinterpret_cast<std::byte*>(f), leaf_bytes_);
-  return out;
+  return leaf_spans<std::byte>();
 }
 
 double SyntheticState::forward() const {

@@ -37,6 +37,9 @@ class SyntheticState {
   std::uint32_t checksum() const;  // CRC32C over every leaf in order
 
  private:
+  template <typename B>
+  std::vector<std::span<B>> leaf_spans() const;  // B: std::byte or const std::byte
+
   std::byte* arena_ = nullptr;
   std::size_t arena_bytes_ = 0;
   std::uint64_t leaf_bytes_ = 0;
