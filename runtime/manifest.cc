@@ -748,7 +748,7 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
     m.leaves.reserve(fm->leaves()->size());
     io::advise_huge_pages(m.leaves.data(), m.leaves.capacity() * sizeof(LeafInfo));
     for (const auto* l : *fm->leaves()) {
-      LeafInfo info;
+      LeafInfo& info = m.leaves.emplace_back();  // in place: no move of it and its inline extent
       info.path = l->path() ? l->path()->str() : std::string();
       auto dt = static_cast<std::uint8_t>(l->dtype());
       if (dt >= kDTypeCount) {
@@ -789,10 +789,9 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
       }
       if (total + info.nbytes < total) corrupt(path, "total bytes overflow");
       total += info.nbytes;
-      m.leaves.push_back(std::move(info));
       if (m.process_count <= 1 && !any_box && !first_bad) {
         try {
-          check_leaf(m.leaves.back(), m, path);
+          check_leaf(info, m, path);
         } catch (const Error&) {
           first_bad = std::current_exception();
         }

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include <boost/container/small_vector.hpp>
+
 #include "runtime/array.h"
 #include "runtime/dtype.h"
 #include "runtime/tree.h"
@@ -64,7 +66,9 @@ struct LeafInfo {
   DType dtype = DType::u8;
   Shape shape;
   std::uint64_t nbytes = 0;
-  std::vector<ExtentInfo> extents;
+  // Unsharded leaves have one extent: inline, so that decoding 100,000 leaves allocates 100,000
+  // blocks fewer (and freeing them costs glibc that much less consolidation).
+  boost::container::small_vector<ExtentInfo, 1> extents;
 };
 
 struct NodeInfo {
