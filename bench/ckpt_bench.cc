@@ -62,6 +62,7 @@ RuntimeOptions BenchOptions::runtime_options() const {
   o.copy_threads = copy_threads;
   o.overlapped_copy_threads = overlapped_copy_threads;
   o.copy_nice = copy_nice;
+  o.write_during_copy = write_during_copy;
   o.staging_budget = staging_mb << 20;
   o.unit_bytes = unit_kb << 10;
   o.queue_depth = queue_depth;
@@ -382,7 +383,8 @@ json::object run_full(BenchOptions& o) {
   out["options"] = {{"copy_threads", o.copy_threads},
                     {"staging_budget_bytes", stats.staging_budget},
                     {"unit_bytes", o.unit_kb << 10},
-                    {"queue_depth", o.queue_depth}};
+                    {"queue_depth", o.queue_depth},
+                    {"write_during_copy", o.write_during_copy}};
   out["baseline"] = base;
   if (o.recheck) out["baseline_after"] = after;
   out["save"] = series_json(samples);
@@ -473,9 +475,10 @@ std::string full_table(const json::object& r) {
        r.at("mode").as_string().c_str(), r.at("engine").as_string().c_str(),
        r.at("saves").to_number<int>());
   line("machine: {}", machine_line(r.at("machine").as_object()));
-  line("runtime: {} copy threads, staging budget {} MiB, unit {} KiB, queue depth {}",
+  line("runtime: {} copy threads, staging budget {} MiB, unit {} KiB, queue depth {}{}",
        num(opts.at("copy_threads")), num(opts.at("staging_budget_bytes")) / (1 << 20),
-       num(opts.at("unit_bytes")) / 1024, num(opts.at("queue_depth")));
+       num(opts.at("unit_bytes")) / 1024, num(opts.at("queue_depth")),
+       opts.at("write_during_copy").as_bool() ? "" : ", sync writes after the copy");
   line("");
   line("baselines (best of {})                                   ms      GB/s",
        num(base.at("runs")));
@@ -634,6 +637,9 @@ int main(int argc, char** argv) {
   app.add_option("--overlapped-copy-threads", o.overlapped_copy_threads,
                  "threads an overlapped copy uses (0: the Runtime's default, all copy threads)");
   app.add_option("--copy-nice", o.copy_nice, "nice value of the copy threads");
+  app.add_flag("--write-during-copy,!--no-write-during-copy", o.write_during_copy,
+               "a sync save writes each unit as soon as it is copied (default on; off: its "
+               "writes start when the copy ends)");
   app.add_option("--staging-mb", o.staging_mb, "staging budget in MiB (0: two saves' worth)");
   app.add_option("--unit-kb", o.unit_kb, "write unit in KiB (0: the Runtime's default)");
   app.add_option("--queue-depth", o.queue_depth, "IO requests in flight")

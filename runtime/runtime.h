@@ -76,6 +76,14 @@ struct RuntimeOptions {
   std::uint64_t unit_bytes = 4u << 20;  // extent grid, staging chunk and write request size
   Backpressure backpressure = Backpressure::block;
   bool allow_direct = true;
+  // A sync save writes each unit as soon as it is copied, so that its time to durable approaches
+  // max(copy, write) instead of copy + write. false: its writes start once the caller's copy
+  // ends, and the stall is the copy alone. Where the writes compete with the copy (a VM whose
+  // disk the host serves from the guest's memory, as Firecracker's virtio-blk does), that trades
+  // time to durable for stall: at 1 GiB on a 2-core VM the median stall went from 1.36 to 1.07
+  // times a memcpy, and time to durable from 0.94 to 0.88 of a raw write (docs/design.md,
+  // section 5). Overlapped saves always write as they copy.
+  bool write_during_copy = true;
   // IO deadline of a save (0: none). A save fails with Errc::timeout when, while it has IO
   // outstanding (data writes, the data fsync), none of it completes for this long: a slow device
   // that keeps completing requests is not a timeout, a stuck one is. The stuck requests stay with

@@ -198,6 +198,9 @@ struct Writes {
   // would slow the copy (the stall) and the writes need none to start.
   bool hold_checksums = false;
   std::vector<std::size_t> held;
+  // And its writes too, without RuntimeOptions::write_during_copy: where = where each goes.
+  bool hold_writes = false;
+  std::vector<std::pair<std::size_t, IncrementalSave::Write>> held_writes;
   std::exception_ptr error;  // the first failure: later units are skipped
   // Per unit: the parts still to do (its write, its checksum); at 0 the chunk returns.
   std::unique_ptr<std::atomic<int>[]> parts;
@@ -476,8 +479,8 @@ struct Runtime::Impl {
   // Process 0 of an incremental collective save: the base every process uses.
   IncrementalChoice collective_base(const SaveOptions& options);
   void note_commit(const SaveOp& op);
-  // The copy of a sync save is done: the checksums it held go to the copy pool.
-  void release_checksums(const std::shared_ptr<SaveOp>& op);
+  // The copy of a sync save is done: the writes it held start, its checksums go to the copy pool.
+  void release_held(const std::shared_ptr<SaveOp>& op);
   void start_files(const std::shared_ptr<SaveOp>& op);
   void write_files(const std::shared_ptr<SaveOp>& op);
   asio::awaitable<void> await_files(const std::shared_ptr<SaveOp>& op);

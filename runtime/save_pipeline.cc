@@ -4,8 +4,9 @@
 //                ─► [sync: parallel copy] ─► return SaveHandle
 //   copy pool:   make <dir>.tmp-<tag>/, open the data file (O_DIRECT), sized   } at once,
 //                [overlapped: parallel copy ─► snapshotted]                      } overlapped
-//                per unit, as soon as it is copied and the file is open: engine write, and
-//                CRC32C on a copy thread; its chunk returns to the pool when both are done;
+//                per unit, as soon as it is copied and the file is open: engine write (a sync
+//                save without write_during_copy: once the copy ends), and CRC32C on a copy
+//                thread; its chunk returns to the pool when both are done;
 //                the last unit checksummed ─► metadata.json, extra files, manifest.ckpt, fsynced
 //                (write_files, during the data writes; not for a collective save)
 //   background:  every unit written ─► fsync data ─► [collective: the files, collective_commit]
@@ -166,6 +167,7 @@ void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
   for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
   w->remaining = n + 1;                                 // and the open
   w->hold_checksums = op->options.mode == SnapshotMode::sync;
+  w->hold_writes = w->hold_checksums && !options.write_during_copy;
   if (!op->sharded) {
     w->checksums_left = n;
     op->files_done = std::make_shared<Event>();
@@ -302,13 +304,17 @@ void Runtime::Impl::write_files(const std::shared_ptr<SaveOp>& op) {
   op->files_done->complete(failure);
 }
 
-void Runtime::Impl::release_checksums(const std::shared_ptr<SaveOp>& op) {
+void Runtime::Impl::release_held(const std::shared_ptr<SaveOp>& op) {
   std::vector<std::size_t> held;
+  std::vector<std::pair<std::size_t, IncrementalSave::Write>> held_writes;
   {
     std::lock_guard lock(op->writes->mu);
     op->writes->hold_checksums = false;
+    op->writes->hold_writes = false;
     held.swap(op->writes->held);
+    held_writes.swap(op->writes->held_writes);
   }
+  for (const auto& [i, at] : held_writes) submit_write(op, i, at.offset, at.length);
   for (std::size_t i : held) post_checksum(op, i);
 }
 
@@ -331,15 +337,18 @@ void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i)
   IncrementalSave::Write at{u.offset, u.length};
   if (op->inc && whole) at = op->inc->reserve_whole(i);  // before its hashing may start
   // The checksum on a copy thread (the write needs none to start), held back while a sync
-  // save's caller is still copying.
+  // save's caller is still copying; the write too without write_during_copy.
   bool hold;
+  bool hold_write;
   {
     std::lock_guard lock(op->writes->mu);
     hold = op->writes->hold_checksums;
     if (hold) op->writes->held.push_back(i);
+    hold_write = whole && op->writes->hold_writes;
+    if (hold_write) op->writes->held_writes.emplace_back(i, at);
   }
   if (!hold) post_checksum(op, i);
-  if (whole) submit_write(op, i, at.offset, at.length);
+  if (whole && !hold_write) submit_write(op, i, at.offset, at.length);
 }
 
 void Runtime::Impl::submit_write(const std::shared_ptr<SaveOp>& op, std::size_t i,
@@ -887,7 +896,7 @@ SaveHandle Runtime::save(const std::string& path, const Tree& tree,
   impl_->start_writes(op);
   if (options.mode == SnapshotMode::sync) {
     impl_->start_copy(op, nullptr, true);
-    impl_->release_checksums(op);
+    impl_->release_held(op);
     impl_->mark_snapshotted(*op);
   }
   impl_->stall_done(op);
@@ -928,7 +937,7 @@ void Runtime::start_async_save(std::string path, Tree tree, boost::json::object 
     impl->start_copy(
         op,
         [impl, op, done](std::exception_ptr e) {
-          impl->release_checksums(op);
+          impl->release_held(op);
           impl->mark_snapshotted(*op);
           impl->stall_done(op);
           impl->launch(op);

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -82,6 +83,24 @@ std::optional<Error> catch_error(Fn&& fn) {
 // it in *out for the test to arm (`out` must outlive the Runtime's construction).
 std::function<std::unique_ptr<io::Engine>(std::unique_ptr<io::Engine>)> wrap_in_faults(
     io::FaultEngine** out);
+
+// An engine that passes everything to `inner`: a base for test engines that watch or act on
+// some requests (they override submit and call ForwardingEngine::submit).
+class ForwardingEngine : public io::Engine {
+ public:
+  explicit ForwardingEngine(std::unique_ptr<io::Engine> inner) : inner_(std::move(inner)) {}
+  std::string_view name() const noexcept override { return inner_->name(); }
+  void submit(const io::Request& request, io::Completion done) override {
+    inner_->submit(request, std::move(done));
+  }
+  bool register_buffers(std::span<const iovec> buffers) override {
+    return inner_->register_buffers(buffers);
+  }
+  void unregister_buffers() override { inner_->unregister_buffers(); }
+
+ protected:
+  std::unique_ptr<io::Engine> inner_;
+};
 
 // Captures what the `ckpt` logger writes while it lives.
 struct LogCapture {

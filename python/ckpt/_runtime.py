@@ -37,7 +37,9 @@ class Runtime:
     copy_threads, overlapped_copy_threads, copy_nice, staging_budget (bytes), unit_bytes, backpressure ("block" | "skip"),
     allow_direct, io_timeout (seconds; 0: none), lock_wait (seconds), incremental (bool: every
     save writes only what changed since the previous checkpoint of its ``run_dir`` and shares the
-    rest with it through hard links; see docs/design.md section 13).
+    rest with it through hard links; see docs/design.md section 13), write_during_copy (bool,
+    default True: a sync save writes each unit as soon as it is copied; False: its writes start
+    once the copy ends, a shorter stall where writes compete with the copy, for a later durable).
 
     ``save`` returns once the tree has been copied into staging memory (mode="sync", the only
     stall) or at once (mode="overlapped": do not change the arrays before

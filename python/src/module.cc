@@ -133,6 +133,7 @@ class PyRuntime {
       else if (key == "unit_bytes") o.unit_bytes = v.cast<std::uint64_t>();
       else if (key == "backpressure") o.backpressure = parse_backpressure(v.cast<std::string>());
       else if (key == "allow_direct") o.allow_direct = v.cast<bool>();
+      else if (key == "write_during_copy") o.write_during_copy = v.cast<bool>();
       else if (key == "incremental") o.incremental = v.cast<bool>();
       else if (key == "io_timeout") o.io_timeout = duration_cast<milliseconds>(to_ns(v.cast<double>()));
       else if (key == "lock_wait") o.lock_wait = duration_cast<milliseconds>(to_ns(v.cast<double>()));

@@ -226,6 +226,17 @@ def test_the_gil_is_released_while_a_restore_reads(rt, tmp_path):
         "the other thread made no progress while the restore read"
 
 
+def test_a_runtime_that_writes_after_the_copy_saves_what_the_call_saw(tmp_path):
+    with ckpt.Runtime(write_during_copy=False, unit_bytes=1 << 20) as rt:
+        s = state(8, 3)
+        h = rt.save(tmp_path / "c", s, {"step": 3})
+        s["w"][:] = 0  # the copy is done when save() returns, even if no write has started
+        assert h.result(60).state == "committed"
+        back, meta = rt.restore(tmp_path / "c")
+    assert meta == {"step": 3}
+    np.testing.assert_array_equal(back["w"], state(8, 3)["w"])
+
+
 def test_unknown_runtime_options_are_refused():
     with pytest.raises(ckpt.InvalidArgumentError, match="unknown Runtime option 'bogus'"):
         ckpt.Runtime(bogus=1)

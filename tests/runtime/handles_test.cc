@@ -93,25 +93,16 @@ struct Faulty {
 };
 
 // Forwards to the real engine and says when it is destroyed: the end of a Runtime's teardown.
-class WatchedEngine final : public io::Engine {
+class WatchedEngine final : public test::ForwardingEngine {
  public:
   WatchedEngine(std::unique_ptr<io::Engine> inner, std::promise<void>* gone)
-      : inner_(std::move(inner)), gone_(gone) {}
+      : ForwardingEngine(std::move(inner)), gone_(gone) {}
   ~WatchedEngine() override {
     inner_.reset();
     gone_->set_value();
   }
-  std::string_view name() const noexcept override { return inner_->name(); }
-  void submit(const io::Request& request, io::Completion done) override {
-    inner_->submit(request, std::move(done));
-  }
-  bool register_buffers(std::span<const iovec> buffers) override {
-    return inner_->register_buffers(buffers);
-  }
-  void unregister_buffers() override { inner_->unregister_buffers(); }
 
  private:
-  std::unique_ptr<io::Engine> inner_;
   std::promise<void>* gone_;
 };
 

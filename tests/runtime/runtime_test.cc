@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <atomic>
 #include <future>
 #include <thread>
 
@@ -83,6 +84,58 @@ TEST_CASE("a sync save returns after the copy and commits a checkpoint that rest
   CHECK(verify_checkpoint(rt.engine(), dir / "run/step/1").ok());
   CHECK(rt.drain().ok());
   CHECK(rt.stats().staging_in_use == 0);
+}
+
+namespace {
+
+// An engine that, given its first write once armed, overwrites every array of `tree` as the
+// training loop's next step would: the checkpoint then shows whether any unit was still to be
+// copied when the writes started.
+class StepAtFirstWrite final : public test::ForwardingEngine {
+ public:
+  StepAtFirstWrite(std::unique_ptr<io::Engine> inner, const Tree* tree, std::atomic<bool>* armed)
+      : ForwardingEngine(std::move(inner)), tree_(tree), armed_(armed) {}
+  void submit(const io::Request& request, io::Completion done) override {
+    if (request.op == io::Request::Op::write && armed_->exchange(false)) {
+      for (auto& [path, a] : tree_->flatten()) std::memset(a.mutable_data(), 0xff, a.nbytes());
+    }
+    ForwardingEngine::submit(request, std::move(done));
+  }
+
+ private:
+  const Tree* tree_;
+  std::atomic<bool>* armed_;
+};
+
+}  // namespace
+
+TEST_CASE("a sync save without write_during_copy copies every array before its first write") {
+  TempDir dir;
+  Tree tree = make_tree(4, 700'000, 3);  // 11 MiB: units of 1 MiB, two copy threads
+  std::atomic<bool> armed{false};
+  RuntimeOptions o = small_options();
+  o.write_during_copy = false;
+  o.wrap_engine = [&tree, &armed](std::unique_ptr<io::Engine> inner) {
+    return std::unique_ptr<io::Engine>(
+        std::make_unique<StepAtFirstWrite>(std::move(inner), &tree, &armed));
+  };
+  Runtime rt(o);
+  for (int step = 1; step <= 3; ++step) {  // the first save plans, the others reuse the plan
+    std::size_t k = 0;
+    for (auto& [leaf, a] : tree.flatten()) test::fill_pattern(a, 3 + k++);
+    armed = true;
+    const std::string path = dir / ("run/step/" + std::to_string(step));
+    SaveHandle h = rt.save(path, tree, {{"step", step}});
+    wait_or_fail(h);
+    REQUIRE(h.state() == SaveState::committed);
+    CHECK_FALSE(armed.load());  // the arrays changed, at the save's first write
+    Tree back = test::zeros_like(tree);
+    rt.restore(path, back);
+    std::size_t i = 0;
+    for (auto& [leaf, a] : back.flatten()) CHECK_MESSAGE(test::has_pattern(a, 3 + i++), leaf);
+    CHECK(verify_checkpoint(rt.engine(), path).ok());
+  }
+  CHECK(rt.drain().ok());
 }
 
 TEST_CASE("paced copy threads (lower priority, fewer for overlapped copies) still commit every save") {
