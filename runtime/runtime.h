@@ -81,8 +81,8 @@ struct RuntimeOptions {
   // ends, and the stall is the copy alone. Where the writes compete with the copy (a VM whose
   // disk the host serves from the guest's memory, as Firecracker's virtio-blk does), that trades
   // time to durable for stall: at 1 GiB on a 2-core VM the median stall went from 1.36 to 1.07
-  // times a memcpy, and time to durable from 0.94 to 0.88 of a raw write (docs/design.md,
-  // section 5). Overlapped saves always write as they copy.
+  // times a memcpy, and raw write / durable from 0.94 to 0.88 (docs/design.md, section 5).
+  // Overlapped saves always write as they copy.
   bool write_during_copy = true;
   // IO deadline of a save (0: none). A save fails with Errc::timeout when, while it has IO
   // outstanding (data writes, the data fsync), none of it completes for this long: a slow device

@@ -314,8 +314,12 @@ void Runtime::Impl::release_held(const std::shared_ptr<SaveOp>& op) {
     held.swap(op->writes->held);
     held_writes.swap(op->writes->held_writes);
   }
-  for (const auto& [i, at] : held_writes) submit_write(op, i, at.offset, at.length);
-  for (std::size_t i : held) post_checksum(op, i);
+  // A unit whose write or checksum is lost would never count down, and the save would hang:
+  // fatal instead, as unit_copied is.
+  [&]() noexcept {
+    for (const auto& [i, at] : held_writes) submit_write(op, i, at.offset, at.length);
+    for (std::size_t i : held) post_checksum(op, i);
+  }();
 }
 
 void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i) {

@@ -10,10 +10,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <atomic>
 #include <future>
 #include <thread>
 
@@ -111,7 +111,7 @@ class StepAtFirstWrite final : public test::ForwardingEngine {
 
 TEST_CASE("a sync save without write_during_copy copies every array before its first write") {
   TempDir dir;
-  Tree tree = make_tree(4, 700'000, 3);  // 11 MiB: units of 1 MiB, two copy threads
+  Tree tree = make_tree(4, 700'000, 3);  // 10.7 MiB: units of 1 MiB, two copy threads
   std::atomic<bool> armed{false};
   RuntimeOptions o = small_options();
   o.write_during_copy = false;
