@@ -487,6 +487,43 @@ TEST_CASE("manifest decode names the first leaf that breaks a rule, and a dtype 
       Errc::unsupported, "leaf 'c/d' has unknown dtype");
 }
 
+// 20,000 leaves f32[3] under keys k00000..k19999: enough nodes for decode_manifest to decode
+// them on a thread beside the leaves.
+Manifest large_manifest() {
+  Tree t;
+  for (int i = 0; i < 20'000; ++i)
+    t["k" + std::to_string(100'000 + i).substr(1)] = Array::zeros(DType::f32, {3});
+  Manifest m;
+  m.writer = "test";
+  describe_structure(t, m);
+  plan_extents(t.flatten(), 4096, m);
+  std::uint32_t crc = 1;
+  for (auto& b : m.blocks) b.crc32c = crc++;
+  return m;
+}
+
+TEST_CASE("a large manifest decodes its nodes beside its leaves, and a bad node still wins") {
+  Manifest m = large_manifest();
+  const std::string bytes = encode_manifest(m);
+  bool sharded = true;
+  Manifest d = decode_manifest(bytes, kPath, &sharded);
+  CHECK_FALSE(sharded);
+  CHECK(d.nodes.size() == 20'001);
+  CHECK(d.leaves.size() == 20'000);
+  CHECK(encode_manifest(d) == bytes);
+  // A node of unknown kind near the end and a leaf of unknown dtype near the start: the node is
+  // reported, as when the nodes are decoded before the leaves.
+  m.nodes[m.nodes.size() - 2].kind = static_cast<Tree::Kind>(9);
+  m.leaves[1].dtype = static_cast<DType>(kDTypeCount);
+  check_rejected(encode_manifest(m), Errc::corrupt, "unknown node kind");
+  Manifest bad_leaf = large_manifest();
+  bad_leaf.leaves[15'000].dtype = static_cast<DType>(kDTypeCount);
+  check_rejected(encode_manifest(bad_leaf), Errc::unsupported, "leaf 'k15000' has unknown dtype");
+  Manifest bad_node = large_manifest();
+  bad_node.nodes[7].kind = static_cast<Tree::Kind>(9);
+  check_rejected(encode_manifest(bad_node), Errc::corrupt, "unknown node kind");
+}
+
 TEST_CASE("manifest decode rejects gaps and overlaps between blocks") {
   check_rejected([](Manifest& m) { m.blocks[2].offset += 4096; }, Errc::corrupt, "gaps");
   check_rejected([](Manifest& m) { m.blocks[2].offset -= 4096; }, Errc::corrupt, "overlap");
