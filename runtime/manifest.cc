@@ -7,12 +7,12 @@
 #include <cstring>
 #include <exception>
 #include <future>
-#include <system_error>
 #include <tuple>
 #include <utility>
 
 #include "io/error.h"
 #include "io/file.h"
+#include "runtime/beside.h"
 #include "runtime/crc32c.h"
 #include "runtime/limits.h"
 #include "schemas/checkpoint_generated.h"
@@ -753,12 +753,8 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
   // of their own beside its leaves. A node that fails still wins over a leaf that fails, as
   // when the nodes came first; where no thread starts they do.
   std::future<std::vector<NodeInfo>> nodes_beside;
-  if (fm->nodes() && fm->nodes()->size() >= kNodesBesideLeaves) {
-    try {
-      nodes_beside = std::async(std::launch::async, [fm, &path] { return read_nodes(fm, path); });
-    } catch (const std::system_error&) {
-    }
-  }
+  if (fm->nodes() && fm->nodes()->size() >= kNodesBesideLeaves)
+    nodes_beside = start_beside([fm, &path] { return read_nodes(fm, path); });
   if (!nodes_beside.valid()) m.nodes = read_nodes(fm, path);
   std::uint64_t total = 0;
   // Whether the manifest is sharded (Manifest::sharded, or an extent with a box) is known only

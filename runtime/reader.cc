@@ -7,12 +7,12 @@
 #include <optional>
 #include <filesystem>
 #include <future>
-#include <system_error>
 #include <unordered_map>
 
 #include "io/durable.h"
 #include "io/error.h"
 #include "io/file.h"
+#include "runtime/beside.h"
 #include "runtime/checkpoint.h"
 #include "runtime/crc32c.h"
 #include "runtime/json.h"
@@ -167,14 +167,8 @@ class Prefetch {
   // own beside the template match for a large manifest (about 10 ms at 100,000 leaves). The
   // future must not outlive `m`; an invalid one: finish() plans them.
   std::future<std::vector<Unit>> plan_beside(const Manifest& m, std::size_t manifest_bytes) const {
-    std::future<std::vector<Unit>> planned;
-    if (manifest_bytes < kAliasingBesideDecodeBytes) return planned;
-    try {
-      planned = std::async(std::launch::async,
-                           [&m, unit = unit_] { return plan_units(m, unit, {}); });
-    } catch (const std::system_error&) {
-    }
-    return planned;
+    if (manifest_bytes < kAliasingBesideDecodeBytes) return {};
+    return start_beside([&m, unit = unit_] { return plan_units(m, unit, {}); });
   }
 
   // The restore of every leaf of `m` (decoded from the same bytes) into `targets`.
@@ -233,11 +227,8 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   std::future<std::vector<std::string>> aliasing;
   if (!resharding && bytes.size() >= kAliasingBesideDecodeBytes) {
     const std::size_t leaves_hint = bytes.size() / kManifestBytesPerLeafHint;
-    try {
-      aliasing = std::async(std::launch::async,
-                            [&templ, leaves_hint] { return aliasing_problems(templ, leaves_hint); });
-    } catch (const std::system_error&) {
-    }
+    aliasing =
+        start_beside([&templ, leaves_hint] { return aliasing_problems(templ, leaves_hint); });
   }
   bool sharded = false;
   Manifest m = decode_manifest(bytes, path, &sharded);
