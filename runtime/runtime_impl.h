@@ -198,8 +198,7 @@ struct Writes {
   // would slow the copy (the stall) and the writes need none to start.
   bool hold_checksums = false;
   std::vector<std::size_t> held;
-  // And its writes too, without RuntimeOptions::write_during_copy: where = where each goes.
-  bool hold_writes = false;
+  // And, without RuntimeOptions::write_during_copy, its writes too: where each goes.
   std::vector<std::pair<std::size_t, IncrementalSave::Write>> held_writes;
   std::exception_ptr error;  // the first failure: later units are skipped
   // Per unit: the parts still to do (its write, its checksum); at 0 the chunk returns.

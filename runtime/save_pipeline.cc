@@ -167,7 +167,6 @@ void Runtime::Impl::start_writes(const std::shared_ptr<SaveOp>& op) {
   for (std::size_t i = 0; i < n; ++i) w->parts[i] = 2;  // the write and the checksum
   w->remaining = n + 1;                                 // and the open
   w->hold_checksums = op->options.mode == SnapshotMode::sync;
-  w->hold_writes = w->hold_checksums && !options.write_during_copy;
   if (!op->sharded) {
     w->checksums_left = n;
     op->files_done = std::make_shared<Event>();
@@ -310,7 +309,6 @@ void Runtime::Impl::release_held(const std::shared_ptr<SaveOp>& op) {
   {
     std::lock_guard lock(op->writes->mu);
     op->writes->hold_checksums = false;
-    op->writes->hold_writes = false;
     held.swap(op->writes->held);
     held_writes.swap(op->writes->held_writes);
   }
@@ -348,7 +346,7 @@ void Runtime::Impl::issue_unit(const std::shared_ptr<SaveOp>& op, std::size_t i)
     std::lock_guard lock(op->writes->mu);
     hold = op->writes->hold_checksums;
     if (hold) op->writes->held.push_back(i);
-    hold_write = whole && op->writes->hold_writes;
+    hold_write = whole && hold && !options.write_during_copy;
     if (hold_write) op->writes->held_writes.emplace_back(i, at);
   }
   if (!hold) post_checksum(op, i);
