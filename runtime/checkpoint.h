@@ -25,6 +25,16 @@ struct WriteOptions {
   std::map<std::string, std::string> extra_files;
 };
 
+// How a restore's blocks went into the template (ReadOptions::read_how; RuntimeStats counts them).
+enum class ReadHow : std::uint8_t {
+  nothing,     // no block was wanted (a partial restore of scalars only, an empty tree)
+  swapped,     // staged: each unit swapped in as it verified, during the reads still to come
+  copied,      // staged: copied in once every unit verified
+  placed,      // staged, not transactional: each unit copied in as it verified
+  two_passes,  // beyond the staging: one read verifies every block, a second copies them in
+  one_pass,    // beyond the staging, not transactional: one read verifies and copies
+};
+
 struct ReadOptions {
   std::uint64_t unit_bytes = 16u << 20;  // the least read request; a unit holds whole blocks
   unsigned queue_depth = 8;              // reads in flight
@@ -45,6 +55,15 @@ struct ReadOptions {
   // whole array). Any checkpoint can be restored into boxes, a sharded one into any
   // decomposition (runtime/sharded_read.h).
   const Sharding* sharding = nullptr;
+  // False: the caller discards the template when the restore fails (a template just made for
+  // it, as make_template's or Python's restore without one). With staging, each unit is then
+  // copied in as soon as its blocks verify, instead of swapped in or copied after the last read;
+  // without, the blocks are read once, not twice, and verified as they are copied in. A failed
+  // restore then leaves the template partly written. The checks before anything is read and the
+  // errors are the same either way.
+  bool transactional = true;
+  // Where set, receives how the blocks went into the template (a restore that returned).
+  ReadHow* read_how = nullptr;
 };
 
 // Writes `tree` and `metadata` as the checkpoint directory `dir` (created with its parents),

@@ -177,7 +177,8 @@ class Prefetch {
     std::vector<Unit> units = planned.valid() ? planned.get() : plan_units(m, unit_, {});
     StagedReadOptions staged = staged_options(options);
     staged.targets_disjoint = true;  // restore_checkpoint matched the template (no overlap)
-    read_->finish(m, units, targets, staged);
+    const ReadHow how = read_->finish(m, units, targets, staged);
+    if (options.read_how != nullptr) *options.read_how = how;
   }
 
  private:

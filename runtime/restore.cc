@@ -7,10 +7,11 @@ namespace ckpt {
 // copy threads and swapped into the template as they arrive; a failure swaps them back. The
 // chunks are borrowed from the pool when it has them free (pre-faulted: no page faults);
 // otherwise the reader maps its own staging up to the budget, or reads twice.
-boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ, bool partial,
-                                           const Sharding* sharding) {
+boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ,
+                                           const RestoreOptions& how, const Sharding* sharding) {
   ReadOptions ro;
   ro.sharding = sharding;
+  ro.transactional = how.transactional;
   ro.unit_bytes = options.unit_bytes;
   ro.queue_depth = options.queue_depth;
   ro.allow_direct = options.allow_direct;
@@ -30,27 +31,44 @@ boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ,
   if (workers.get_executor().running_in_this_thread()) {
     ro.spawn = [this](std::function<void()> fn) { asio::post(workers, std::move(fn)); };
   }
-  return restore_checkpoint(*engine, path, templ, partial, ro);
+  ReadHow read = ReadHow::nothing;
+  ro.read_how = &read;
+  boost::json::object metadata = restore_checkpoint(*engine, path, templ, how.partial, ro);
+  std::lock_guard lock(mu);
+  switch (read) {
+    case ReadHow::nothing: break;
+    case ReadHow::swapped: ++counters.restores_swapped; break;
+    case ReadHow::copied: ++counters.restores_copied; break;
+    case ReadHow::placed: ++counters.restores_placed; break;
+    case ReadHow::two_passes: ++counters.restores_two_passes; break;
+    case ReadHow::one_pass: ++counters.restores_one_pass; break;
+  }
+  return metadata;
 }
 
 boost::json::object Runtime::restore(const std::string& path, Tree& templ, bool partial) {
-  return impl_->restore(path, templ, partial);
+  return impl_->restore(path, templ, {partial, true});
+}
+
+boost::json::object Runtime::restore(const std::string& path, Tree& templ,
+                                     const RestoreOptions& options) {
+  return impl_->restore(path, templ, options);
 }
 
 boost::json::object Runtime::restore(const std::string& path, Tree& templ,
                                      const Sharding& sharding, bool partial) {
-  return impl_->restore(path, templ, partial, &sharding);
+  return impl_->restore(path, templ, {partial, true}, &sharding);
 }
 
 void Runtime::start_async_restore(
-    std::string path, Tree templ, bool partial,
+    std::string path, Tree templ, RestoreOptions how,
     std::function<void(std::exception_ptr, boost::json::object)> done) {
   Impl* impl = impl_.get();
   impl->begin_op();
   asio::post(impl->workers,
-             [impl, path = std::move(path), templ = std::move(templ), partial, done]() mutable {
+             [impl, path = std::move(path), templ = std::move(templ), how, done]() mutable {
                try {
-                 auto metadata = impl->restore(path, templ, partial);
+                 auto metadata = impl->restore(path, templ, how);
                  done(nullptr, std::move(metadata));
                } catch (...) {
                  done(std::current_exception(), boost::json::object());

@@ -118,6 +118,13 @@ struct RuntimeOptions {
   std::chrono::milliseconds collective_timeout{60000};
 };
 
+// How Runtime::restore reads: `partial` as restore_checkpoint's; `transactional` as
+// ReadOptions::transactional (false where the template is thrown away when the restore fails).
+struct RestoreOptions {
+  bool partial = false;
+  bool transactional = true;
+};
+
 struct SaveOptions {
   SnapshotMode mode = SnapshotMode::sync;
   std::optional<Backpressure> backpressure;        // default: RuntimeOptions::backpressure
@@ -165,6 +172,14 @@ struct RuntimeStats {
   // Units of incremental sync saves hashed straight from the leaves in the caller's stall, with
   // only what their base lacked copied (docs/design.md, section 13).
   std::uint64_t units_packed_in_stall = 0;
+  // Restores that returned, by how their blocks went into the template (ReadHow): staged,
+  // swapped in or copied in after the last read (transactional) or copied in as each verified
+  // (not); beyond the staging, read twice (transactional) or once.
+  std::uint64_t restores_swapped = 0;
+  std::uint64_t restores_copied = 0;
+  std::uint64_t restores_placed = 0;
+  std::uint64_t restores_two_passes = 0;
+  std::uint64_t restores_one_pass = 0;
   std::uint64_t staging_in_use = 0;  // bytes
   std::uint64_t staging_mapped = 0;  // bytes
   std::uint64_t staging_budget = 0;  // bytes
@@ -222,7 +237,10 @@ class Runtime {
   void claim_run_dir(const std::string& run_dir);
 
   // Reads the checkpoint at `path` into `templ` (see restore_checkpoint); returns the metadata.
+  // RestoreOptions::transactional false: a failed restore may leave `templ` partly written
+  // (ReadOptions::transactional), for a template that is thrown away then.
   boost::json::object restore(const std::string& path, Tree& templ, bool partial = false);
+  boost::json::object restore(const std::string& path, Tree& templ, const RestoreOptions& options);
   // The same into a template whose leaves are boxes of the global arrays (`sharding`), from a
   // checkpoint saved in any decomposition by any number of processes (runtime/sharded_read.h).
   // Not collective: each process reads the bytes its boxes need.
@@ -232,10 +250,15 @@ class Runtime {
   // alive until completion.
   template <typename Token>
   auto async_restore(std::string path, Tree templ, bool partial, Token&& token) {
+    return async_restore(std::move(path), std::move(templ), RestoreOptions{partial, true},
+                         std::forward<Token>(token));
+  }
+  template <typename Token>
+  auto async_restore(std::string path, Tree templ, RestoreOptions how, Token&& token) {
     return detail::async_call<void(std::exception_ptr, boost::json::object)>(
         link(), std::forward<Token>(token),
-        [this, path = std::move(path), templ = std::move(templ), partial](auto done) mutable {
-          start_async_restore(std::move(path), std::move(templ), partial, std::move(done));
+        [this, path = std::move(path), templ = std::move(templ), how](auto done) mutable {
+          start_async_restore(std::move(path), std::move(templ), how, std::move(done));
         });
   }
 
@@ -269,7 +292,7 @@ class Runtime {
   void start_async_save(std::string path, Tree tree, boost::json::object metadata,
                         SaveOptions options,
                         std::function<void(std::exception_ptr, SaveHandle)> done);
-  void start_async_restore(std::string path, Tree templ, bool partial,
+  void start_async_restore(std::string path, Tree templ, RestoreOptions how,
                            std::function<void(std::exception_ptr, boost::json::object)> done);
   void start_async_drain(std::function<void(DrainReport)> done);
   std::shared_ptr<detail::RuntimeLink> link() const;

@@ -366,7 +366,7 @@ struct Runtime::Impl {
 
   // Restores read through pre-faulted staging chunks when the pool has them free (a fresh mapping
   // costs its page faults on every restore), else through memory of their own.
-  boost::json::object restore(const std::string& path, Tree& templ, bool partial,
+  boost::json::object restore(const std::string& path, Tree& templ, const RestoreOptions& how,
                               const Sharding* sharding = nullptr);
 
   void begin_op();

@@ -194,7 +194,10 @@ void read_resharded(io::Engine& engine, const std::string& dir, const Manifest& 
     units.back().pieces.push_back(Piece{bi, 0, b.length, true});
     units.back().length += b.length;
   }
-  if (units.empty()) return;
+  if (units.empty()) {
+    if (options.read_how != nullptr) *options.read_how = ReadHow::nothing;
+    return;
+  }
 
   // Each run's bytes, as segments of the units that hold them (runs are sorted: so are the
   // segments of a unit).

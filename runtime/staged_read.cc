@@ -139,6 +139,7 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
     swap,    // verify it (unless checked ahead) and swap it into the targets at once
     verify,  // verify it (unless checked ahead); the units are copied once every one verified
     copy,    // every unit verified: copy this one into the targets
+    place,   // not transactional: verify it (unless checked ahead) and copy it in at once
   };
   struct Outcome {
     bool ok = true;        // verified (ahead: its blocks matched the layout's checksums)
@@ -301,11 +302,16 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
           if (wrong) out.bad = bad_block(u, *wrong);
           break;
         }
-        case Mode::verify: {
+        case Mode::verify:  // (a unit verified ahead reaches a worker only to be placed)
+        case Mode::place: {
           const Unit& u = (*units)[i];
-          if (auto pieces = verify_unit(u, buffers[i], *m, crc); !pieces.empty()) {
-            out.bad = bad_block(u, pieces.front());
+          if (verified[i] == 0) {
+            if (auto pieces = verify_unit(u, buffers[i], *m, crc); !pieces.empty()) {
+              out.bad = bad_block(u, pieces.front());
+              break;
+            }
           }
+          if (now == Mode::place) scatter_unit(u, buffers[i], *targets);
           break;
         }
         case Mode::copy:
@@ -340,6 +346,7 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
         }
         break;
       case Mode::swap:
+      case Mode::place:  // a unit placed stays placed when another fails
         if (out.swapped) swapped[i] = 1;
         if (out.bad) fail_locked(out.bad); else ++done;
         break;
@@ -508,7 +515,12 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
     // before that, but it waits for the last read. Once every read is issued and at least half
     // the units are in (as when the manifest's decode took about as long as the reads), the
     // copy afterwards finishes first; with more still to come, swapping hides behind them.
-    if (!disjoint) {
+    // Not transactional (ReadOptions::transactional), each unit is copied in as it verifies:
+    // half the swap's memory traffic, and no wait for the last read.
+    if (disjoint && !options.transactional) {
+      st.arm_locked(State::Mode::place, false);
+      placement = Placement::placed;
+    } else if (!disjoint) {
       copy_after = !targets.empty();
       st.arm_locked(State::Mode::verify, false);
       placement = Placement::copied;
@@ -570,18 +582,22 @@ bool StagedRead::wait_read(std::chrono::milliseconds timeout) {
   });
 }
 
-void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
-                 const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
-                 const std::vector<const Array*>& targets, const StagedReadOptions& options) {
+ReadPlacement staged_read(io::Engine& engine, const Manifest& manifest,
+                          const std::vector<Unit>& units, const std::vector<io::File*>& files,
+                          const std::vector<std::byte*>& buffers,
+                          const std::vector<const Array*>& targets,
+                          const StagedReadOptions& options) {
   StagedRead read(engine, units, files, buffers, options.queue_depth);
   read.start();
-  read.finish(manifest, units, targets, options);
+  return read.finish(manifest, units, targets, options);
 }
 
 void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit>& units,
                    const std::vector<io::File*>& files, std::uint64_t unit_bytes,
-                   unsigned queue_depth, const std::vector<const Array*>& targets) {
+                   unsigned queue_depth, const std::vector<const Array*>& targets,
+                   bool transactional) {
   for (bool scatter : {false, true}) {
+    if (!scatter && !transactional) continue;
     std::vector<std::uint32_t> crc(extent_slots(m));
     UnitPipe pipe(engine, unit_bytes, queue_depth);
     pipe.read_all(units, files, [&](const Unit& u, const std::byte* buf) {
@@ -595,6 +611,7 @@ void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit
 
 StagedReadOptions staged_options(const ReadOptions& options) {
   StagedReadOptions staged{options.queue_depth, options.threads, options.spawn};
+  staged.transactional = options.transactional;
   if (staged.threads == 0) staged.threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   return staged;
 }
@@ -610,14 +627,21 @@ void read_into_targets(io::Engine& engine, const Manifest& m, const std::vector<
     ReadStaging staging(units, unit_bytes, options.staging_bytes, options.borrow,
                         options.give_back);
     if (!staging.buffers().empty() || units.empty()) {
-      staged_read(engine, m, units, files, staging.buffers(), targets, staged);
+      ReadHow how = staged_read(engine, m, units, files, staging.buffers(), targets, staged);
+      if (units.empty()) how = ReadHow::nothing;
+      if (options.read_how != nullptr) *options.read_how = how;
       return;
     }
   }
   if (pass_units.empty()) {
-    two_pass_read(engine, m, units, files, unit_bytes, options.queue_depth, targets);
+    two_pass_read(engine, m, units, files, unit_bytes, options.queue_depth, targets,
+                  options.transactional);
   } else {
-    two_pass_read(engine, m, pass_units, files, pass_unit_bytes, options.queue_depth, targets);
+    two_pass_read(engine, m, pass_units, files, pass_unit_bytes, options.queue_depth, targets,
+                  options.transactional);
+  }
+  if (options.read_how != nullptr) {
+    *options.read_how = options.transactional ? ReadHow::two_passes : ReadHow::one_pass;
   }
 }
 

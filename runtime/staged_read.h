@@ -13,6 +13,10 @@
 // When staging for every unit cannot be had, the read goes in two passes: the first verifies
 // every block (nothing written), the second reads, verifies and copies unit by unit. That reads
 // twice, and a disk or file that changes between the passes can leave the template partly written.
+//
+// Not transactional (ReadOptions::transactional false: the caller throws the template away when
+// the restore fails), each unit is copied into the targets as soon as it verifies, and without
+// staging the read is the second pass alone. A failure then leaves the targets partly written.
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -28,13 +32,9 @@
 
 namespace ckpt {
 
-// How StagedRead::finish() put the units into the targets.
-enum class ReadPlacement : std::uint8_t {
-  swapped,  // each swapped in as it verified, during the reads still to come
-  // copied once every unit verified: on the workers where every read was issued and half of
-  // them were in; by the caller where segments overlap (or into no targets: verified only)
-  copied,
-};
+// How StagedRead::finish() put the units into the targets: swapped, copied (also where segments
+// overlap, by the caller, or into no targets: verified only) or placed (runtime/checkpoint.h).
+using ReadPlacement = ReadHow;
 
 struct StagedReadOptions {
   unsigned queue_depth = 8;  // reads in flight
@@ -46,6 +46,8 @@ struct StagedReadOptions {
   // process's checkpoint, whose template match refused overlapping leaves and whose manifest's
   // extents tile each leaf (decode_manifest). Only the units' own segments are then checked.
   bool targets_disjoint = false;
+  // False: the targets need not be kept as they were when the read fails (ReadOptions).
+  bool transactional = true;
   // Called by finish() once it chose how to place the units, before it waits for them (tests).
   std::function<void(ReadPlacement)> on_placed;
 };
@@ -60,9 +62,11 @@ StagedReadOptions staged_options(const ReadOptions& options);
 // in flight and every target byte is written. Segments whose bytes overlap, in the units or in the
 // targets (only a hostile manifest places them so), are copied after every block verified, on the
 // calling thread, instead of swapped.
-void staged_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
-                 const std::vector<io::File*>& files, const std::vector<std::byte*>& buffers,
-                 const std::vector<const Array*>& targets, const StagedReadOptions& options);
+ReadPlacement staged_read(io::Engine& engine, const Manifest& manifest,
+                          const std::vector<Unit>& units, const std::vector<io::File*>& files,
+                          const std::vector<std::byte*>& buffers,
+                          const std::vector<const Array*>& targets,
+                          const StagedReadOptions& options);
 
 // staged_read in two steps, so that the reads can start before the leaves are known: a restore of
 // a whole checkpoint reads every block, which decode_layout gives, and issues those reads while it
@@ -109,14 +113,18 @@ class StagedRead {
 };
 
 // Verifies every unit (pass 1), then reads them again, verifying and copying each into `targets`
-// (pass 2), through a UnitPipe of `queue_depth` buffers of `unit_bytes` (the largest unit).
+// (pass 2), through a UnitPipe of `queue_depth` buffers of `unit_bytes` (the largest unit). Not
+// `transactional`: pass 2 alone (a block's bytes may reach the targets before it fails).
 void two_pass_read(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
                    const std::vector<io::File*>& files, std::uint64_t unit_bytes,
-                   unsigned queue_depth, const std::vector<const Array*>& targets);
+                   unsigned queue_depth, const std::vector<const Array*>& targets,
+                   bool transactional = true);
 
-// The transactional read of `units` (whole blocks, each at most unit_bytes) into `targets`:
+// The read of `units` (whole blocks, each at most unit_bytes) into `targets`, transactional unless
+// options.transactional is false:
 // staged_read through staging lent by options.borrow or mapped within options.staging_bytes; else
 // two_pass_read over `pass_units` (pieces of at most pass_unit_bytes; empty: `units` themselves).
+// Sets *options.read_how once it returned.
 void read_into_targets(io::Engine& engine, const Manifest& manifest, const std::vector<Unit>& units,
                        std::uint64_t unit_bytes, const std::vector<io::File*>& files,
                        const std::vector<const Array*>& targets, const ReadOptions& options,

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -100,6 +101,25 @@ class ForwardingEngine : public io::Engine {
 
  protected:
   std::unique_ptr<io::Engine> inner_;
+};
+
+// Counts the reads it forwards, and their bytes (a two-pass restore reads every unit twice).
+class CountingEngine final : public ForwardingEngine {
+ public:
+  CountingEngine() : ForwardingEngine(io::make_engine()) {}
+  void submit(const io::Request& r, io::Completion done) override {
+    if (r.op == io::Request::Op::read) {
+      ++reads_;
+      read_bytes_ += r.len;
+    }
+    ForwardingEngine::submit(r, std::move(done));
+  }
+  std::uint64_t reads() const { return reads_; }
+  std::uint64_t read_bytes() const { return read_bytes_; }
+
+ private:
+  std::atomic<std::uint64_t> reads_{0};
+  std::atomic<std::uint64_t> read_bytes_{0};
 };
 
 // Captures what the `ckpt` logger writes while it lives.

@@ -4,6 +4,9 @@
 
 #include <boost/asio/use_future.hpp>
 #include <boost/json.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -180,6 +183,100 @@ TEST_CASE("a restore that finds a corrupt block leaves the template as it was") 
   CHECK(test::trees_equal(s.templ, s.tree));
 }
 
+TEST_CASE("a restore that is not transactional reads every block once, with staging or without") {
+  auto e = engine();
+  Saved s(*e);
+  const std::uint64_t size = test::file_size(s.data());
+  for (bool transactional : {true, false}) {
+    for (std::uint64_t staging : {std::uint64_t{1} << 30, std::uint64_t{0}}) {
+      CAPTURE(transactional);
+      CAPTURE(staging);
+      test::CountingEngine counting;
+      ReadHow how = ReadHow::nothing;
+      ReadOptions r;
+      r.unit_bytes = 64 << 10;
+      r.staging_bytes = staging;  // 0: transactional, the two-pass read
+      r.transactional = transactional;
+      r.read_how = &how;
+      Tree back = test::zeros_like(s.tree);
+      restore_checkpoint(counting, s.dir, back, false, r);
+      CHECK(test::trees_equal(back, s.tree));
+      // Every block once; only a transactional restore without staging reads them twice.
+      CHECK(counting.read_bytes() == (transactional && staging == 0 ? 2 * size : size));
+      if (staging == 0) {
+        CHECK(how == (transactional ? ReadHow::two_passes : ReadHow::one_pass));
+      } else if (transactional) {  // which of the two depends on how far the reads got
+        CHECK((how == ReadHow::swapped || how == ReadHow::copied));
+      } else {
+        CHECK(how == ReadHow::placed);
+      }
+    }
+  }
+}
+
+TEST_CASE("a restore in one pass verifies a block split over several reads before it returns") {
+  auto e = engine();
+  test::TempDir tmp;
+  Tree tree = test::make_tree(6, 200000, 1);
+  WriteOptions w;
+  w.extent_bytes = 1 << 20;  // blocks of up to 1 MiB, read in pieces of 64 KiB below
+  save_checkpoint(*e, tmp / "c", tree, {}, w);
+  const std::string data = tmp / ("c/" + data_file_name(0));
+  ReadOptions r;
+  r.unit_bytes = 64 << 10;
+  r.staging_bytes = 0;
+  r.transactional = false;
+  ReadHow how = ReadHow::nothing;
+  r.read_how = &how;
+  Tree back = test::zeros_like(tree);
+  test::CountingEngine counting;
+  restore_checkpoint(counting, tmp / "c", back, false, r);
+  CHECK(test::trees_equal(back, tree));
+  CHECK(how == ReadHow::one_pass);
+  CHECK(counting.read_bytes() == test::file_size(data));  // once, in pieces of 64 KiB
+  CHECK(counting.reads() >= test::file_size(data) / r.unit_bytes);
+  // A byte in the first piece of a block, and in its last: either way the restore fails.
+  Manifest m = read_manifest(tmp / "c");
+  const BlockInfo& big = *std::max_element(
+      m.blocks.begin(), m.blocks.end(),
+      [](const BlockInfo& a, const BlockInfo& b) { return a.length < b.length; });
+  REQUIRE(big.length > 4 * r.unit_bytes);
+  for (std::uint64_t at : {big.offset + 1, big.offset + big.length - 1}) {
+    CAPTURE(at);
+    test::flip_byte(data, at);
+    auto err = catch_error([&] { restore_checkpoint(*e, tmp / "c", back, false, r); });
+    REQUIRE(err);
+    CHECK(err->code() == Errc::corrupt);
+    CHECK(contains(err->what(), fmt::format("block at offset {}", big.offset)));
+    test::flip_byte(data, at);
+  }
+}
+
+TEST_CASE("a restore that is not transactional still refuses a corrupt block, naming it") {
+  auto e = engine();
+  Saved s(*e);
+  const std::uint64_t size = test::file_size(s.data());
+  for (std::uint64_t at : {std::uint64_t{10}, size / 2, size - 1}) {
+    CAPTURE(at);
+    test::flip_byte(s.data(), at);
+    for (std::uint64_t staging : {std::uint64_t{1} << 30, std::uint64_t{0}}) {
+      CAPTURE(staging);
+      ReadOptions r;
+      r.unit_bytes = 64 << 10;
+      r.staging_bytes = staging;
+      r.transactional = false;
+      Tree back = test::zeros_like(s.tree);
+      auto err = catch_error([&] { restore_checkpoint(*e, s.dir, back, false, r); });
+      REQUIRE(err);
+      CHECK(err->code() == Errc::corrupt);
+      CHECK(contains(err->what(), "checksum mismatch"));
+      CHECK(contains(err->what(), "data-00000.bin"));
+      CHECK(contains(err->what(), "holding"));
+    }
+    test::flip_byte(s.data(), at);
+  }
+}
+
 TEST_CASE("a restore whose read fails with EIO leaves the template as it was") {
   io::FaultEngine* faults = nullptr;
   auto e = test::wrap_in_faults(&faults)(engine());
@@ -219,6 +316,37 @@ TEST_CASE("a Runtime restore that fails late leaves the template as it was, sync
   test::flip_byte(s.data(), test::file_size(s.data()) - 5);
   rt.restore(s.dir, s.templ);
   CHECK(test::trees_equal(s.templ, s.tree));
+}
+
+TEST_CASE("a Runtime restore that is not transactional fills a new template, sync and async") {
+  RuntimeOptions o;
+  o.unit_bytes = 64 << 10;
+  o.engine = io::EngineKind::threads;
+  for (std::uint64_t budget : {std::uint64_t{64} << 20, std::uint64_t{1} << 20}) {
+    CAPTURE(budget);  // staging for every block, or too little: one pass, not two
+    o.staging_budget = budget;
+    Runtime rt(o);
+    Saved s(rt.engine());
+    const RestoreOptions how{false, false};
+    Tree back = test::zeros_like(s.tree);
+    rt.restore(s.dir, back, how);
+    CHECK(test::trees_equal(back, s.tree));
+    Tree async_back = test::zeros_like(s.tree);
+    rt.async_restore(s.dir, async_back, how, boost::asio::use_future).get();
+    CHECK(test::trees_equal(async_back, s.tree));
+    const RuntimeStats stats = rt.stats();
+    CHECK(stats.restores_swapped + stats.restores_copied + stats.restores_two_passes == 0);
+    CHECK((budget > (1 << 20) ? stats.restores_placed : stats.restores_one_pass) == 2);
+    rt.restore(s.dir, back);  // transactional: staged, or in two passes
+    CHECK(rt.stats().restores_two_passes == (budget > (1 << 20) ? 0 : 1));
+    test::flip_byte(s.data(), test::file_size(s.data()) / 2);
+    auto err = catch_error([&] { rt.restore(s.dir, back, how); });
+    REQUIRE(err);
+    CHECK(err->code() == Errc::corrupt);
+    CHECK(contains(err->what(), "data-00000.bin"));
+    auto fut = rt.async_restore(s.dir, async_back, how, boost::asio::use_future);
+    CHECK_THROWS_AS(fut.get(), Error);
+  }
 }
 
 TEST_CASE("a save reuses the plan while the structure stays, and plans again when it changes") {

@@ -103,21 +103,6 @@ std::uint64_t resharded_restore(int parts, const std::string& dir) {
   return wrong;
 }
 
-// An engine that counts the reads it forwards (two passes read every unit twice).
-class CountingEngine final : public io::Engine {
- public:
-  std::string_view name() const noexcept override { return inner_->name(); }
-  void submit(const io::Request& r, io::Completion done) override {
-    if (r.op == io::Request::Op::read) ++reads_;
-    inner_->submit(r, std::move(done));
-  }
-  std::uint64_t reads() const { return reads_; }
-
- private:
-  std::unique_ptr<io::Engine> inner_ = io::make_engine();
-  std::atomic<std::uint64_t> reads_{0};
-};
-
 // The sync API's options for a resharding restore in 4 KiB units (one block each).
 ReadOptions read_options(unsigned depth, unsigned threads, std::uint64_t staging,
                          const Sharding& sharding) {
@@ -134,7 +119,7 @@ ReadOptions read_options(unsigned depth, unsigned threads, std::uint64_t staging
 // with the given staging; returns the wrong elements and counts the reads into *reads.
 std::uint64_t sync_resharded_restore(int parts, const std::string& dir, std::uint64_t staging,
                                      std::uint64_t* reads) {
-  CountingEngine engine;
+  test::CountingEngine engine;
   std::uint64_t wrong = 0;
   for (int r = 0; r < parts; ++r) {
     ShardedState s = test::make_sharded_state(static_cast<std::uint64_t>(r),

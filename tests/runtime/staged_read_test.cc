@@ -66,6 +66,7 @@ struct HandRead {
     return test::trees_equal(templ, test::make_tree(24, 20000, 500));
   }
   StagedRead::Ahead ahead;  // what the check ahead had done when finish() was called
+  bool transactional = true;
   // Starts the reads (queue_depth in flight) and checks them ahead; when `all_read`, waits until
   // every unit was read and checked ahead; then finishes into the template's targets.
   StagedRead::Placement run(io::Engine& e, unsigned queue_depth, bool all_read,
@@ -74,6 +75,7 @@ struct HandRead {
     o.queue_depth = queue_depth;
     o.threads = 2;
     o.targets_disjoint = true;
+    o.transactional = transactional;
     o.on_placed = std::move(on_placed);
     StagedRead read(e, layout_units, files, buffers, queue_depth);
     read.start();
@@ -112,6 +114,39 @@ TEST_CASE("a read finished while most of its reads are still to come swaps each 
         StagedRead::Placement::swapped);
   CHECK(released == 1);
   CHECK(test::trees_equal(h.templ, h.tree));
+}
+
+TEST_CASE("a read that is not transactional copies each unit in as it verifies, read or to come") {
+  io::FaultEngine* faults = nullptr;
+  auto e = test::wrap_in_faults(&faults)(engine());
+  for (bool all_read : {true, false}) {
+    CAPTURE(all_read);
+    HandRead h(*e);
+    h.transactional = false;
+    REQUIRE(h.units.size() > 8);
+    std::size_t released = 0;
+    // Finished either once every unit was read and checked ahead, or with the first read held.
+    if (!all_read) faults->arm({io::Request::Op::read, 1, io::FaultKind::hang, 0, false});
+    CHECK(h.run(*e, all_read ? 4 : 1, all_read, [&](ReadPlacement) {
+      if (!all_read) released = faults->release_hung();
+    }) == StagedRead::Placement::placed);
+    CHECK(released == (all_read ? 0 : 1));
+    if (all_read) CHECK(h.ahead.passed == h.units.size());  // placed without verifying again
+    CHECK(test::trees_equal(h.templ, h.tree));
+    faults->disarm();
+  }
+}
+
+TEST_CASE("a read that is not transactional names a block that fails its check ahead") {
+  auto e = engine();
+  HandRead h(*e, [](const std::string& data) { test::flip_byte(data, test::file_size(data) / 2); });
+  h.transactional = false;
+  auto err = catch_error([&] { h.run(*e, 4, true); });
+  REQUIRE(err);
+  CHECK(err->code() == Errc::corrupt);
+  CHECK(contains(err->what(), "checksum mismatch"));
+  CHECK(contains(err->what(), "'layer"));
+  CHECK(h.ahead.passed == h.units.size() - 1);
 }
 
 TEST_CASE("a block that fails its check ahead is verified again and named, and nothing is copied") {
