@@ -21,6 +21,7 @@ struct BenchOptions {
   unsigned overlapped_copy_threads = 0;  // 0: the Runtime's default
   int copy_nice = 10;                    // the Runtime's default
   bool write_during_copy = true;         // the Runtime's default
+  bool transactional_restore = true;     // RestoreOptions::transactional
   std::uint64_t staging_mb = 0;  // 0: two saves' worth of staging
   std::uint64_t unit_kb = 0;     // 0: the Runtime's default
   unsigned queue_depth = 32;

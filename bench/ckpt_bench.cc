@@ -309,7 +309,7 @@ json::object run_full(BenchOptions& o) {
       pair_read_ms.push_back(pairing->raw_read_ms(last));
     }
     auto t0 = Clock::now();
-    rt.restore(last, state.tree());
+    rt.restore(last, state.tree(), RestoreOptions{false, o.transactional_restore});
     restore_ms.push_back(ms_since(t0));
     verified = state.checksum() == expected_crc;
   }
@@ -384,7 +384,8 @@ json::object run_full(BenchOptions& o) {
                     {"staging_budget_bytes", stats.staging_budget},
                     {"unit_bytes", o.unit_kb << 10},
                     {"queue_depth", o.queue_depth},
-                    {"write_during_copy", o.write_during_copy}};
+                    {"write_during_copy", o.write_during_copy},
+                    {"transactional_restore", o.transactional_restore}};
   out["baseline"] = base;
   if (o.recheck) out["baseline_after"] = after;
   out["save"] = series_json(samples);
@@ -475,10 +476,11 @@ std::string full_table(const json::object& r) {
        r.at("mode").as_string().c_str(), r.at("engine").as_string().c_str(),
        r.at("saves").to_number<int>());
   line("machine: {}", machine_line(r.at("machine").as_object()));
-  line("runtime: {} copy threads, staging budget {} MiB, unit {} KiB, queue depth {}{}",
+  line("runtime: {} copy threads, staging budget {} MiB, unit {} KiB, queue depth {}{}{}",
        num(opts.at("copy_threads")), num(opts.at("staging_budget_bytes")) / (1 << 20),
        num(opts.at("unit_bytes")) / 1024, num(opts.at("queue_depth")),
-       opts.at("write_during_copy").as_bool() ? "" : ", sync writes after the copy");
+       opts.at("write_during_copy").as_bool() ? "" : ", sync writes after the copy",
+       opts.at("transactional_restore").as_bool() ? "" : ", restores not transactional");
   line("");
   line("baselines (best of {})                                   ms      GB/s",
        num(base.at("runs")));
@@ -640,6 +642,9 @@ int main(int argc, char** argv) {
   app.add_flag("--write-during-copy,!--no-write-during-copy", o.write_during_copy,
                "a sync save writes each unit as soon as it is copied (default on; off: its "
                "writes start when the copy ends)");
+  app.add_flag("--transactional-restore,!--no-transactional-restore", o.transactional_restore,
+               "a failed restore leaves the arrays as they were (default on; off: blocks are "
+               "copied in without undo, and read once beyond the staging)");
   app.add_option("--staging-mb", o.staging_mb, "staging budget in MiB (0: two saves' worth)");
   app.add_option("--unit-kb", o.unit_kb, "write unit in KiB (0: the Runtime's default)");
   app.add_option("--queue-depth", o.queue_depth, "IO requests in flight")

@@ -28,9 +28,9 @@ def save(path, tree, metadata=None, **options) -> SaveHandle:
     return default_runtime().save(path, tree, metadata, **options)
 
 
-def restore(path, template_tree=None, partial=False):
+def restore(path, template_tree=None, partial=False, transactional=None):
     """default_runtime().restore(...) -> (tree, metadata)"""
-    return default_runtime().restore(path, template_tree, partial)
+    return default_runtime().restore(path, template_tree, partial, transactional)
 
 
 __all__ = [

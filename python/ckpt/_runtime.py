@@ -118,26 +118,33 @@ class Runtime:
         self._c.claim_run_dir(os.fspath(run_dir))
 
     # --- restoring -----------------------------------------------------------------------------
-    def restore(self, path: PathLike, template_tree: Any = None,
-                partial: bool = False) -> Tuple[Any, Dict[str, Any]]:
+    def restore(self, path: PathLike, template_tree: Any = None, partial: bool = False,
+                transactional: Optional[bool] = None) -> Tuple[Any, Dict[str, Any]]:
         """Reads the checkpoint at `path`; returns (tree, metadata).
 
         With a template, its arrays and tensors are filled in place and returned in its
         structure, ArraySpec leaves get new numpy arrays, scalar leaves the saved values as the
         template's types; `partial` lets it name a subset. Without one (None), the whole saved
         tree comes back with each leaf of the kind it was saved as. A difference raises
-        MismatchError listing every one, before anything is read."""
+        MismatchError listing every one, before anything is read.
+
+        `transactional` (default: True with a template, False without, where the arrays are
+        new): a restore that fails leaves the template's arrays as they were. False copies each
+        block in once it verified, without undo, and reads once where staging memory runs short
+        (transactional reads twice there); a failure then leaves them partly written."""
         path = os.fspath(path)
+        if transactional is None:
+            transactional = template_tree is not None
         structure, files = _ckpt.read_structure(path)
         if template_tree is None:
             nodes = {}
             if PYTREE_FILE in files:
                 nodes = (_ckpt.read_json_file(path, PYTREE_FILE) or {}).get("nodes", {})
             norm, finish = from_structure(structure, nodes)
-            metadata = self._c.restore(path, norm, False)
+            metadata = self._c.restore(path, norm, False, bool(transactional))
         else:
             norm, finish = from_template(template_tree, structure)
-            metadata = self._c.restore(path, norm, bool(partial))
+            metadata = self._c.restore(path, norm, bool(partial), bool(transactional))
         return finish(), metadata
 
     @staticmethod

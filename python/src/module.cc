@@ -211,13 +211,14 @@ class PyRuntime {
     rt.claim_run_dir(run_dir);
   }
 
-  py::object restore(const std::string& path, py::handle templ, bool partial) {
+  py::object restore(const std::string& path, py::handle templ, bool partial,
+                     bool transactional) {
     Runtime& rt = runtime();
     Tree t = to_tree(templ);
     boost::json::object metadata;
     {
       py::gil_scoped_release nogil;
-      metadata = rt.restore(path, t, partial);
+      metadata = rt.restore(path, t, RestoreOptions{partial, transactional});
     }
     return from_json(metadata);
   }
@@ -251,6 +252,13 @@ class PyRuntime {
     d["staging_budget"] = s.staging_budget;
     d["engine"] = s.engine;
     d["tree_reuses"] = cache_.hits();
+    py::dict restores;  // how their blocks went into the template (RuntimeStats)
+    restores["swapped"] = s.restores_swapped;
+    restores["copied"] = s.restores_copied;
+    restores["placed"] = s.restores_placed;
+    restores["two_passes"] = s.restores_two_passes;
+    restores["one_pass"] = s.restores_one_pass;
+    d["restores"] = restores;
     return d;
   }
 
@@ -369,7 +377,8 @@ PYBIND11_MODULE(_ckpt, m) {
       .def("async_save", &PyRuntime::async_save)
       .def("register_latest", &PyRuntime::register_latest)
       .def("claim_run_dir", &PyRuntime::claim_run_dir)
-      .def("restore", &PyRuntime::restore)
+      .def("restore", &PyRuntime::restore, py::arg("path"), py::arg("template"),
+           py::arg("partial"), py::arg("transactional") = true)
       .def("reserve_staging", &PyRuntime::reserve_staging)
       .def("drain", &PyRuntime::drain)
       .def("stats", &PyRuntime::stats)

@@ -159,6 +159,34 @@ def test_errors_map_to_the_hierarchy(rt, tmp_path):
         rt.restore(tmp_path / "c")
 
 
+def test_a_failed_restore_leaves_a_template_as_it_was_unless_transactional_is_false(rt, tmp_path):
+    src = {f"w{i}": np.full(1 << 16, i, dtype=np.float64) for i in range(8)}
+    rt.save(tmp_path / "c", src).result()
+    # Restored into a template with transactional=False, and without one (new arrays, where a
+    # failed restore has nothing to keep): the same values as the default's.
+    templ = {k: np.zeros_like(v) for k, v in src.items()}
+    out, _ = rt.restore(tmp_path / "c", templ, transactional=False)
+    assert out["w3"] is templ["w3"] and all(np.array_equal(templ[k], src[k]) for k in src)
+    assert all(np.array_equal(v, src[k]) for k, v in rt.restore(tmp_path / "c")[0].items())
+    # Both copied each block in as it verified; a transactional one swaps or copies after.
+    assert rt.stats()["restores"]["placed"] == 2
+    rt.restore(tmp_path / "c", templ)
+    assert rt.stats()["restores"]["placed"] == 2
+    assert rt.stats()["restores"]["swapped"] + rt.stats()["restores"]["copied"] == 1
+    data = tmp_path / "c" / [f for f in os.listdir(tmp_path / "c") if f.startswith("data-")][0]
+    with open(data, "r+b") as f:
+        f.seek(os.path.getsize(data) - 100)
+        f.write(b"\x01\x02\x03")
+    templ = {k: np.full_like(v, -1.0) for k, v in src.items()}
+    with pytest.raises(ckpt.CorruptError, match="checksum mismatch .*data-00000.bin"):
+        rt.restore(tmp_path / "c", templ)
+    assert all((v == -1.0).all() for v in templ.values())  # transactional: nothing written
+    with pytest.raises(ckpt.CorruptError, match="checksum mismatch"):
+        rt.restore(tmp_path / "c", templ, transactional=False)
+    with pytest.raises(ckpt.CorruptError, match="checksum mismatch"):
+        rt.restore(tmp_path / "c")
+
+
 def test_incremental_saves_write_only_what_changed_and_restore(tmp_path):
     run = tmp_path / "run"
     tree = {"frozen": np.arange(64 * 1024, dtype=np.float32),
