@@ -731,6 +731,89 @@ std::vector<NodeInfo> read_nodes(const fb::Manifest* fm, const std::string& path
   return nodes;
 }
 
+// One extent as decoded; true when it has a box (a slice of a sharded leaf).
+bool read_extent(const fb::Extent* e, ExtentInfo& x, const std::string& leaf,
+                 const std::string& path) {
+  x.file = e->file();
+  x.offset = e->offset();
+  x.length = e->length();
+  x.stored_length = e->stored_length();
+  x.crc32c = e->crc32c();
+  x.leaf_offset = e->leaf_offset();
+  x.process_index = e->process_index();
+  x.slice_start = read_u64s(e->slice_start(), leaf, path);
+  x.slice_shape = read_u64s(e->slice_shape(), leaf, path);
+  if (const fb::Hash128* h = e->content_hash()) {
+    x.has_hash = true;
+    x.hash = {h->lo(), h->hi()};
+  }
+  return !x.slice_start.empty() || !x.slice_shape.empty();
+}
+
+// One leaf as decoded into `info`; true when one of its extents has a box. Throws Error at an
+// unknown dtype or a misaligned shape.
+bool read_leaf(const fb::Leaf* l, LeafInfo& info, const std::string& path) {
+  info.path = l->path() ? l->path()->str() : std::string();
+  auto dt = static_cast<std::uint8_t>(l->dtype());
+  if (dt >= kDTypeCount) {
+    throw Error(Errc::unsupported, fmt::format("leaf '{}' has unknown dtype {}", info.path, dt),
+                path);
+  }
+  info.dtype = static_cast<DType>(dt);
+  if (const auto* shape = l->shape()) {
+    // The Verifier aligns a vector's length, not its elements: a forged buffer can put the u64
+    // dimensions at 4 mod 8, where reading them is undefined behaviour. (The builder does not
+    // align an empty vector: a scalar's shape may sit anywhere.)
+    if (shape->size() > 0 &&
+        reinterpret_cast<std::uintptr_t>(shape->data()) % alignof(std::uint64_t) != 0) {
+      corrupt(path, "leaf '" + info.path + "': misaligned shape");
+    }
+    info.shape.assign(shape->begin(), shape->end());
+  }
+  info.nbytes = l->nbytes();
+  bool any_box = false;
+  if (l->extents()) {
+    info.extents.reserve(l->extents()->size());
+    for (const auto* e : *l->extents()) {
+      any_box = read_extent(e, info.extents.emplace_back(), info.path, path) || any_box;
+    }
+  }
+  return any_box;
+}
+
+// What read_leaves learns beyond the leaves themselves.
+struct LeavesRead {
+  std::uint64_t total = 0;       // their bytes
+  bool any_box = false;          // an extent has a box: the manifest is sharded
+  std::exception_ptr first_bad;  // the first unsharded check that failed, before any box
+};
+
+// The tree's leaves, into m.leaves (built in place: no move of a leaf and its inline extent).
+// Whether the manifest is sharded (Manifest::sharded, or an extent with a box) is known only
+// once every leaf is read. Until one shows it is, each leaf gets its unsharded check as it is
+// read, while its record is in cache; the caller throws the first failure once the manifest
+// proves unsharded (the same leaf and message as checking them in a pass after).
+LeavesRead read_leaves(const fb::Manifest* fm, Manifest& m, const std::string& path) {
+  LeavesRead r;
+  if (!fm->leaves()) return r;
+  m.leaves.reserve(fm->leaves()->size());
+  io::advise_huge_pages(m.leaves.data(), m.leaves.capacity() * sizeof(LeafInfo));
+  for (const auto* l : *fm->leaves()) {
+    LeafInfo& info = m.leaves.emplace_back();
+    r.any_box = read_leaf(l, info, path) || r.any_box;
+    if (r.total + info.nbytes < r.total) corrupt(path, "total bytes overflow");
+    r.total += info.nbytes;
+    if (m.process_count <= 1 && !r.any_box && !r.first_bad) {
+      try {
+        check_leaf(info, m, path);
+      } catch (const Error&) {
+        r.first_bad = std::current_exception();
+      }
+    }
+  }
+  return r;
+}
+
 // Nodes from which decode_manifest decodes them beside the leaves (a thread costs about 0.1 ms;
 // 100,000 leaves' nodes take several).
 constexpr std::size_t kNodesBesideLeaves = 16384;
@@ -756,69 +839,10 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
   if (fm->nodes() && fm->nodes()->size() >= kNodesBesideLeaves)
     nodes_beside = start_beside([fm, &path] { return read_nodes(fm, path); });
   if (!nodes_beside.valid()) m.nodes = read_nodes(fm, path);
-  std::uint64_t total = 0;
-  // Whether the manifest is sharded (Manifest::sharded, or an extent with a box) is known only
-  // once every leaf is read. Until one shows it is, each leaf gets its unsharded check as it is
-  // read, while its record is in cache; the first failure is thrown once the manifest proves
-  // unsharded (the same leaf and message as checking them in a pass after).
-  bool any_box = false;
-  std::exception_ptr first_bad;
+  LeavesRead leaves;
   std::exception_ptr leaves_failed;
   try {
-    if (fm->leaves()) {
-      m.leaves.reserve(fm->leaves()->size());
-      io::advise_huge_pages(m.leaves.data(), m.leaves.capacity() * sizeof(LeafInfo));
-      for (const auto* l : *fm->leaves()) {
-        LeafInfo& info = m.leaves.emplace_back();  // in place: no move of it and its inline extent
-        info.path = l->path() ? l->path()->str() : std::string();
-        auto dt = static_cast<std::uint8_t>(l->dtype());
-        if (dt >= kDTypeCount) {
-          throw Error(Errc::unsupported,
-                      fmt::format("leaf '{}' has unknown dtype {}", info.path, dt), path);
-        }
-        info.dtype = static_cast<DType>(dt);
-        if (const auto* shape = l->shape()) {
-          // The Verifier aligns a vector's length, not its elements: a forged buffer can put the
-          // u64 dimensions at 4 mod 8, where reading them is undefined behaviour. (The builder
-          // does not align an empty vector: a scalar's shape may sit anywhere.)
-          if (shape->size() > 0 &&
-              reinterpret_cast<std::uintptr_t>(shape->data()) % alignof(std::uint64_t) != 0) {
-            corrupt(path, "leaf '" + info.path + "': misaligned shape");
-          }
-          info.shape.assign(shape->begin(), shape->end());
-        }
-        info.nbytes = l->nbytes();
-        if (l->extents()) {
-          info.extents.reserve(l->extents()->size());
-          for (const auto* e : *l->extents()) {
-            ExtentInfo& x = info.extents.emplace_back();
-            x.file = e->file();
-            x.offset = e->offset();
-            x.length = e->length();
-            x.stored_length = e->stored_length();
-            x.crc32c = e->crc32c();
-            x.leaf_offset = e->leaf_offset();
-            x.process_index = e->process_index();
-            x.slice_start = read_u64s(e->slice_start(), info.path, path);
-            x.slice_shape = read_u64s(e->slice_shape(), info.path, path);
-            any_box = any_box || !x.slice_start.empty() || !x.slice_shape.empty();
-            if (const fb::Hash128* h = e->content_hash()) {
-              x.has_hash = true;
-              x.hash = {h->lo(), h->hi()};
-            }
-          }
-        }
-        if (total + info.nbytes < total) corrupt(path, "total bytes overflow");
-        total += info.nbytes;
-        if (m.process_count <= 1 && !any_box && !first_bad) {
-          try {
-            check_leaf(info, m, path);
-          } catch (const Error&) {
-            first_bad = std::current_exception();
-          }
-        }
-      }
-    }
+    leaves = read_leaves(fm, m, path);
   } catch (...) {
     leaves_failed = std::current_exception();
   }
@@ -826,13 +850,13 @@ Manifest decode_manifest(std::string_view bytes, const std::string& path, bool* 
   if (leaves_failed) std::rethrow_exception(leaves_failed);
   // A manifest is sharded as a whole (Manifest::sharded): then every leaf's extents are boxes,
   // one extent for a leaf without slices, as the resharding reader takes them.
-  const bool sharded = m.process_count > 1 || any_box;
+  const bool sharded = m.process_count > 1 || leaves.any_box;
   if (sharded) {
     for (const auto& l : m.leaves) check_sharded_leaf(l, m, path);
-  } else if (first_bad) {
-    std::rethrow_exception(first_bad);
+  } else if (leaves.first_bad) {
+    std::rethrow_exception(leaves.first_bad);
   }
-  if (total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
+  if (leaves.total != m.total_bytes) corrupt(path, "total_bytes does not match the leaves");
   // Also makes the leaf paths unique: each is its place in the tree (no set of them is kept).
   check_structure(m, path);
   if (m.format_version == kFormatVersion1) {
