@@ -350,6 +350,9 @@ int main(int argc, char** argv) {
   app.add_option("--overlapped-copy-threads", ro.overlapped_copy_threads,
                  "threads an overlapped copy uses (0: the Runtime's default)");
   app.add_option("--copy-nice", ro.copy_nice, "nice value of ckpt's copy threads");
+  app.add_flag("--write-during-copy,!--no-write-during-copy", ro.write_during_copy,
+               "a sync save writes each unit as soon as it is copied (default on; off: its "
+               "writes start when the copy ends, RuntimeOptions::write_during_copy)");
   std::vector<int> pin;
   app.add_option("--pin", pin, "LOOP_CPU,CKPT_CPU: the training thread on one CPU, ckpt's on another")
       ->delimiter(',')
