@@ -128,22 +128,23 @@ class Runtime:
         tree comes back with each leaf of the kind it was saved as. A difference raises
         MismatchError listing every one, before anything is read.
 
-        `transactional` (default: True with a template, False without, where the arrays are
-        new): a restore that fails leaves the template's arrays as they were. False copies each
-        block in once it verified, without undo, and reads once where staging memory runs short
+        `transactional` (default: True where the template has arrays or tensors to fill in
+        place, False where every array is new: no template, or only ArraySpec and scalar leaves):
+        a restore that fails leaves the template's arrays as they were. False copies each block
+        in once it verified, without undo, and reads once where staging memory runs short
         (transactional reads twice there); a failure then leaves them partly written."""
         path = os.fspath(path)
-        if transactional is None:
-            transactional = template_tree is not None
         structure, files = _ckpt.read_structure(path)
         if template_tree is None:
             nodes = {}
             if PYTREE_FILE in files:
                 nodes = (_ckpt.read_json_file(path, PYTREE_FILE) or {}).get("nodes", {})
             norm, finish = from_structure(structure, nodes)
+            transactional = False if transactional is None else transactional
             metadata = self._c.restore(path, norm, False, bool(transactional))
         else:
-            norm, finish = from_template(template_tree, structure)
+            norm, finish, in_place = from_template(template_tree, structure)
+            transactional = in_place if transactional is None else transactional
             metadata = self._c.restore(path, norm, bool(partial), bool(transactional))
         return finish(), metadata
 

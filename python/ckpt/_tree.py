@@ -298,11 +298,13 @@ _SCALAR_FIT = {
 }
 
 
-def from_template(templ, structure) -> Tuple[Any, Callable[[], Any]]:
-    """For a restore into `templ`: (normalized template, finish). Arrays and tensors of the
-    template are filled in place; ArraySpec leaves get new arrays; scalar leaves get the saved
-    value as the template's type. `structure` is the checkpoint's (to size scalar leaves)."""
+def from_template(templ, structure) -> Tuple[Any, Callable[[], Any], bool]:
+    """For a restore into `templ`: (normalized template, finish, whether any leaf is filled in
+    place). Arrays and tensors of the template are filled in place; ArraySpec leaves get new
+    arrays; scalar leaves get the saved value as the template's type. `structure` is the
+    checkpoint's (to size scalar leaves)."""
     active: set = set()
+    in_place = False
 
     def walk(obj, path: str, saved, depth: int):
         if depth > MAX_DEPTH:
@@ -342,9 +344,12 @@ def from_template(templ, structure) -> Tuple[Any, Callable[[], Any]]:
                 active.discard(id(obj))
         if obj is None:
             return {}, lambda: None
+        nonlocal in_place
         if isinstance(obj, np.ndarray):
+            in_place = True
             return _numpy_leaf(obj, path, True), lambda: obj
         if _is_tensor(obj):
+            in_place = True
             return _tensor_leaf(obj, path), lambda: obj
         if isinstance(obj, ArraySpec):
             arr = _spec_alloc(obj, path)
@@ -364,7 +369,8 @@ def from_template(templ, structure) -> Tuple[Any, Callable[[], Any]]:
             arr = np.empty_like(probe)  # the mismatch is reported with the others
         return _numpy_leaf(arr, path, True), lambda: _scalar_value(kind, arr)
 
-    return walk(templ, "", structure, 0)
+    norm, finish = walk(templ, "", structure, 0)
+    return norm, finish, in_place
 
 
 def _spec_dtype_name(spec: ArraySpec) -> str:

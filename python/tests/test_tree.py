@@ -111,6 +111,8 @@ def test_array_spec_leaves_allocate_new_arrays(rt, tmp_path):
     out, _ = rt.restore(tmp_path / "c", {"w": ckpt.ArraySpec((2, 3), "int32")})
     assert isinstance(out["w"], np.ndarray) and out["w"].dtype == np.int32
     assert out["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    # Every array new: nothing to keep on a failure, so not transactional by default.
+    assert rt.stats()["restores"]["placed"] == 1
 
 
 def test_partial_restores_only_what_the_template_names(rt, tmp_path):
