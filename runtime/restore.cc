@@ -3,10 +3,12 @@
 
 namespace ckpt {
 
-// Transactional (docs/design.md, section 6): blocks are read into staging chunks, verified on the
-// copy threads and swapped into the template as they arrive; a failure swaps them back. The
+// docs/design.md, section 6: blocks are read into staging chunks and verified on the copy
+// threads; a transactional restore swaps them in as they arrive (or copies them after the last
+// read) and swaps them back on a failure, one that is not copies each in as it verifies. The
 // chunks are borrowed from the pool when it has them free (pre-faulted: no page faults);
-// otherwise the reader maps its own staging up to the budget, or reads twice.
+// otherwise the reader maps its own staging up to the budget, or reads twice (once when not
+// transactional). How each restore went in is counted in RuntimeStats::restores_*.
 boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ,
                                            const RestoreOptions& how, const Sharding* sharding) {
   ReadOptions ro;
