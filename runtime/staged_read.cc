@@ -199,11 +199,24 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
     });
   }
 
+  // Under mu: the most reads in flight now. Once finish() armed the placement, half the units
+  // not yet read (at least one): a disk that completes its whole queue at once (this VM's
+  // virtio disk does, every 40 ms at 1 GiB) would otherwise hand the workers its last `depth`
+  // units together, all verified and placed after the last read: 20-25 ms of a 1 GiB restore
+  // here. Halved, the last read brings one unit, and each round is read while the workers
+  // place the one before, which is twice as large but placed about twice as fast as it is read.
+  // Before finish(), nothing can be placed yet: the whole depth keeps the disk busy.
+  std::size_t depth_now_locked() const {
+    if (mode == Mode::ahead) return depth;
+    const std::size_t unread = io.size() - next_read + in_flight;
+    return std::min<std::size_t>(depth, std::max<std::size_t>((unread + 1) / 2, 1));
+  }
+
   // Under mu: the reads to submit now (submitted by the caller after unlocking: a completion
   // may run on the submitting thread).
   std::vector<std::size_t> take_reads_locked() {
     std::vector<std::size_t> out;
-    while (!error && in_flight < depth && next_read < io.size()) {
+    while (!error && in_flight < depth_now_locked() && next_read < io.size()) {
       out.push_back(next_read++);
       ++in_flight;
     }

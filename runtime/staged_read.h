@@ -72,8 +72,10 @@ ReadPlacement staged_read(io::Engine& engine, const Manifest& manifest,
 // a whole checkpoint reads every block, which decode_layout gives, and issues those reads while it
 // decodes the rest of the manifest and matches the template. start() submits the reads of
 // `units` (only their file, offset and length count here) into `buffers`; finish() is staged_read
-// with the same units planned with their segments. Destroyed without a finish(), it waits for the
-// reads in flight (the buffers and files must outlive it).
+// with the same units planned with their segments. Up to queue_depth reads are in flight until
+// finish(); from then on at most half the units not yet read, so that the last read brings one
+// unit to place, not a whole queue's. Destroyed without a finish(), it waits for the reads in
+// flight (the buffers and files must outlive it).
 class StagedRead {
  public:
   StagedRead(io::Engine& engine, const std::vector<Unit>& units,

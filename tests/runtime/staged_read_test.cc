@@ -1,10 +1,14 @@
 // The transactional restore's read driven by hand (runtime/staged_read.h): blocks checked ahead
 // of the manifest's decode, then copied once all verified or swapped in while reads are to come;
-// a corrupt block and a layout that differs from the manifest. Run under ThreadSanitizer too.
+// a corrupt block and a layout that differs from the manifest; the reads in flight halving once
+// finished, on a disk that completes its queue at once. Run under ThreadSanitizer too.
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
+#include <future>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -92,6 +96,52 @@ struct HandRead {
   }
 };
 
+// Holds every read until release_burst(), then passes them all on together: a disk that
+// completes its whole queue at once, as this VM's virtio disk does. Other requests pass.
+class BurstEngine final : public test::ForwardingEngine {
+ public:
+  BurstEngine() : ForwardingEngine(engine()) {}
+  void submit(const io::Request& r, io::Completion done) override {
+    if (r.op != io::Request::Op::read) return ForwardingEngine::submit(r, std::move(done));
+    std::lock_guard lock(mu_);
+    held_.push_back({r, std::move(done)});
+    cv_.notify_all();
+  }
+  // Waits up to `timeout` until a request is held and every one released before has completed
+  // (so that what their completions submitted is held too), then releases what is held. Returns
+  // how many it released: 0 on timeout.
+  std::size_t release_burst(std::chrono::milliseconds timeout) {
+    std::vector<Held> burst;
+    {
+      std::unique_lock lock(mu_);
+      if (!cv_.wait_for(lock, timeout, [&] { return !held_.empty() && outstanding_ == 0; })) {
+        return 0;
+      }
+      burst.swap(held_);
+      outstanding_ = burst.size();
+    }
+    for (Held& h : burst) {
+      ForwardingEngine::submit(h.request, [this, done = std::move(h.done)](std::int64_t res) {
+        done(res);
+        std::lock_guard lock(mu_);
+        --outstanding_;
+        cv_.notify_all();
+      });
+    }
+    return burst.size();
+  }
+
+ private:
+  struct Held {
+    io::Request request;
+    io::Completion done;
+  };
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Held> held_;
+  std::size_t outstanding_ = 0;
+};
+
 TEST_CASE("a read whose blocks all arrived before the leaves were known checks them ahead, then copies") {
   auto e = engine();
   HandRead h(*e);
@@ -135,6 +185,42 @@ TEST_CASE("a read that is not transactional copies each unit in as it verifies, 
     CHECK(test::trees_equal(h.templ, h.tree));
     faults->disarm();
   }
+}
+
+TEST_CASE("a finished read keeps at most half the units not yet read in flight, the last alone") {
+  BurstEngine e;
+  HandRead h(e);
+  h.transactional = false;
+  constexpr unsigned kDepth = 8;
+  REQUIRE(h.units.size() > 3 * kDepth);
+  std::promise<void> armed;
+  std::vector<std::size_t> bursts;
+  std::thread disk([&] {
+    // Nothing completes until finish() chose how to place the units.
+    if (armed.get_future().wait_for(std::chrono::seconds(30)) != std::future_status::ready) return;
+    std::size_t released = 0;
+    while (released < h.units.size()) {
+      const std::size_t n = e.release_burst(std::chrono::seconds(30));
+      if (n == 0) return;
+      bursts.push_back(n);
+      released += n;
+    }
+  });
+  const auto placed = h.run(e, kDepth, false, [&](ReadPlacement) { armed.set_value(); });
+  disk.join();
+  CHECK(placed == StagedRead::Placement::placed);
+  CHECK(test::trees_equal(h.templ, h.tree));
+  REQUIRE(bursts.size() > 2);
+  CHECK(bursts.front() == kDepth);  // submitted before finish(): the whole depth
+  std::size_t unread = h.units.size();
+  for (std::size_t n : bursts) {
+    CAPTURE(unread);
+    CHECK(n <= kDepth);
+    if (n != bursts.front()) CHECK(n <= std::max<std::size_t>((unread + 1) / 2, 1));
+    unread -= n;
+  }
+  CHECK(unread == 0);
+  CHECK(bursts.back() == 1);
 }
 
 TEST_CASE("a read that is not transactional names a block that fails its check ahead") {
