@@ -73,7 +73,8 @@ ReadPlacement staged_read(io::Engine& engine, const Manifest& manifest,
 // decodes the rest of the manifest and matches the template. start() submits the reads of
 // `units` (only their file, offset and length count here) into `buffers`; finish() is staged_read
 // with the same units planned with their segments. Up to queue_depth reads are in flight until
-// finish(); from then on at most half the units not yet read, so that the last read brings one
+// finish(); from then on a read is issued only while fewer than half (rounded up) of the units
+// not yet read are in flight, so that where reads were still to issue the last read brings one
 // unit to place, not a whole queue's. Destroyed without a finish(), it waits for the reads in
 // flight (the buffers and files must outlive it).
 class StagedRead {

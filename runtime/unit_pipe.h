@@ -24,8 +24,9 @@ class UnitPipe {
   void write_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
                  const std::function<void(const Unit&, std::byte*)>& fill);
 
-  // Reads every unit and calls consume(unit, buffer) in unit order. A unit read short (the file
-  // is shorter than the manifest says) throws Error(corrupt).
+  // Reads every unit and calls consume(unit, buffer) in unit order, with at most half the units
+  // not yet read in flight toward the end (so that the last read leaves one unit to consume). A
+  // unit read short (the file is shorter than the manifest says) throws Error(corrupt).
   void read_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
                 const std::function<void(const Unit&, const std::byte*)>& consume);
 

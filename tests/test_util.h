@@ -6,9 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -120,6 +123,66 @@ class CountingEngine final : public ForwardingEngine {
  private:
   std::atomic<std::uint64_t> reads_{0};
   std::atomic<std::uint64_t> read_bytes_{0};
+};
+
+// Holds every read until release_burst(), then passes them all on together: a disk that
+// completes its whole queue at once, as this VM's virtio disk does. Other requests pass.
+class BurstEngine final : public ForwardingEngine {
+ public:
+  explicit BurstEngine(std::unique_ptr<io::Engine> inner) : ForwardingEngine(std::move(inner)) {}
+  // The inner engine first: it waits for the completions in flight, which use the members.
+  ~BurstEngine() override { inner_.reset(); }
+  void submit(const io::Request& r, io::Completion done) override {
+    if (r.op != io::Request::Op::read) return ForwardingEngine::submit(r, std::move(done));
+    std::lock_guard lock(mu_);
+    held_.push_back({r, std::move(done)});
+    cv_.notify_all();
+  }
+  // Waits up to `timeout` until a request is held and every one released before has completed
+  // (so that what their completions submitted is held too), then releases what is held. Returns
+  // how many it released: 0 on timeout.
+  std::size_t release_burst(std::chrono::milliseconds timeout) {
+    std::vector<Held> burst;
+    {
+      std::unique_lock lock(mu_);
+      if (!cv_.wait_for(lock, timeout, [&] { return !held_.empty() && outstanding_ == 0; })) {
+        return 0;
+      }
+      burst.swap(held_);
+      outstanding_ = burst.size();
+    }
+    for (Held& h : burst) {
+      ForwardingEngine::submit(h.request, [this, done = std::move(h.done)](std::int64_t res) {
+        done(res);
+        std::lock_guard lock(mu_);
+        --outstanding_;
+        cv_.notify_all();
+      });
+    }
+    return burst.size();
+  }
+  // Releases bursts until `total` reads were released, or one wait timed out; returns each
+  // burst's size.
+  std::vector<std::size_t> release_until(std::size_t total, std::chrono::milliseconds timeout) {
+    std::vector<std::size_t> bursts;
+    for (std::size_t released = 0; released < total;) {
+      const std::size_t n = release_burst(timeout);
+      if (n == 0) break;
+      bursts.push_back(n);
+      released += n;
+    }
+    return bursts;
+  }
+
+ private:
+  struct Held {
+    io::Request request;
+    io::Completion done;
+  };
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Held> held_;
+  std::size_t outstanding_ = 0;
 };
 
 // Captures what the `ckpt` logger writes while it lives.

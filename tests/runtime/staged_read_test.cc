@@ -1,14 +1,16 @@
 // The transactional restore's read driven by hand (runtime/staged_read.h): blocks checked ahead
 // of the manifest's decode, then copied once all verified or swapped in while reads are to come;
 // a corrupt block and a layout that differs from the manifest; the reads in flight halving once
-// finished, on a disk that completes its queue at once. Run under ThreadSanitizer too.
+// finished, and in a UnitPipe's read, on a disk that completes its queue at once. Run under
+// ThreadSanitizer too.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
-#include <condition_variable>
+#include <cstddef>
 #include <functional>
 #include <future>
-#include <mutex>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +24,7 @@
 #include "runtime/manifest.h"
 #include "runtime/staged_read.h"
 #include "runtime/template_match.h"
+#include "runtime/unit_pipe.h"
 #include "tests/test_util.h"
 
 namespace ckpt {
@@ -96,52 +99,6 @@ struct HandRead {
   }
 };
 
-// Holds every read until release_burst(), then passes them all on together: a disk that
-// completes its whole queue at once, as this VM's virtio disk does. Other requests pass.
-class BurstEngine final : public test::ForwardingEngine {
- public:
-  BurstEngine() : ForwardingEngine(engine()) {}
-  void submit(const io::Request& r, io::Completion done) override {
-    if (r.op != io::Request::Op::read) return ForwardingEngine::submit(r, std::move(done));
-    std::lock_guard lock(mu_);
-    held_.push_back({r, std::move(done)});
-    cv_.notify_all();
-  }
-  // Waits up to `timeout` until a request is held and every one released before has completed
-  // (so that what their completions submitted is held too), then releases what is held. Returns
-  // how many it released: 0 on timeout.
-  std::size_t release_burst(std::chrono::milliseconds timeout) {
-    std::vector<Held> burst;
-    {
-      std::unique_lock lock(mu_);
-      if (!cv_.wait_for(lock, timeout, [&] { return !held_.empty() && outstanding_ == 0; })) {
-        return 0;
-      }
-      burst.swap(held_);
-      outstanding_ = burst.size();
-    }
-    for (Held& h : burst) {
-      ForwardingEngine::submit(h.request, [this, done = std::move(h.done)](std::int64_t res) {
-        done(res);
-        std::lock_guard lock(mu_);
-        --outstanding_;
-        cv_.notify_all();
-      });
-    }
-    return burst.size();
-  }
-
- private:
-  struct Held {
-    io::Request request;
-    io::Completion done;
-  };
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Held> held_;
-  std::size_t outstanding_ = 0;
-};
-
 TEST_CASE("a read whose blocks all arrived before the leaves were known checks them ahead, then copies") {
   auto e = engine();
   HandRead h(*e);
@@ -188,23 +145,17 @@ TEST_CASE("a read that is not transactional copies each unit in as it verifies, 
 }
 
 TEST_CASE("a finished read keeps at most half the units not yet read in flight, the last alone") {
-  BurstEngine e;
+  test::BurstEngine e(engine());
   HandRead h(e);
   h.transactional = false;
   constexpr unsigned kDepth = 8;
   REQUIRE(h.units.size() > 3 * kDepth);
   std::promise<void> armed;
   std::vector<std::size_t> bursts;
-  std::thread disk([&] {
+  std::jthread disk([&] {
     // Nothing completes until finish() chose how to place the units.
     if (armed.get_future().wait_for(std::chrono::seconds(30)) != std::future_status::ready) return;
-    std::size_t released = 0;
-    while (released < h.units.size()) {
-      const std::size_t n = e.release_burst(std::chrono::seconds(30));
-      if (n == 0) return;
-      bursts.push_back(n);
-      released += n;
-    }
+    bursts = e.release_until(h.units.size(), std::chrono::seconds(30));
   });
   const auto placed = h.run(e, kDepth, false, [&](ReadPlacement) { armed.set_value(); });
   disk.join();
@@ -213,11 +164,52 @@ TEST_CASE("a finished read keeps at most half the units not yet read in flight, 
   REQUIRE(bursts.size() > 2);
   CHECK(bursts.front() == kDepth);  // submitted before finish(): the whole depth
   std::size_t unread = h.units.size();
-  for (std::size_t n : bursts) {
+  for (std::size_t k = 0; k < bursts.size(); ++k) {
+    CAPTURE(k);
     CAPTURE(unread);
-    CHECK(n <= kDepth);
-    if (n != bursts.front()) CHECK(n <= std::max<std::size_t>((unread + 1) / 2, 1));
-    unread -= n;
+    CHECK(bursts[k] <= kDepth);
+    if (k > 0) CHECK(bursts[k] <= (unread + 1) / 2);
+    unread -= bursts[k];
+  }
+  CHECK(unread == 0);
+  CHECK(bursts.back() == 1);
+}
+
+TEST_CASE("a unit pipe keeps at most half its units not yet read in flight, the last alone") {
+  test::TempDir tmp;
+  const std::string path = tmp / "data";
+  constexpr std::size_t kUnits = 30;
+  constexpr std::uint64_t kUnit = 64 << 10;
+  std::string bytes(kUnits * kUnit, '\0');
+  for (std::size_t i = 0; i < kUnits; ++i) {
+    std::fill_n(bytes.data() + i * kUnit, kUnit, static_cast<char>(i));
+  }
+  test::write_file(path, bytes);
+  io::File file = io::open_direct(path, io::OpenMode::read, true);
+  std::vector<io::File*> files{&file};
+  std::vector<Unit> units;
+  for (std::size_t i = 0; i < kUnits; ++i) units.push_back(Unit{0, i * kUnit, kUnit, {}, {}});
+  test::BurstEngine e(engine());
+  std::vector<std::size_t> bursts;
+  std::jthread disk([&] { bursts = e.release_until(kUnits, std::chrono::seconds(30)); });
+  std::vector<std::size_t> consumed;  // each unit's bytes, by their value
+  UnitPipe pipe(e, kUnit, 8);
+  pipe.read_all(units, files, [&](const Unit& u, const std::byte* b) {
+    const bool same = std::all_of(b, b + u.length, [&](std::byte x) { return x == b[0]; });
+    consumed.push_back(same ? std::to_integer<std::size_t>(b[0]) : kUnits);
+  });
+  disk.join();
+  std::vector<std::size_t> in_order(kUnits);
+  std::iota(in_order.begin(), in_order.end(), 0);
+  CHECK(consumed == in_order);
+  REQUIRE(bursts.size() > 2);
+  std::size_t unread = kUnits;
+  for (std::size_t k = 0; k < bursts.size(); ++k) {
+    CAPTURE(k);
+    CAPTURE(unread);
+    CHECK(bursts[k] <= 8);
+    CHECK(bursts[k] <= (unread + 1) / 2);
+    unread -= bursts[k];
   }
   CHECK(unread == 0);
   CHECK(bursts.back() == 1);
