@@ -200,17 +200,16 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
   }
 
   // Under mu: the most reads in flight now (reads already in flight stay). Once finish() armed
-  // the placement, half the units not yet read, rounded up: a disk that completes its whole
-  // queue at once (this VM's virtio disk does, every 40 ms at 1 GiB) would otherwise hand the
-  // workers its last `depth` units together, all verified and placed after the last read:
-  // 20-25 ms of a 1 GiB restore here. Halved, where reads were still to issue at finish(), the
-  // last read brings one unit, and each round is read while the workers place the one before,
-  // which is twice as large but placed about twice as fast as it is read here. Before finish(),
-  // nothing can be placed yet: the whole depth keeps the disk busy.
+  // the placement, reads_toward_the_end: a disk that completes its whole queue at once (this
+  // VM's virtio disk does, every 40 ms at 1 GiB) would otherwise hand the workers its last
+  // `depth` units together, all verified and placed after the last read: 20-25 ms of a 1 GiB
+  // restore here. Halved, where reads were still to issue at finish(), the last read brings one
+  // unit, and each round is read while the workers place the one before, which is twice as
+  // large but placed about twice as fast as it is read here. Before finish(), nothing can be
+  // placed yet: the whole depth keeps the disk busy.
   std::size_t depth_now_locked() const {
     if (mode == Mode::ahead) return depth;
-    const std::size_t unread = io.size() - next_read + in_flight;
-    return std::min<std::size_t>(depth, std::max<std::size_t>((unread + 1) / 2, 1));
+    return reads_toward_the_end(io.size() - next_read + in_flight, depth);
   }
 
   // Under mu: the reads to submit now (submitted by the caller after unlocking: a completion

@@ -129,11 +129,8 @@ void UnitPipe::read_all(const std::vector<Unit>& units, const std::vector<io::Fi
   std::unique_lock lock(f.mu);
   try {
     while (next < units.size() || !order.empty()) {
-      // At most half the units not yet read in flight (at least one), as in a staged read
-      // (runtime/staged_read.h): on a disk that completes its whole queue at once, the last
-      // round would leave `consume` a whole queue of units after the last read.
       while (next < units.size() && !free_slots.empty() && !f.failed() &&
-             f.in_flight < std::max<std::size_t>((units.size() - next + f.in_flight + 1) / 2, 1)) {
+             f.in_flight < reads_toward_the_end(units.size() - next + f.in_flight, depth_)) {
         const Unit& u = units[next];
         std::size_t slot = free_slots.back();
         free_slots.pop_back();

@@ -1,6 +1,8 @@
 #pragma once
 // Streams IO units (runtime/layout.h) through a few aligned buffers, keeping up to `depth`
 // requests in flight while the calling thread fills (write) or checks (read) the others.
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -11,6 +13,14 @@
 #include "runtime/layout.h"
 
 namespace ckpt {
+
+// The most reads to keep in flight with `unread` units not yet read (in flight or still to
+// issue), at most `depth`: half of them, rounded up, at least one. On a disk that completes its
+// whole queue at once (this VM's does), the last read then brings one unit to consume instead
+// of a whole queue's (docs/design.md, section 6, "The last reads, halved").
+inline std::size_t reads_toward_the_end(std::size_t unread, std::size_t depth) {
+  return std::min(depth, std::max<std::size_t>((unread + 1) / 2, 1));
+}
 
 class UnitPipe {
  public:
@@ -24,9 +34,9 @@ class UnitPipe {
   void write_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
                  const std::function<void(const Unit&, std::byte*)>& fill);
 
-  // Reads every unit and calls consume(unit, buffer) in unit order, with at most half the units
-  // not yet read in flight toward the end (so that the last read leaves one unit to consume). A
-  // unit read short (the file is shorter than the manifest says) throws Error(corrupt).
+  // Reads every unit and calls consume(unit, buffer) in unit order, with no more reads in flight
+  // than reads_toward_the_end allows. A unit read short (the file is shorter than the manifest
+  // says) throws Error(corrupt).
   void read_all(const std::vector<Unit>& units, const std::vector<io::File*>& files,
                 const std::function<void(const Unit&, const std::byte*)>& consume);
 
