@@ -187,19 +187,21 @@ std::vector<const std::byte*> leaf_sources(const FlatTree& leaves) {
   return out;
 }
 
-void copy_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst) {
+void copy_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst,
+               Stores stores) {
   std::uint64_t at = 0;
   for (const Segment& s : unit.segments) {
     if (s.unit_offset > at) std::memset(dst + at, 0, s.unit_offset - at);
-    std::memcpy(dst + s.unit_offset, sources[s.leaf] + s.leaf_offset, s.len);
+    copy_bytes(dst + s.unit_offset, sources[s.leaf] + s.leaf_offset, s.len, stores);
     at = s.unit_offset + s.len;
   }
   if (at < unit.length) std::memset(dst + at, 0, unit.length - at);
+  if (stores == Stores::streaming) stream_fence();
 }
 
 void stage_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst,
                 Manifest& m, std::vector<std::uint32_t>& crc) {
-  copy_unit(unit, sources, dst);
+  copy_unit(unit, sources, dst, Stores::cached);  // checksummed next: from the cache
   const std::byte* in = dst;
   for (const Piece& p : unit.pieces) {
     crc[p.block] = crc32c(in, p.len, p.start == 0 ? 0 : crc[p.block]);
@@ -228,13 +230,20 @@ std::vector<Piece> verify_unit(const Unit& unit, const std::byte* src, const Man
   return bad;
 }
 
-void scatter_unit(const Unit& unit, const std::byte* src,
-                  const std::vector<const Array*>& targets) {
+std::uint64_t units_length(const std::vector<Unit>& units) {
+  std::uint64_t bytes = 0;
+  for (const Unit& u : units) bytes += u.length;
+  return bytes;
+}
+
+void scatter_unit(const Unit& unit, const std::byte* src, const std::vector<const Array*>& targets,
+                  Stores stores) {
   for (const Segment& s : unit.segments) {
     const Array* target = targets.empty() ? nullptr : targets[s.leaf];
     if (target != nullptr)
-      std::memcpy(target->mutable_data() + s.leaf_offset, src + s.unit_offset, s.len);
+      copy_bytes(target->mutable_data() + s.leaf_offset, src + s.unit_offset, s.len, stores);
   }
+  if (stores == Stores::streaming) stream_fence();
 }
 
 std::string block_leaves(const Manifest& m, std::uint32_t block) {

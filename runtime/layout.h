@@ -29,6 +29,7 @@
 
 #include "runtime/array.h"
 #include "runtime/manifest.h"
+#include "runtime/stream_copy.h"
 
 namespace ckpt {
 
@@ -86,15 +87,21 @@ void stage_unit(const Unit& unit, const std::vector<const std::byte*>& sources, 
 // The two halves of stage_unit, for the asynchronous pipeline where the copy is the caller's
 // stall and the checksum runs in the background. checksum_unit requires units made of whole
 // blocks (every piece starts and ends its block); it stores each block's CRC in block_crc.
-void copy_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst);
+// Streaming, copy_unit fences its stores before it returns (runtime/stream_copy.h).
+void copy_unit(const Unit& unit, const std::vector<const std::byte*>& sources, std::byte* dst,
+               Stores stores);
 void checksum_unit(const Unit& unit, const std::byte* src, std::vector<std::uint32_t>& block_crc);
 
 // Read side: chains each piece's CRC into crc[block]; returns the pieces whose block ended with a
 // CRC mismatch.
 std::vector<Piece> verify_unit(const Unit& unit, const std::byte* src, const Manifest& manifest,
                                std::vector<std::uint32_t>& crc);
-// Copies the unit's segments into targets[leaf] (skipping null targets).
-void scatter_unit(const Unit& unit, const std::byte* src, const std::vector<const Array*>& targets);
+// The bytes the units read or write, in all.
+std::uint64_t units_length(const std::vector<Unit>& units);
+// Copies the unit's segments into targets[leaf] (skipping null targets); streaming, fences its
+// stores before it returns.
+void scatter_unit(const Unit& unit, const std::byte* src, const std::vector<const Array*>& targets,
+                  Stores stores);
 
 // "leaf 'a/b'" or "leaves 'a/b' and 41 more": what a block of the data file holds, for messages.
 std::string block_leaves(const Manifest& manifest, std::uint32_t block);

@@ -57,6 +57,8 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
     return;
   }
   auto work = [this, op, sweep, on_done = std::move(on_done)]() {
+    // The disk reads the staging, not the CPU: a large save's copy stores around the cache.
+    const Stores stores = stores_for(op->plan->manifest.total_bytes);
     const auto copy = [&](std::size_t i) {
       try {
         if (pack_in_stall(*op, i)) {
@@ -66,7 +68,7 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
           if (changed) op->stall_changed.fetch_add(1, std::memory_order_relaxed);
           packed_in_stall.fetch_add(1, std::memory_order_relaxed);
         } else {
-          copy_unit(op->plan->units[i], op->sources, op->chunks[i]);
+          copy_unit(op->plan->units[i], op->sources, op->chunks[i], stores);
         }
       } catch (...) {
         op->writes->fail(sweep->keep(std::current_exception()));  // skipped, not written

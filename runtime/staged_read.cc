@@ -154,6 +154,7 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
   const Manifest* m = nullptr;
   const std::vector<Unit>* units = nullptr;
   const std::vector<const Array*>* targets = nullptr;
+  Stores stores = Stores::cached;  // how units are copied into the targets
   std::vector<std::uint32_t> crc;
   // check_ahead's: the layout (blocks only) and its units (the same reads, pieces but no segments).
   const Manifest* layout = nullptr;
@@ -324,11 +325,11 @@ struct StagedRead::State : std::enable_shared_from_this<StagedRead::State> {
               break;
             }
           }
-          if (now == Mode::place) scatter_unit(u, buffers[i], *targets);
+          if (now == Mode::place) scatter_unit(u, buffers[i], *targets, stores);
           break;
         }
         case Mode::copy:
-          scatter_unit((*units)[i], buffers[i], *targets);
+          scatter_unit((*units)[i], buffers[i], *targets, stores);
           break;
       }
     } catch (...) {
@@ -516,6 +517,7 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
     st.m = &manifest;
     st.units = &units;
     st.targets = &targets;
+    st.stores = stores_for(units_length(units));
     st.crc.assign(extent_slots(manifest), 0);
     if (st.layout != nullptr && !same_blocks(*st.layout, manifest)) {
       st.layout_trusted = false;
@@ -578,7 +580,9 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
     std::rethrow_exception(st.error);
   }
   if (copy_after) {
-    for (std::size_t i = 0; i < units.size(); ++i) scatter_unit(units[i], st.buffers[i], targets);
+    for (std::size_t i = 0; i < units.size(); ++i) {
+      scatter_unit(units[i], st.buffers[i], targets, st.stores);
+    }
   }
   return placement;
 }
@@ -609,6 +613,7 @@ void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit
                    const std::vector<io::File*>& files, std::uint64_t unit_bytes,
                    unsigned queue_depth, const std::vector<const Array*>& targets,
                    bool transactional) {
+  const Stores stores = stores_for(units_length(units));
   for (bool scatter : {false, true}) {
     if (!scatter && !transactional) continue;
     std::vector<std::uint32_t> crc(extent_slots(m));
@@ -617,7 +622,7 @@ void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit
       auto bad = verify_unit(u, buf, m, crc);
       if (!bad.empty())
         throw Error(Errc::corrupt, describe_bad_block(m, bad.front().block), files[u.file]->path());
-      if (scatter) scatter_unit(u, buf, targets);
+      if (scatter) scatter_unit(u, buf, targets, stores);
     });
   }
 }

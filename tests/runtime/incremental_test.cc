@@ -275,7 +275,7 @@ TEST_CASE(
     io::AlignedBuffer a(plan.units[i].length);
     io::AlignedBuffer b(plan.units[i].length);
     std::memset(b.data(), 0xEE, plan.units[i].length);  // what a reused chunk may hold
-    copy_unit(plan.units[i], sources, a.data());
+    copy_unit(plan.units[i], sources, a.data(), Stores::cached);
     const IncrementalSave::Write wa = copied.process_unit(i, a.data());
     packed.pack_from_sources(i, sources, b.data());
     const IncrementalSave::Write wb = packed.place_packed(i, b.data());

@@ -1,0 +1,51 @@
+#pragma once
+// Copies that store around the CPU caches. A save's copy into staging and a restore's copy out
+// of it move more bytes than the caches hold, and nothing on the CPU reads the copy again while
+// it is still cached: the disk reads the staging by DMA, the training step reads the restored
+// arrays later. A plain memcpy first reads each destination line into the cache (to own it),
+// then writes it back: three passes over memory for one copy. Non-temporal stores write whole
+// lines straight to memory: two passes (docs/design.md, section 5).
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace ckpt {
+
+// How a copy stores its bytes.
+enum class Stores : std::uint8_t {
+  cached,     // memcpy: the bytes stay in the cache, for a reader that comes soon
+  streaming,  // stream_copy: around the cache; stream_fence() before anyone else reads them
+};
+
+// From this many bytes on, a save's or a restore's copy streams: twice this VM's 32 MiB L3.
+inline constexpr std::uint64_t kStreamingBytes = 64ull << 20;
+
+// How an operation that copies `bytes` in all stores them.
+inline Stores stores_for(std::uint64_t bytes) noexcept {
+  return bytes >= kStreamingBytes ? Stores::streaming : Stores::cached;
+}
+
+// Copies under this many bytes go through the cache anyway: at most a few whole lines to gain.
+inline constexpr std::size_t kStreamingMin = 256;
+
+// Copies n bytes: non-temporal stores for the whole 64-byte lines of dst, memcpy for the partial
+// lines at either end and for copies under kStreamingMin bytes. The stores are weakly ordered:
+// the copying thread calls stream_fence() before another thread or a device reads dst.
+// Elsewhere than x86-64, a memcpy.
+void stream_copy(std::byte* dst, const std::byte* src, std::size_t n) noexcept;
+
+// Orders every stream_copy of this thread before its later stores (an SFENCE): after it, a
+// handover of the buffer (a mutex, an atomic, a system call) shows its bytes.
+void stream_fence() noexcept;
+
+// memcpy or stream_copy, as `stores` says (no fence).
+inline void copy_bytes(std::byte* dst, const std::byte* src, std::size_t n,
+                       Stores stores) noexcept {
+  if (stores == Stores::streaming) {
+    stream_copy(dst, src, n);
+  } else {
+    std::memcpy(dst, src, n);
+  }
+}
+
+}  // namespace ckpt
