@@ -230,9 +230,14 @@ std::vector<Piece> verify_unit(const Unit& unit, const std::byte* src, const Man
   return bad;
 }
 
-std::uint64_t units_length(const std::vector<Unit>& units) {
+std::uint64_t scattered_bytes(const std::vector<Unit>& units,
+                              const std::vector<const Array*>& targets) {
   std::uint64_t bytes = 0;
-  for (const Unit& u : units) bytes += u.length;
+  for (const Unit& u : units) {
+    for (const Segment& s : u.segments) {
+      if (!targets.empty() && targets[s.leaf] != nullptr) bytes += s.len;
+    }
+  }
   return bytes;
 }
 

@@ -96,8 +96,10 @@ void checksum_unit(const Unit& unit, const std::byte* src, std::vector<std::uint
 // CRC mismatch.
 std::vector<Piece> verify_unit(const Unit& unit, const std::byte* src, const Manifest& manifest,
                                std::vector<std::uint32_t>& crc);
-// The bytes the units read or write, in all.
-std::uint64_t units_length(const std::vector<Unit>& units);
+// The bytes scatter_unit copies out of the units into `targets`, in all (a partial or resharded
+// read copies less than it reads).
+std::uint64_t scattered_bytes(const std::vector<Unit>& units,
+                              const std::vector<const Array*>& targets);
 // Copies the unit's segments into targets[leaf] (skipping null targets); streaming, fences its
 // stores before it returns.
 void scatter_unit(const Unit& unit, const std::byte* src, const std::vector<const Array*>& targets,

@@ -57,7 +57,8 @@ void Runtime::Impl::start_copy(const std::shared_ptr<SaveOp>& op,
     return;
   }
   auto work = [this, op, sweep, on_done = std::move(on_done)]() {
-    // The disk reads the staging, not the CPU: a large save's copy stores around the cache.
+    // A large save's copy outgrows the cache before its checksums and writes read it back: it
+    // stores around the cache.
     const Stores stores = stores_for(op->plan->manifest.total_bytes);
     const auto copy = [&](std::size_t i) {
       try {

@@ -509,6 +509,7 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
   }
   const bool disjoint =
       !targets.empty() && segments_disjoint(units, targets, options.targets_disjoint);
+  const Stores stores = options.stores.value_or(stores_for(scattered_bytes(units, targets)));
   unsigned ahead_helpers = 0;
   bool copy_after = false;  // the caller copies once every unit verified
   Placement placement = Placement::swapped;
@@ -517,7 +518,7 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
     st.m = &manifest;
     st.units = &units;
     st.targets = &targets;
-    st.stores = stores_for(units_length(units));
+    st.stores = stores;
     st.crc.assign(extent_slots(manifest), 0);
     if (st.layout != nullptr && !same_blocks(*st.layout, manifest)) {
       st.layout_trusted = false;
@@ -613,7 +614,7 @@ void two_pass_read(io::Engine& engine, const Manifest& m, const std::vector<Unit
                    const std::vector<io::File*>& files, std::uint64_t unit_bytes,
                    unsigned queue_depth, const std::vector<const Array*>& targets,
                    bool transactional) {
-  const Stores stores = stores_for(units_length(units));
+  const Stores stores = stores_for(scattered_bytes(units, targets));
   for (bool scatter : {false, true}) {
     if (!scatter && !transactional) continue;
     std::vector<std::uint32_t> crc(extent_slots(m));

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -50,6 +51,8 @@ struct StagedReadOptions {
   bool transactional = true;
   // Called by finish() once it chose how to place the units, before it waits for them (tests).
   std::function<void(ReadPlacement)> on_placed;
+  // How the units are copied into the targets; unset: as stores_for says for the bytes copied.
+  std::optional<Stores> stores;
 };
 
 // The options of a restore's read (threads 0: the hardware's, at most 8).

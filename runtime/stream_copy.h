@@ -1,10 +1,11 @@
 #pragma once
 // Copies that store around the CPU caches. A save's copy into staging and a restore's copy out
-// of it move more bytes than the caches hold, and nothing on the CPU reads the copy again while
-// it is still cached: the disk reads the staging by DMA, the training step reads the restored
-// arrays later. A plain memcpy first reads each destination line into the cache (to own it),
-// then writes it back: three passes over memory for one copy. Non-temporal stores write whole
-// lines straight to memory: two passes (docs/design.md, section 5).
+// of it move more bytes than the caches hold. What reads the copy next finds little of it in the
+// cache anyway: a sync save checksums its units once the whole copy is done, the disk reads the
+// staging by DMA, the training step reads the restored arrays later. A plain memcpy first reads
+// each destination line into the cache (to own it), then writes it back: three passes over
+// memory for one copy. Non-temporal stores write whole lines straight to memory: two passes
+// (docs/design.md, section 5).
 #include <cstddef>
 #include <cstdint>
 #include <cstring>

@@ -1,8 +1,8 @@
 // The transactional restore's read driven by hand (runtime/staged_read.h): blocks checked ahead
 // of the manifest's decode, then copied once all verified or swapped in while reads are to come;
 // a corrupt block and a layout that differs from the manifest; the reads in flight halving once
-// finished, and in a UnitPipe's read, on a disk that completes its queue at once. Run under
-// ThreadSanitizer too.
+// finished, and in a UnitPipe's read, on a disk that completes its queue at once. Copies and
+// placements with cached and with streaming stores. Run under ThreadSanitizer too.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -74,6 +74,7 @@ struct HandRead {
   }
   StagedRead::Ahead ahead;  // what the check ahead had done when finish() was called
   bool transactional = true;
+  Stores stores = Stores::cached;  // the checkpoint is small: streaming only when asked
   // Starts the reads (queue_depth in flight) and checks them ahead; when `all_read`, waits until
   // every unit was read and checked ahead; then finishes into the template's targets.
   StagedRead::Placement run(io::Engine& e, unsigned queue_depth, bool all_read,
@@ -83,6 +84,7 @@ struct HandRead {
     o.threads = 2;
     o.targets_disjoint = true;
     o.transactional = transactional;
+    o.stores = stores;
     o.on_placed = std::move(on_placed);
     StagedRead read(e, layout_units, files, buffers, queue_depth);
     read.start();
@@ -101,12 +103,16 @@ struct HandRead {
 
 TEST_CASE("a read whose blocks all arrived before the leaves were known checks them ahead, then copies") {
   auto e = engine();
-  HandRead h(*e);
-  REQUIRE(h.units.size() > 4);
-  CHECK(h.run(*e, 4, true) == StagedRead::Placement::copied);
-  CHECK(h.ahead.checked == h.units.size());  // every unit verified before the leaves were known
-  CHECK(h.ahead.passed == h.units.size());
-  CHECK(test::trees_equal(h.templ, h.tree));
+  for (Stores stores : {Stores::cached, Stores::streaming}) {
+    CAPTURE(static_cast<int>(stores));
+    HandRead h(*e);
+    h.stores = stores;
+    REQUIRE(h.units.size() > 4);
+    CHECK(h.run(*e, 4, true) == StagedRead::Placement::copied);
+    CHECK(h.ahead.checked == h.units.size());  // every unit verified before the leaves were known
+    CHECK(h.ahead.passed == h.units.size());
+    CHECK(test::trees_equal(h.templ, h.tree));
+  }
 }
 
 TEST_CASE("a read finished while most of its reads are still to come swaps each unit in") {
@@ -126,21 +132,25 @@ TEST_CASE("a read finished while most of its reads are still to come swaps each 
 TEST_CASE("a read that is not transactional copies each unit in as it verifies, read or to come") {
   io::FaultEngine* faults = nullptr;
   auto e = test::wrap_in_faults(&faults)(engine());
-  for (bool all_read : {true, false}) {
-    CAPTURE(all_read);
-    HandRead h(*e);
-    h.transactional = false;
-    REQUIRE(h.units.size() > 8);
-    std::size_t released = 0;
-    // Finished either once every unit was read and checked ahead, or with the first read held.
-    if (!all_read) faults->arm({io::Request::Op::read, 1, io::FaultKind::hang, 0, false});
-    CHECK(h.run(*e, all_read ? 4 : 1, all_read, [&](ReadPlacement) {
-      if (!all_read) released = faults->release_hung();
-    }) == StagedRead::Placement::placed);
-    CHECK(released == (all_read ? 0 : 1));
-    if (all_read) CHECK(h.ahead.passed == h.units.size());  // placed without verifying again
-    CHECK(test::trees_equal(h.templ, h.tree));
-    faults->disarm();
+  for (Stores stores : {Stores::cached, Stores::streaming}) {
+    for (bool all_read : {true, false}) {
+      CAPTURE(static_cast<int>(stores));
+      CAPTURE(all_read);
+      HandRead h(*e);
+      h.transactional = false;
+      h.stores = stores;
+      REQUIRE(h.units.size() > 8);
+      std::size_t released = 0;
+      // Finished either once every unit was read and checked ahead, or with the first read held.
+      if (!all_read) faults->arm({io::Request::Op::read, 1, io::FaultKind::hang, 0, false});
+      CHECK(h.run(*e, all_read ? 4 : 1, all_read, [&](ReadPlacement) {
+        if (!all_read) released = faults->release_hung();
+      }) == StagedRead::Placement::placed);
+      CHECK(released == (all_read ? 0 : 1));
+      if (all_read) CHECK(h.ahead.passed == h.units.size());  // placed without verifying again
+      CHECK(test::trees_equal(h.templ, h.tree));
+      faults->disarm();
+    }
   }
 }
 

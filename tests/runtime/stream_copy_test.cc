@@ -59,7 +59,9 @@ TEST_CASE("an operation streams its copies from kStreamingBytes on") {
 }
 
 // Leaves of lengths that end and begin mid-line, below kStreamingMin, and across many units,
-// more than kStreamingBytes in all: the save's copy and each restore's placement stream.
+// more than kStreamingBytes in all: the save's copy streams, and so does every restore below
+// that copies (placed, two passes, one pass; a transactional staged restore most likely swaps,
+// which does not stream; runtime_staged_read_test streams each placement by hand).
 Tree streaming_tree() {
   Tree t;
   const std::vector<std::uint64_t> sizes = {1,         63,   255,  256,       257,
