@@ -26,8 +26,10 @@ inline Stores stores_for(std::uint64_t bytes) noexcept {
   return bytes >= kStreamingBytes ? Stores::streaming : Stores::cached;
 }
 
-// Copies under this many bytes go through the cache anyway: at most a few whole lines to gain.
-inline constexpr std::size_t kStreamingMin = 256;
+// Copies under two lines go through the cache: at most one whole line to gain. From two on, a
+// 160-byte leaf at a line boundary streams two of its three lines (1,000,000 such leaves: stall
+// 63-88 -> 52-64 ms against 256 here, docs/design.md section 5).
+inline constexpr std::size_t kStreamingMin = 128;
 
 // Copies n bytes: non-temporal stores for the whole 64-byte lines of dst, memcpy for the partial
 // lines at either end and for copies under kStreamingMin bytes. The stores are weakly ordered:
