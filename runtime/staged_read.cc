@@ -509,7 +509,9 @@ StagedRead::Placement StagedRead::finish(const Manifest& manifest,
   }
   const bool disjoint =
       !targets.empty() && segments_disjoint(units, targets, options.targets_disjoint);
-  const Stores stores = options.stores.value_or(stores_for(scattered_bytes(units, targets)));
+  // Not value_or: that would walk every segment even when the caller chose.
+  const Stores stores =
+      options.stores ? *options.stores : stores_for(scattered_bytes(units, targets));
   unsigned ahead_helpers = 0;
   bool copy_after = false;  // the caller copies once every unit verified
   Placement placement = Placement::swapped;
