@@ -8,6 +8,7 @@
 #include <latch>
 
 #include "runtime/runtime_impl.h"
+#include "runtime/stream_copy.h"
 
 namespace ckpt {
 
@@ -72,6 +73,7 @@ Runtime::Impl::Impl(RuntimeOptions opts, std::optional<asio::any_io_executor> ex
       pool(options.staging_budget, options.unit_bytes, engine.get()),
       workers(options.copy_threads) {
   renice_pool(workers, options.copy_threads, options.copy_nice);
+  streaming_bytes();  // reads sysfs now, not in the first save's stall
   std::function<bool()> on_runtime_thread;
   if (external) {
     ex = asio::make_strand(*external);

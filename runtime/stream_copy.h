@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string_view>
 
 namespace ckpt {
 
@@ -18,12 +19,22 @@ enum class Stores : std::uint8_t {
   streaming,  // stream_copy: around the cache; stream_fence() before anyone else reads them
 };
 
-// From this many bytes on, a save's or a restore's copy streams: twice this VM's 32 MiB L3.
+// The least streaming_bytes() gives: twice this VM's 32 MiB L3.
 inline constexpr std::uint64_t kStreamingBytes = 64ull << 20;
+
+// From this many bytes on, a save's or a restore's copy streams: twice the L3 cache one core
+// shares, at least kStreamingBytes. The size comes from sysfs (cpu0's cache of level 3), not
+// from sysconf(_SC_LEVEL3_CACHE_SIZE): glibc reports a whole AMD package there, 256 MiB on this
+// VM's EPYC, of which a core reaches its own 32 MiB. Read once per process.
+std::uint64_t streaming_bytes() noexcept;
+
+// The bytes of a sysfs cache size ("32768K", "96M", "1048576", a newline after it); 0 when
+// `text` is none.
+std::uint64_t parse_cache_size(std::string_view text) noexcept;
 
 // How an operation that copies `bytes` in all stores them.
 inline Stores stores_for(std::uint64_t bytes) noexcept {
-  return bytes >= kStreamingBytes ? Stores::streaming : Stores::cached;
+  return bytes >= streaming_bytes() ? Stores::streaming : Stores::cached;
 }
 
 // Copies under two lines go through the cache: at most one whole line to gain. From two on, a

@@ -4,7 +4,11 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <numeric>
+#include <string>
 #include <vector>
 
 #include "runtime/checkpoint.h"
@@ -51,22 +55,53 @@ TEST_CASE("stream_copy copies every length and alignment as memcpy does, and not
   }
 }
 
-TEST_CASE("an operation streams its copies from kStreamingBytes on") {
+TEST_CASE("an operation streams its copies from twice the shared L3 on, at least 64 MiB") {
+  const std::uint64_t from = streaming_bytes();
+  CHECK(from >= kStreamingBytes);
+  CHECK(streaming_bytes() == from);  // read once
+  // Where sysfs lists cpu0's L3, the threshold is twice it (or the floor).
+  std::ifstream level("/sys/devices/system/cpu/cpu0/cache/index3/level");
+  std::ifstream size("/sys/devices/system/cpu/cpu0/cache/index3/size");
+  int n = 0;
+  std::string text;
+  if ((level >> n) && n == 3 && std::getline(size, text)) {
+    CAPTURE(text);
+    CHECK(from == std::max(kStreamingBytes, 2 * parse_cache_size(text)));
+  }
   CHECK(stores_for(0) == Stores::cached);
-  CHECK(stores_for(kStreamingBytes - 1) == Stores::cached);
-  CHECK(stores_for(kStreamingBytes) == Stores::streaming);
+  CHECK(stores_for(from - 1) == Stores::cached);
+  CHECK(stores_for(from) == Stores::streaming);
   CHECK(stores_for(std::uint64_t{1} << 40) == Stores::streaming);
 }
 
+TEST_CASE("a sysfs cache size reads as bytes, and anything else as none") {
+  CHECK(parse_cache_size("32768K\n") == (std::uint64_t{32} << 20));
+  CHECK(parse_cache_size("96M") == (std::uint64_t{96} << 20));
+  CHECK(parse_cache_size("1G") == (std::uint64_t{1} << 30));
+  CHECK(parse_cache_size("1048576") == (std::uint64_t{1} << 20));
+  CHECK(parse_cache_size("") == 0);
+  CHECK(parse_cache_size("\n") == 0);
+  CHECK(parse_cache_size("K") == 0);
+  CHECK(parse_cache_size("-5K") == 0);
+  CHECK(parse_cache_size("12X") == 0);
+  CHECK(parse_cache_size("12KB") == 0);
+  CHECK(parse_cache_size("99999999999999999999K") == 0);   // beyond 64 bits
+  CHECK(parse_cache_size("18014398509481984K") == 0);      // 2^54 KiB: overflows when scaled
+}
+
 // Leaves of lengths that end and begin mid-line, below kStreamingMin, and across many units,
-// more than kStreamingBytes in all: the save's copy streams, and so does every restore below
+// streaming_bytes() and 1 MiB in all (65 MiB here; the last leaf takes up the rest on a machine
+// with a larger L3): the save's copy streams, and so does every restore below
 // that copies (placed, two passes, one pass; a transactional staged restore most likely swaps,
 // which does not stream; runtime_staged_read_test streams each placement by hand).
 Tree streaming_tree() {
   Tree t;
-  const std::vector<std::uint64_t> sizes = {1,         63,   255,  256,       257,
-                                            4095,      4097, 65537, 1'000'003, (33u << 20) + 5,
-                                            (31u << 20) + 17};
+  std::vector<std::uint64_t> sizes = {1,         63,   255,  256,       257,
+                                      4095,      4097, 65537, 1'000'003, (33u << 20) + 5,
+                                      (31u << 20) + 17};
+  const std::uint64_t want = streaming_bytes() + (1u << 20);
+  const std::uint64_t have = std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0});
+  if (have < want) sizes.back() += want - have;
   std::uint64_t total = 0;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     Array a = Array::zeros(DType::u8, {sizes[i]});
@@ -74,7 +109,7 @@ Tree streaming_tree() {
     t["leaf" + std::to_string(i)] = a;
     total += sizes[i];
   }
-  REQUIRE(total >= kStreamingBytes);
+  REQUIRE(total >= streaming_bytes());
   return t;
 }
 
@@ -88,12 +123,12 @@ void check_streaming_tree(const Tree& back) {
 
 TEST_CASE("a save and restores large enough to stream give back every byte of every leaf") {
   test::TempDir dir;
+  Tree tree = streaming_tree();
   RuntimeOptions o;
-  o.staging_budget = 192u << 20;
+  o.staging_budget = 3 * (streaming_bytes() + (1u << 20));  // the save and a staged restore
   o.unit_bytes = 1u << 20;
   o.copy_threads = 2;
   Runtime rt(o);
-  Tree tree = streaming_tree();
   SaveHandle h = rt.save(dir / "ck", tree, {});
   REQUIRE(h.wait_for(std::chrono::seconds(120)));
   h.wait();
