@@ -94,12 +94,14 @@ TEST_CASE("a sysfs cache size reads as bytes, and anything else as none") {
 // with a larger L3): the save's copy streams, and so does every restore below
 // that copies (placed, two passes, one pass; a transactional staged restore most likely swaps,
 // which does not stream; runtime_staged_read_test streams each placement by hand).
+std::uint64_t streaming_tree_bytes() { return streaming_bytes() + (1u << 20); }
+
 Tree streaming_tree() {
   Tree t;
   std::vector<std::uint64_t> sizes = {1,         63,   255,  256,       257,
                                       4095,      4097, 65537, 1'000'003, (33u << 20) + 5,
                                       (31u << 20) + 17};
-  const std::uint64_t want = streaming_bytes() + (1u << 20);
+  const std::uint64_t want = streaming_tree_bytes();
   const std::uint64_t have = std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0});
   if (have < want) sizes.back() += want - have;
   std::uint64_t total = 0;
@@ -125,7 +127,7 @@ TEST_CASE("a save and restores large enough to stream give back every byte of ev
   test::TempDir dir;
   Tree tree = streaming_tree();
   RuntimeOptions o;
-  o.staging_budget = 3 * (streaming_bytes() + (1u << 20));  // the save and a staged restore
+  o.staging_budget = 3 * streaming_tree_bytes();  // the save and a staged restore
   o.unit_bytes = 1u << 20;
   o.copy_threads = 2;
   Runtime rt(o);
