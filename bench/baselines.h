@@ -30,10 +30,11 @@ struct RawSync;
 
 // Copies the concatenation of `src` into `dst` (sum of sizes bytes) with `threads` threads, each
 // taking one contiguous share of the bytes; returns the best time of `runs` in ms, after one
-// untimed warm-up copy. `sync`: several processes copy together, each run from a barrier, timed
-// to the slowest (see RawSync).
+// warm-up copy. `sync`: several processes copy together, each run from a barrier, timed to the
+// slowest (see RawSync). `first_ms`, where set, receives the warm-up copy's time: a copy into
+// memory idle since its last use, as a save's staging is between saves.
 double memcpy_best_ms(const Spans& src, std::byte* dst, unsigned threads, int runs,
-                      const RawSync* sync = nullptr);
+                      const RawSync* sync = nullptr, double* first_ms = nullptr);
 
 // The reverse of memcpy_best_ms, with no warm-up: scatters `src` (the concatenation) into the
 // leaves `dst`, each thread one contiguous share of the bytes; the best time of `runs` in ms. What
