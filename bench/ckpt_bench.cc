@@ -191,8 +191,9 @@ class Pairing {
       : o_(o), state_(state), dst_(io::align_up(state.bytes())) {}
   // The leaf memcpy into the buffer, timed after a warm-up copy (warm), and that warm-up copy's
   // own time (first): the buffer was idle since the last pair, as a save's staging is between
-  // saves. Where memory left idle is slow to touch again (a VM whose host reclaims or
-  // compresses it), the first copy pays what a save's copy into its staging pays.
+  // saves. Where memory left idle is slow to touch again (on some VMs, below the guest: README,
+  // "On a VM whose idle memory is slow"), the first copy pays what a save's copy into its
+  // staging pays.
   struct Copy {
     double warm = 0;
     double first = 0;
