@@ -255,8 +255,19 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   }
   const std::vector<const Array*>& targets = match.targets;
   const std::vector<bool>& wanted = match.wanted;
+  // The decoded manifest's frees, off the restore's return where the caller has somewhere to
+  // run them (ReadOptions::dispose). The restore has succeeded: a hand-off that fails (out of
+  // memory) frees it here instead.
+  const auto dispose = [&options, &m] {
+    if (!options.dispose) return;
+    try {
+      options.dispose([gone = std::make_shared<Manifest>(std::move(m))] {});
+    } catch (...) {
+    }
+  };
   if (prefetch) {
     prefetch->finish(m, targets, options, planned);
+    dispose();
     return metadata;
   }
 
@@ -268,6 +279,7 @@ boost::json::object restore_checkpoint(io::Engine& engine, const std::string& di
   std::vector<Unit> pass_units;
   if (staged_unit != unit) pass_units = plan_units(m, unit, wanted);
   read_into_targets(engine, m, units, staged_unit, data.ptrs, targets, options, pass_units, unit);
+  dispose();
   return metadata;
 }
 

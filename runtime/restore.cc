@@ -33,6 +33,9 @@ boost::json::object Runtime::Impl::restore(const std::string& path, Tree& templ,
   if (workers.get_executor().running_in_this_thread()) {
     ro.spawn = [this](std::function<void()> fn) { asio::post(workers, std::move(fn)); };
   }
+  // The decoded manifest is destroyed on the copy pool once the restore returned: at 100,000
+  // leaves its frees took 5-10 ms of the restore's wall time.
+  ro.dispose = [this](std::function<void()> fn) { asio::post(workers, std::move(fn)); };
   ReadHow read = ReadHow::nothing;
   ro.read_how = &read;
   boost::json::object metadata = restore_checkpoint(*engine, path, templ, how.partial, ro);

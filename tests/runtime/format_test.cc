@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -181,6 +182,35 @@ TEST_CASE("a restore that finds a corrupt block leaves the template as it was") 
   }
   restore_checkpoint(*e, s.dir, s.templ);
   CHECK(test::trees_equal(s.templ, s.tree));
+}
+
+TEST_CASE("a restore hands what it decoded to ReadOptions::dispose once it succeeded, never when "
+          "it fails") {
+  auto e = engine();
+  Saved s(*e);
+  std::vector<std::function<void()>> handed;
+  ReadOptions r;
+  r.unit_bytes = 64 << 10;
+  r.dispose = [&handed](std::function<void()> fn) { handed.push_back(std::move(fn)); };
+  // Whole (its reads start before the decode) and partial (planned after the match).
+  for (bool partial : {false, true}) {
+    CAPTURE(partial);
+    handed.clear();
+    Tree back = test::zeros_like(s.tree);
+    restore_checkpoint(*e, s.dir, back, partial, r);
+    CHECK(test::trees_equal(back, s.tree));  // restored before the task runs
+    REQUIRE(handed.size() == 1);
+    REQUIRE(handed[0]);
+    handed[0]();
+    handed.clear();  // the manifest is freed with the task
+  }
+  Tree wrong = test::make_tree(3, 100, 1);
+  CHECK_THROWS_AS(restore_checkpoint(*e, s.dir, wrong, false, r), Error);
+  CHECK(handed.empty());
+  test::flip_byte(s.data(), 10);
+  CHECK_THROWS_AS(restore_checkpoint(*e, s.dir, s.templ, false, r), Error);
+  CHECK(handed.empty());
+  CHECK(s.template_untouched());
 }
 
 TEST_CASE("a restore that is not transactional reads every block once, with staging or without") {
