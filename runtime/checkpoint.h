@@ -66,7 +66,8 @@ struct ReadOptions {
   ReadHow* read_how = nullptr;
   // Where set, a restore that succeeded hands it a task that destroys what it decoded (the
   // manifest: 5-10 ms of frees at 100,000 leaves), to run after the restore returned (the
-  // Runtime posts it to its copy pool). Empty: the restore destroys it before it returns.
+  // Runtime posts it to its copy pool). Empty, and for a sharded or resharding restore (its
+  // reader's own path): the restore destroys it before it returns.
   std::function<void(std::function<void()>)> dispose;
 };
 
